@@ -1,0 +1,66 @@
+"""The FastAPI application: routes, bearer-token auth, and errors in Azure's shape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flexvm import __version__
+from flexvm.api.auth import token_matches
+from flexvm.api.deps import PREFIX
+from flexvm.api.routes import hosts, images, operations, sizes, vms
+from flexvm.errors import FlexvmError, Unauthorized
+from flexvm.platform import Platform
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = {"/healthz", "/openapi.json"}
+
+
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}}, status_code=status)
+
+
+def create_app(platform: Platform, token: str) -> FastAPI:
+    app = FastAPI(title="flexvm", version=__version__, description="Real VMs on your own hosts, Azure-style.")
+    app.state.platform = platform
+    for module in (vms, sizes, images, hosts, operations):
+        app.include_router(module.router, prefix=PREFIX)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path not in OPEN_PATHS and not token_matches(token, request.headers.get("authorization")):
+            err = Unauthorized("missing or wrong bearer token (the CLI reads it from the server's token file)")
+            return _error(err.status, err.code, err.message)
+        return await call_next(request)
+
+    @app.exception_handler(FlexvmError)
+    async def flexvm_error(_request: Request, err: FlexvmError) -> JSONResponse:
+        return _error(err.status, err.code, err.message, err.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = []
+        for item in err.errors():
+            location = ".".join(str(part) for part in item["loc"] if part != "body")
+            problems.append({"field": location, "message": item["msg"]})
+        message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        field = problems[0]["field"] if problems else ""
+        return _error(400, "InvalidInput", message, {"field": field, "errors": problems})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(err.status_code, "HttpError")
+        return _error(err.status_code, code, str(err.detail))
+
+    return app

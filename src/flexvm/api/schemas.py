@@ -1,0 +1,186 @@
+"""Request and response shapes of the API (and so of the CLI's JSON output)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class VmCreate(Strict):
+    name: str
+    size: str
+    image: str
+    user_data: str | None = None
+    host: str | None = None
+
+
+class VmStop(Strict):
+    force: bool = False
+
+
+class DiskResize(Strict):
+    size: str | int = Field(description="new size, e.g. '8G', or bytes")
+
+
+class SizeCreate(Strict):
+    name: str
+    vcpus: int
+    memory: str | int = Field(description="e.g. '512M' or '2G'; a bare number is MiB")
+    disk: str | int = Field(description="OS disk, e.g. '2G'; a bare number is GiB")
+    family: str | None = None
+
+
+class ImageImport(Strict):
+    name: str
+    disk: str = Field(description="path of a qcow2 or raw file, readable by the server")
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    ready_marker: str | None = None
+    cloud_init: bool = False
+    description: str = ""
+    sha256: str | None = None
+
+
+class ImageBuild(Strict):
+    recipe: Literal["tiny"] = "tiny"
+    name: str = "tiny"
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+class StepOut(Out):
+    name: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    detail: str
+
+
+class OperationOut(Out):
+    id: str
+    kind: str
+    target_kind: str
+    target_name: str
+    status: str
+    progress: int
+    message: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    steps: list[StepOut]
+    error: dict[str, Any] | None
+    result: dict[str, Any]
+
+
+class DiskOut(Out):
+    name: str
+    role: str
+    size_bytes: int
+
+
+class NicOut(Out):
+    network: str
+    mac: str
+    ip: str | None
+
+
+class VmOut(Out):
+    id: str
+    name: str
+    size: str
+    image: str
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int
+    provisioning_state: str
+    power_state: str
+    host: str | None
+    disk_host: str | None
+    created_at: datetime
+    ready_at: datetime | None
+    boot_seconds: float | None
+    active_operation_id: str | None
+    error: str | None
+    disks: list[DiskOut]
+    nics: list[NicOut]
+
+
+class SizeOut(BaseModel):
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int
+    family: str
+    builtin: bool
+    fits_now: int
+
+
+class ImageOut(Out):
+    name: str
+    format: str
+    virtual_size: int
+    file_size: int
+    sha256: str
+    kernel_file: str | None
+    initrd_file: str | None
+    cmdline: str | None
+    ready_marker: str | None
+    cloud_init: bool
+    description: str
+    created_at: datetime
+
+
+class HostOut(Out):
+    name: str
+    uri: str
+    state: str
+    state_reason: str
+    cpus: int
+    memory_mib: int
+    disk_capacity_bytes: int
+    accelerator: str
+    accelerator_reason: str
+    libvirt_version: str
+    hypervisor_version: str
+    hostname: str
+    cpu_model: str
+    cpu_ratio: float
+    ram_ratio: float
+    disk_ratio: float
+    reserved_memory_mib: int
+    fault_domain: str | None
+    last_seen: datetime | None
+
+
+class HostDetail(HostOut):
+    vms: list[str] = []
+    unmanaged_guests: list[str] = []
+    vcpus_allocated: int = 0
+    memory_mib_allocated: int = 0
+    disk_bytes_allocated: int = 0
+
+
+class ConsoleOut(BaseModel):
+    text: str
+    next_offset: int
+
+
+class ImageDeleted(BaseModel):
+    deleted: str
+    unreachable_hosts: list[str]

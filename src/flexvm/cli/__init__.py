@@ -1,0 +1,1 @@
+"""The command line: parse, call the API, render. No business rules here."""

@@ -1,0 +1,69 @@
+"""The `flexvm` command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from flexvm.cli import output
+from flexvm.cli.catalog import image_app, size_app
+from flexvm.cli.hosts import host_app, operation_app
+from flexvm.cli.vm import app as vm_app
+from flexvm.config import Settings
+from flexvm.errors import FlexvmError
+
+app = typer.Typer(
+    help="flexvm: real virtual machines on your own hosts, Azure-style.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(vm_app, name="vm")
+app.add_typer(size_app, name="size")
+app.add_typer(image_app, name="image")
+app.add_typer(host_app, name="host")
+app.add_typer(operation_app, name="operation")
+
+
+@app.command("serve")
+def serve(
+    host: str | None = typer.Option(None, "--listen", help="address to listen on (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, "--port"),
+) -> None:
+    """Run the API server (the CLI talks to it)."""
+    from dataclasses import replace
+
+    from flexvm.server import serve as run_server
+
+    settings = Settings.from_env()
+    if host is not None:
+        settings = replace(settings, listen_host=host)
+    if port is not None:
+        settings = replace(settings, port=port)
+    run_server(settings)
+
+
+def main() -> None:
+    """Entry point: errors become one clear line on stderr and a non-zero exit, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except FlexvmError as err:
+        output.err_console.print(f"[red]error:[/] {err.message}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(1)
+    except typer.Abort:
+        output.err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as err:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

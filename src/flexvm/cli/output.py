@@ -1,0 +1,87 @@
+"""Rendering: tables for people, the API's own JSON for scripts, a progress line for operations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from flexvm.errors import OperationFailed, OperationTimeout
+from flexvm.model.units import MIB, format_bytes
+
+# When piped, do not squeeze tables into 80 columns: scripts and logs read whole lines.
+console = Console() if sys.stdout.isatty() else Console(width=200)
+err_console = Console(stderr=True)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, Callable[[dict[str, Any]], Any]]],
+    title: str | None = None,
+) -> None:
+    grid = Table(title=title, header_style="bold", box=None, pad_edge=False)
+    for heading, _ in columns:
+        grid.add_column(heading)
+    for row in rows:
+        grid.add_row(*[_cell(get(row)) for _, get in columns])
+    console.print(grid)
+
+
+def details(pairs: Sequence[tuple[str, Any]]) -> None:
+    grid = Table(show_header=False, box=None, pad_edge=False)
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in pairs:
+        grid.add_row(key, _cell(value))
+    console.print(grid)
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    return str(value)
+
+
+def mib(value: int) -> str:
+    return format_bytes(value * MIB)
+
+
+def nbytes(value: int) -> str:
+    return format_bytes(value)
+
+
+def wait_with_progress(
+    wait: Callable[[Callable[[dict[str, Any]], None]], dict[str, Any]], label: str, quiet: bool = False
+) -> dict[str, Any]:
+    """Wait for an operation, showing its current step; raise if it failed."""
+    if quiet or not err_console.is_terminal:
+        operation = wait(lambda _op: None)
+    else:
+        with err_console.status(label) as status:
+
+            def update(op: dict[str, Any]) -> None:
+                status.update(f"{label}: {op['progress']}% {op['message']}")
+
+            operation = wait(update)
+    if operation["status"] == "failed":
+        error = operation.get("error") or {}
+        cls = OperationTimeout if error.get("code") == "OperationTimeout" else OperationFailed
+        raise cls(
+            f"{operation['kind']} of {operation['target_name']} failed: {error.get('message', operation['message'])}",
+            details={"operation_id": operation["id"], **(error.get("details") or {})},
+        )
+    return operation

@@ -1,0 +1,195 @@
+"""`flexvm vm …`"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from flexvm.cli import output
+from flexvm.cli.common import OutputOpt, client, finish
+from flexvm.errors import InvalidInput
+
+app = typer.Typer(help="Create, run, change and remove VMs.", no_args_is_help=True)
+
+NoWait = typer.Option(False, "--no-wait", help="Return at once with the operation instead of waiting.")
+
+VM_COLUMNS = [
+    ("NAME", lambda v: v["name"]),
+    ("SIZE", lambda v: v["size"]),
+    ("IMAGE", lambda v: v["image"]),
+    ("HOST", lambda v: v["host"] or (f"({v['disk_host']})" if v["disk_host"] else None)),
+    ("POWER", lambda v: v["power_state"]),
+    ("PROVISIONING", lambda v: v["provisioning_state"]),
+    ("IP", lambda v: ", ".join(n["ip"] for n in v["nics"] if n["ip"]) or None),
+    ("BOOT", lambda v: f"{v['boot_seconds']:.1f}s" if v["boot_seconds"] is not None else None),
+]
+
+
+def show_vm(vm: dict[str, Any], fmt: output.Format) -> None:
+    if fmt is output.Format.json:
+        output.emit_json(vm)
+        return
+    output.details(
+        [
+            ("name", vm["name"]),
+            ("id", vm["id"]),
+            ("size", f"{vm['size']} ({vm['vcpus']} vCPU, {output.mib(vm['memory_mib'])})"),
+            ("image", vm["image"]),
+            ("host", vm["host"]),
+            ("disk host", vm["disk_host"]),
+            ("power state", vm["power_state"]),
+            ("provisioning", vm["provisioning_state"]),
+            ("OS disk", output.nbytes(vm["disk_bytes"])),
+            ("address", ", ".join(n["ip"] for n in vm["nics"] if n["ip"]) or None),
+            ("NICs", ", ".join(f"{n['network']} {n['mac']}" for n in vm["nics"])),
+            ("created", vm["created_at"]),
+            ("ready at", vm["ready_at"]),
+            ("boot", f"{vm['boot_seconds']:.2f} s to ready" if vm["boot_seconds"] is not None else None),
+            ("operation", vm["active_operation_id"]),
+            ("error", vm["error"]),
+        ]
+    )
+
+
+def _act(
+    name: str, path: str, label: str, no_wait: bool, fmt: output.Format, body: dict[str, Any] | None = None
+) -> None:
+    api = client()
+    operation = api.post(path, body)
+    finish(api, operation, label, no_wait, fmt, show=lambda: show_vm(api.get(f"/vms/{name}"), fmt))
+
+
+@app.command("create")
+def create(
+    name: str,
+    size: str = typer.Option(..., "--size", "-s", help="e.g. Standard_B1s; see `flexvm size list`"),
+    image: str = typer.Option(..., "--image", "-i", help="e.g. tiny; see `flexvm image list`"),
+    user_data: Path | None = typer.Option(None, "--user-data", help="cloud-init user data file (cloud images)"),
+    host: str | None = typer.Option(None, "--host", help="pin to this host"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Create a VM and wait until the guest says it is ready."""
+    body: dict[str, Any] = {"name": name, "size": size, "image": image, "host": host}
+    if user_data is not None:
+        try:
+            body["user_data"] = user_data.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InvalidInput("user_data", f"cannot read {user_data}: {err}") from err
+    api = client()
+    operation = api.post("/vms", body)
+
+    def shown() -> None:
+        vm = api.get(f"/vms/{name}")
+        show_vm(vm, fmt)
+        if fmt is output.Format.table and vm["boot_seconds"] is not None:
+            output.console.print(
+                f"[green]{name} is ready[/] {vm['boot_seconds']:.1f} s after power-on "
+                f"({operation_seconds(api, operation['id']):.1f} s in all)"
+            )
+
+    finish(api, operation, f"creating {name}", no_wait, fmt, show=shown)
+
+
+def operation_seconds(api: Any, operation_id: str) -> float:
+    return float(api.get(f"/operations/{operation_id}")["duration_seconds"] or 0.0)
+
+
+@app.command("list")
+def list_vms(fmt: output.Format = OutputOpt) -> None:
+    """List VMs."""
+    vms = client().get("/vms")
+    if fmt is output.Format.json:
+        output.emit_json(vms)
+    else:
+        output.table(vms, VM_COLUMNS)
+
+
+@app.command("show")
+def show(name: str, fmt: output.Format = OutputOpt) -> None:
+    """Show one VM."""
+    show_vm(client().get(f"/vms/{name}"), fmt)
+
+
+@app.command("start")
+def start(name: str, no_wait: bool = NoWait, fmt: output.Format = OutputOpt) -> None:
+    """Power on a stopped or deallocated VM and wait until it is ready."""
+    _act(name, f"/vms/{name}/start", f"starting {name}", no_wait, fmt)
+
+
+@app.command("stop")
+def stop(
+    name: str,
+    force: bool = typer.Option(False, "--force", help="pull the power instead of asking the guest"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Stop a VM: ACPI shutdown, then the power is pulled after the timeout. Keeps its host claim."""
+    _act(name, f"/vms/{name}/stop", f"stopping {name}", no_wait, fmt, {"force": force})
+
+
+@app.command("restart")
+def restart(name: str, no_wait: bool = NoWait, fmt: output.Format = OutputOpt) -> None:
+    """Stop (gracefully) and start a VM."""
+    _act(name, f"/vms/{name}/restart", f"restarting {name}", no_wait, fmt)
+
+
+@app.command("deallocate")
+def deallocate(name: str, no_wait: bool = NoWait, fmt: output.Format = OutputOpt) -> None:
+    """Stop a VM and free its host's CPU and memory; the disk is kept."""
+    _act(name, f"/vms/{name}/deallocate", f"deallocating {name}", no_wait, fmt)
+
+
+@app.command("delete")
+def delete(name: str, no_wait: bool = NoWait, fmt: output.Format = OutputOpt) -> None:
+    """Delete a VM with its disks."""
+    api = client()
+    operation = api.delete(f"/vms/{name}")
+    finish(
+        api,
+        operation,
+        f"deleting {name}",
+        no_wait,
+        fmt,
+        show=lambda: output.console.print(f"deleted {name}") if fmt is output.Format.table else None,
+    )
+
+
+@app.command("console")
+def console(
+    name: str,
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new output"),
+    tail: int = typer.Option(0, "--tail", "-n", help="only the last N lines (0: all)"),
+) -> None:
+    """Print the serial console log (every boot of the VM)."""
+    api = client()
+    chunk = api.get(f"/vms/{name}/console", offset=0)
+    text = chunk["text"]
+    if tail > 0:
+        text = "\n".join(text.splitlines()[-tail:]) + ("\n" if text.endswith("\n") else "")
+    typer.echo(text, nl=False)
+    offset = chunk["next_offset"]
+    while follow:
+        time.sleep(0.5)
+        chunk = api.get(f"/vms/{name}/console", offset=offset)
+        if chunk["text"]:
+            typer.echo(chunk["text"], nl=False)
+        offset = chunk["next_offset"]
+
+
+disk_app = typer.Typer(help="The VM's OS disk.", no_args_is_help=True)
+app.add_typer(disk_app, name="disk")
+
+
+@disk_app.command("resize")
+def resize_disk(
+    name: str,
+    size: str = typer.Option(..., "--size", help="new size, e.g. 8G (disks only grow)"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Grow a VM's OS disk, online if it is running."""
+    _act(name, f"/vms/{name}/disk/resize", f"growing the disk of {name}", no_wait, fmt, {"size": size})

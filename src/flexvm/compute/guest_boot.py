@@ -1,0 +1,132 @@
+"""From a VM record to a guest spec, and watching a guest's console until it says it is up."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flexvm.drivers.base import Driver
+from flexvm.errors import OperationFailed, OperationTimeout
+from flexvm.model.guest import BootKernel, GuestDisk, GuestNic, GuestSpec, GuestState
+from flexvm.model.host import Accelerator
+from flexvm.model.image import Image
+from flexvm.model.vm import Vm
+
+POLL_SECONDS = 0.2
+
+
+def image_volume(image: Image, kind: str) -> str:
+    """Image files on hosts are named by content: '<name>-<sha12>.disk|kernel|initrd'."""
+    return f"{image.volume_prefix}.{kind}"
+
+
+def mac_for(vm_id: str, index: int = 0) -> str:
+    """A stable locally-administered MAC (QEMU's 52:54:00 prefix) derived from the VM's id."""
+    digest = hashlib.sha256(f"{vm_id}/{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def kernel_cmdline(image: Image, vm: Vm) -> str:
+    # The VM's name is already restricted to [A-Za-z0-9-], so it is safe on a command line.
+    base = image.cmdline or "console=ttyS0"
+    return f"{base} flexvm.name={shlex.quote(vm.name)}"
+
+
+def guest_spec(vm: Vm, image: Image, accelerator: Accelerator) -> GuestSpec:
+    disks = [GuestDisk(vm.os_disk.name, "disk", "qcow2", "vda")]
+    seed = next((d for d in vm.disks if d.role == "seed"), None)
+    if seed is not None:
+        disks.append(GuestDisk(seed.name, "cdrom", "raw", "hdc"))
+    kernel = None
+    if image.kernel_file:
+        kernel = BootKernel(
+            image_volume(image, "kernel"),
+            image_volume(image, "initrd") if image.initrd_file else None,
+            kernel_cmdline(image, vm),
+        )
+    return GuestSpec(
+        name=vm.domain_name,
+        uuid=vm.id,
+        vm_id=vm.id,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        accelerator=accelerator,
+        disks=tuple(disks),
+        nics=tuple(
+            GuestNic(
+                nic.mac, "user" if nic.network == "user" else "bridge", None if nic.network == "user" else nic.network
+            )
+            for nic in vm.nics
+        ),
+        kernel=kernel,
+        console_log=vm.console_log,
+    )
+
+
+def parse_fields(line: str) -> dict[str, str]:
+    """'flexvm: ready name=a cpus=2 ip=10.0.2.15' -> {'name': 'a', 'cpus': '2', 'ip': '10.0.2.15'}"""
+    fields = {}
+    for token in line.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+@dataclass
+class Readiness:
+    seconds: float
+    line: str
+    facts: dict[str, str]
+
+
+def console_length(driver: Driver, log_volume: str) -> int:
+    return len(driver.console_read(log_volume, 0))
+
+
+def wait_until_ready(
+    driver: Driver,
+    vm: Vm,
+    marker: str | None,
+    *,
+    console_offset: int,
+    started: float,
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Readiness:
+    """Poll the console for the readiness line printed after ``console_offset``.
+
+    Without a marker (an image that prints none), a running guest is as ready as we can tell.
+    Fails fast if the guest stops while booting, with the console's tail as evidence.
+    """
+    deadline = started + timeout
+    seen = b""
+    while True:
+        seen += driver.console_read(vm.console_log, console_offset + len(seen))
+        text = seen.decode(errors="replace")
+        if marker is not None:
+            for line in text.splitlines():
+                if marker in line:
+                    return Readiness(clock() - started, line.strip(), parse_fields(line))
+        info = driver.guest_info(vm.domain_name)
+        if info is None or info.state in (GuestState.SHUTOFF, GuestState.CRASHED):
+            raise OperationFailed(
+                f"VM '{vm.name}' stopped while booting. Console tail:\n{tail(text)}",
+                details={"console_tail": tail(text)},
+            )
+        if marker is None and info.state is GuestState.RUNNING:
+            return Readiness(clock() - started, "", {})
+        if clock() > deadline:
+            raise OperationTimeout(
+                f"VM '{vm.name}' did not report ready within {timeout:.0f} s; it is still running — "
+                f"see `flexvm vm console {vm.name}`. Console tail:\n{tail(text)}",
+                details={"console_tail": tail(text), "timeout_seconds": timeout},
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.splitlines()[-lines:])

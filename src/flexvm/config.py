@@ -1,0 +1,62 @@
+"""Settings, read once at the edge (the `serve` command, the CLI) and passed down explicitly.
+
+Nothing below the edges reads the environment: services take a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 8470
+
+
+def default_home() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/flexvm")
+    return Path.home() / ".local" / "share" / "flexvm"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_url: str
+    listen_host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # The host this server registers as "local" on first start; "" registers none.
+    local_uri: str = "qemu:///system"
+    ready_timeout: float = 120.0  # seconds a guest has to print its readiness line
+    stop_timeout: float = 60.0  # graceful shutdown, before the power is pulled
+    ssh_keys: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "token"
+
+    @property
+    def server_file(self) -> Path:
+        """Where the running server writes its URL, so the CLI finds it."""
+        return self.home / "server.url"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("FLEXVM_HOME") or default_home())
+        return cls(
+            home=home,
+            db_url=env.get("FLEXVM_DB_URL") or f"sqlite:///{home / 'flexvm.db'}",
+            listen_host=env.get("FLEXVM_LISTEN", "127.0.0.1"),
+            port=int(env.get("FLEXVM_PORT", DEFAULT_PORT)),
+            local_uri=env.get("FLEXVM_LIBVIRT_URI", "qemu:///system"),
+            ready_timeout=float(env.get("FLEXVM_READY_TIMEOUT", 120)),
+            stop_timeout=float(env.get("FLEXVM_STOP_TIMEOUT", 60)),
+        )

@@ -1,0 +1,99 @@
+"""The Driver protocol: everything flexvm asks of a host, in one place.
+
+Two implementations: ``fake.FakeDriver`` (in memory, for unit tests and scale benchmarks)
+and ``libvirt.driver.LibvirtDriver`` (real QEMU guests). The contract tests in
+``tests/contract`` run the same checks against both.
+
+Storage is two pools per host, named by the driver: an *image* pool holding image files
+(named by content, so each is uploaded once per host) and an *instance* pool holding each
+VM's OS disk overlay, its cloud-init seed and its serial-console log. Everything a driver
+does to files goes through the hypervisor connection, so a remote host needs no other access.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from flexvm.model.guest import GuestInfo, GuestSpec
+from flexvm.model.host import AcceleratorChoice, HostInfo
+
+
+class Driver(ABC):
+    uri: str
+
+    # --- host facts ----------------------------------------------------------------------
+    @abstractmethod
+    def host_info(self) -> HostInfo:
+        """CPUs, memory, versions and instance-pool space of the host."""
+
+    @abstractmethod
+    def probe_accelerator(self, probe_kernel: Path | None) -> AcceleratorChoice:
+        """KVM only if it really runs a guest here (boots ``probe_kernel`` to prove it), else TCG."""
+
+    # --- storage -------------------------------------------------------------------------
+    @abstractmethod
+    def has_image_volume(self, volume: str) -> bool:
+        """Whether the image pool holds a volume of that name."""
+
+    @abstractmethod
+    def upload_image_volume(self, volume: str, source: Path) -> None:
+        """Copy a local file into the image pool (atomically: a failed upload leaves nothing)."""
+
+    @abstractmethod
+    def delete_image_volume(self, volume: str) -> None:
+        """Remove a volume from the image pool; a missing one is not an error."""
+
+    @abstractmethod
+    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+        """A qcow2 in the instance pool backed by an image-pool volume, of the given virtual size."""
+
+    @abstractmethod
+    def upload_instance_volume(self, volume: str, source: Path) -> None:
+        """Copy a local file (e.g. a cloud-init seed) into the instance pool."""
+
+    @abstractmethod
+    def delete_instance_volume(self, volume: str) -> None:
+        """Remove a volume from the instance pool; a missing one is not an error."""
+
+    @abstractmethod
+    def list_instance_volumes(self) -> list[str]:
+        """Names of every volume in the instance pool."""
+
+    @abstractmethod
+    def resize_instance_volume(self, volume: str, size_bytes: int, *, guest: str | None) -> None:
+        """Grow a disk. With ``guest`` running, online (the guest sees the new size at once)."""
+
+    # --- guests --------------------------------------------------------------------------
+    @abstractmethod
+    def define(self, spec: GuestSpec) -> None:
+        """Make a persistent guest from a spec. Refuses a name already in use on the host."""
+
+    @abstractmethod
+    def start(self, name: str) -> None: ...
+
+    @abstractmethod
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI power button); returns without waiting."""
+
+    @abstractmethod
+    def destroy(self, name: str) -> None:
+        """Pull the power. A guest already off is not an error."""
+
+    @abstractmethod
+    def undefine(self, name: str) -> None:
+        """Forget a (stopped) guest's definition. A missing guest is not an error."""
+
+    @abstractmethod
+    def guest_info(self, name: str) -> GuestInfo | None:
+        """The guest's facts, or None when the host has no guest of that name."""
+
+    @abstractmethod
+    def list_guests(self) -> list[GuestInfo]: ...
+
+    @abstractmethod
+    def console_read(self, log_volume: str, offset: int = 0) -> bytes:
+        """Serial-console output logged so far, from ``offset`` (b"" when there is none yet)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
+        """Release the connection."""

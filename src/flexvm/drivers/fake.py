@@ -1,0 +1,298 @@
+"""FakeDriver: an in-memory hypervisor that keeps libvirt's semantics without running anything.
+
+What it models, because services depend on it:
+- guests are defined (persistent), started, shut down (ACPI: the guest powers off after
+  ``shutdown_delay`` unless ``ignores_shutdown``), destroyed and undefined, with libvirt's
+  refusals: starting a running guest, undefining an unknown one is a no-op, defining a taken name;
+- starting a guest claims its memory from the host and stopping releases it; a start that
+  would exceed the host's memory fails, as QEMU's allocation would;
+- the instance and image pools are dicts of volumes; an overlay needs its backing volume;
+- a started guest "boots": after ``ready_delay`` seconds its console log shows the tiny
+  image's readiness line (``ready_delay=None``: it never becomes ready);
+- any method can be told to fail: ``fail_next("define")`` makes the next call raise.
+
+Instances are shared per URI (``fake://name``), so a test and the server see the same host.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qs, urlparse
+
+from flexvm.drivers.base import Driver
+from flexvm.errors import AlreadyExists, HypervisorError
+from flexvm.model.guest import GuestInfo, GuestSpec, GuestState
+from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
+from flexvm.model.units import GIB
+
+
+@dataclass
+class FakeGuest:
+    spec: GuestSpec
+    state: GuestState = GuestState.SHUTOFF
+    started_at: float = 0.0
+    boots: int = 0
+    shutdown_requested_at: float | None = None
+
+
+@dataclass
+class FakeVolume:
+    size: int
+    backing: str | None = None
+    data: bytes = b""
+
+
+@dataclass
+class FakeHost:
+    cpus: int = 8
+    memory_mib: int = 32768
+    disk_bytes: int = 500 * GIB
+    guests: dict[str, FakeGuest] = field(default_factory=dict)
+    images: dict[str, FakeVolume] = field(default_factory=dict)
+    instances: dict[str, FakeVolume] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    ready_delay: float | None = 0.0
+    shutdown_delay: float = 0.0
+    ignores_shutdown: bool = False
+    reachable: bool = True
+
+
+class FakeDriver(Driver):
+    _hosts: ClassVar[dict[str, FakeHost]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, uri: str, host: FakeHost) -> None:
+        self.uri = uri
+        self.host = host
+        self._lock = threading.RLock()
+
+    @classmethod
+    def for_uri(cls, uri: str) -> FakeDriver:
+        """``fake://name?cpus=8&memory_mib=32768`` — the same in-memory host for the same name."""
+        parsed = urlparse(uri)
+        key = parsed.netloc or parsed.path
+        with cls._registry_lock:
+            host = cls._hosts.get(key)
+            if host is None:
+                query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+                host = FakeHost(
+                    cpus=int(query.get("cpus", 8)),
+                    memory_mib=int(query.get("memory_mib", 32768)),
+                    disk_bytes=int(query.get("disk_gib", 500)) * GIB,
+                )
+                cls._hosts[key] = host
+        return cls(uri, host)
+
+    @classmethod
+    def reset_all(cls) -> None:
+        with cls._registry_lock:
+            cls._hosts.clear()
+
+    # --- failure injection ---------------------------------------------------------------
+    def fail_next(self, method: str, times: int = 1) -> None:
+        self.host.failures[method] = times
+
+    def _check(self, method: str) -> None:
+        if not self.host.reachable:
+            from flexvm.errors import HypervisorUnavailable
+
+            raise HypervisorUnavailable(f"{method}: fake host {self.uri} is unreachable")
+        left = self.host.failures.get(method, 0)
+        if left > 0:
+            self.host.failures[method] = left - 1
+            raise HypervisorError(f"{method}: injected failure on {self.uri}")
+
+    # --- host facts ----------------------------------------------------------------------
+    def host_info(self) -> HostInfo:
+        self._check("host_info")
+        used = sum(v.size for v in self.host.instances.values())
+        return HostInfo(
+            hostname=self.uri,
+            cpus=self.host.cpus,
+            memory_mib=self.host.memory_mib,
+            cpu_model="fake",
+            libvirt_version="0.0.0",
+            hypervisor_version="0.0.0",
+            disk_capacity_bytes=self.host.disk_bytes,
+            disk_available_bytes=self.host.disk_bytes - used,
+            kvm_offered=False,
+        )
+
+    def probe_accelerator(self, probe_kernel: Path | None) -> AcceleratorChoice:
+        self._check("probe_accelerator")
+        return AcceleratorChoice(Accelerator.TCG, "the fake driver emulates nothing; reporting TCG")
+
+    # --- storage -------------------------------------------------------------------------
+    def has_image_volume(self, volume: str) -> bool:
+        self._check("has_image_volume")
+        return volume in self.host.images
+
+    def upload_image_volume(self, volume: str, source: Path) -> None:
+        self._check("upload_image_volume")
+        self.host.images[volume] = FakeVolume(source.stat().st_size)
+
+    def delete_image_volume(self, volume: str) -> None:
+        self._check("delete_image_volume")
+        self.host.images.pop(volume, None)
+
+    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+        self._check("create_overlay")
+        with self._lock:
+            if backing_volume not in self.host.images:
+                raise HypervisorError(f"image volume {backing_volume} is not on {self.uri}")
+            if volume in self.host.instances:
+                raise HypervisorError(f"volume {volume} already exists on {self.uri}")
+            self.host.instances[volume] = FakeVolume(size_bytes, backing=backing_volume)
+
+    def upload_instance_volume(self, volume: str, source: Path) -> None:
+        self._check("upload_instance_volume")
+        self.host.instances[volume] = FakeVolume(source.stat().st_size)
+
+    def delete_instance_volume(self, volume: str) -> None:
+        self._check("delete_instance_volume")
+        self.host.instances.pop(volume, None)
+
+    def list_instance_volumes(self) -> list[str]:
+        self._check("list_instance_volumes")
+        return sorted(self.host.instances)
+
+    def resize_instance_volume(self, volume: str, size_bytes: int, *, guest: str | None) -> None:
+        self._check("resize_instance_volume")
+        with self._lock:
+            vol = self.host.instances.get(volume)
+            if vol is None:
+                raise HypervisorError(f"disk {volume} is not on {self.uri}")
+            if size_bytes < vol.size:
+                raise HypervisorError(f"cannot shrink disk {volume}")
+            vol.size = size_bytes
+            if guest is not None:
+                self._log(guest, f"flexvm: state disk_bytes={size_bytes}")
+
+    # --- guests --------------------------------------------------------------------------
+    def define(self, spec: GuestSpec) -> None:
+        self._check("define")
+        with self._lock:
+            if spec.name in self.host.guests:
+                raise AlreadyExists(f"domain on host {self.uri}", spec.name)
+            for disk in spec.disks:
+                if disk.volume not in self.host.instances:
+                    raise HypervisorError(f"disk volume {disk.volume} of {spec.name} does not exist")
+            self.host.guests[spec.name] = FakeGuest(spec)
+
+    def start(self, name: str) -> None:
+        self._check("start")
+        with self._lock:
+            guest = self._guest(name)
+            self._settle(guest)
+            if guest.state is GuestState.RUNNING:
+                raise HypervisorError(f"starting {name}: domain is already running")
+            running = sum(g.spec.memory_mib for g in self.host.guests.values() if g.state is GuestState.RUNNING)
+            if running + guest.spec.memory_mib > self.host.memory_mib:
+                raise HypervisorError(f"starting {name}: cannot allocate {guest.spec.memory_mib} MiB")
+            guest.state = GuestState.RUNNING
+            guest.started_at = time.monotonic()
+            guest.boots += 1
+            guest.shutdown_requested_at = None
+
+    def shutdown(self, name: str) -> None:
+        self._check("shutdown")
+        with self._lock:
+            guest = self._guest(name)
+            if guest.state is GuestState.RUNNING and not self.host.ignores_shutdown:
+                guest.shutdown_requested_at = time.monotonic()
+
+    def destroy(self, name: str) -> None:
+        self._check("destroy")
+        with self._lock:
+            guest = self.host.guests.get(name)
+            if guest is not None:
+                guest.state = GuestState.SHUTOFF
+
+    def undefine(self, name: str) -> None:
+        self._check("undefine")
+        with self._lock:
+            guest = self.host.guests.get(name)
+            if guest is not None and guest.state is GuestState.RUNNING:
+                raise HypervisorError(f"undefining {name}: a running guest becomes transient, destroy it first")
+            self.host.guests.pop(name, None)
+
+    def guest_info(self, name: str) -> GuestInfo | None:
+        self._check("guest_info")
+        with self._lock:
+            guest = self.host.guests.get(name)
+            return None if guest is None else self._info(guest)
+
+    def list_guests(self) -> list[GuestInfo]:
+        self._check("list_guests")
+        with self._lock:
+            return [self._info(g) for g in self.host.guests.values()]
+
+    def console_read(self, log_volume: str, offset: int = 0) -> bytes:
+        self._check("console_read")
+        with self._lock:
+            for guest in self.host.guests.values():
+                if guest.spec.console_log == log_volume:
+                    self._settle(guest)
+            volume = self.host.instances.get(log_volume)
+            return b"" if volume is None else volume.data[offset:]
+
+    # --- simulation ----------------------------------------------------------------------
+    def _guest(self, name: str) -> FakeGuest:
+        guest = self.host.guests.get(name)
+        if guest is None:
+            raise HypervisorError(f"host {self.uri} has no guest named {name}")
+        return guest
+
+    def _log(self, name: str, line: str) -> None:
+        guest = self.host.guests.get(name)
+        if guest is None or not guest.spec.console_log:
+            return
+        volume = self.host.instances.setdefault(guest.spec.console_log, FakeVolume(0))
+        volume.data += (line + "\n").encode()
+        volume.size = len(volume.data)
+
+    def _settle(self, guest: FakeGuest) -> None:
+        """Advance a guest's simulated life: finish a requested shutdown, print readiness."""
+        now = time.monotonic()
+        if guest.state is not GuestState.RUNNING:
+            return
+        if guest.shutdown_requested_at is not None and now - guest.shutdown_requested_at >= self.host.shutdown_delay:
+            self._log(guest.spec.name, "flexvm: poweroff")
+            guest.state = GuestState.SHUTOFF
+            guest.shutdown_requested_at = None
+            return
+        delay = self.host.ready_delay
+        marker = f"flexvm: ready name={guest.spec.name}"
+        log = self.host.instances.get(guest.spec.console_log)
+        already = log is not None and log.data.count(marker.encode()) >= guest.boots
+        if delay is not None and now - guest.started_at >= delay and not already:
+            disk = next(
+                (
+                    self.host.instances[d.volume].size
+                    for d in guest.spec.disks
+                    if d.device == "disk" and d.volume in self.host.instances
+                ),
+                0,
+            )
+            self._log(
+                guest.spec.name,
+                f"{marker} cpus={guest.spec.vcpus} mem_kib={guest.spec.memory_mib * 1024} "
+                f"disk_bytes={disk} ip=none boots={guest.boots} uptime={now - guest.started_at:.2f}",
+            )
+
+    def _info(self, guest: FakeGuest) -> GuestInfo:
+        self._settle(guest)
+        return GuestInfo(
+            name=guest.spec.name,
+            uuid=guest.spec.uuid,
+            state=guest.state,
+            vcpus=guest.spec.vcpus,
+            memory_kib=guest.spec.memory_mib * 1024,
+            cpu_time_ns=0,
+            vm_id=guest.spec.vm_id,
+            disks=[d.volume for d in guest.spec.disks],
+        )

@@ -1,0 +1,254 @@
+"""LibvirtDriver: real QEMU guests through libvirt."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from flexvm.drivers.base import Driver
+from flexvm.drivers.libvirt import accel
+from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
+from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, vm_id_from_xml
+from flexvm.drivers.libvirt.storage import IMAGE_POOL, INSTANCE_POOL, Storage
+from flexvm.errors import AlreadyExists, HypervisorError
+from flexvm.model.guest import GuestInfo, GuestSpec, GuestState
+from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
+
+_STATES = {
+    0: GuestState.OTHER,
+    1: GuestState.RUNNING,
+    2: GuestState.RUNNING,
+    3: GuestState.PAUSED,
+    4: GuestState.SHUTDOWN,
+    5: GuestState.SHUTOFF,
+    6: GuestState.CRASHED,
+    7: GuestState.PAUSED,
+}
+
+
+def _version(number: int) -> str:
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+class LibvirtDriver(Driver):
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.connection = Connection(uri)
+        self.storage = Storage(self.connection)
+
+    # --- host facts ----------------------------------------------------------------------
+    def host_info(self) -> HostInfo:
+        def read(conn: Any) -> HostInfo:
+            lv = require_libvirt()
+            model, _numa_memory_mib, cpus, *_ = conn.getInfo()
+            # getInfo() sums NUMA nodes' memory, which misses memory hot-added to the host after
+            # boot; the node's own statistics report the whole of it.
+            memory_mib = conn.getMemoryStats(lv.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)["total"] // 1024
+            capacity, available = self.storage.pool_space()
+            return HostInfo(
+                hostname=conn.getHostname(),
+                cpus=cpus,
+                memory_mib=memory_mib,
+                cpu_model=model,
+                libvirt_version=_version(conn.getLibVersion()),
+                hypervisor_version=_version(conn.getVersion()),
+                disk_capacity_bytes=capacity,
+                disk_available_bytes=available,
+                kvm_offered=accel.kvm_offered(conn.getCapabilities()),
+            )
+
+        return self.connection.call("reading host facts", read)
+
+    def probe_accelerator(self, probe_kernel: Path | None) -> AcceleratorChoice:
+        conn = self.connection.get()
+        if not accel.kvm_offered(self.connection.call("reading capabilities", lambda c: c.getCapabilities())):
+            return AcceleratorChoice(
+                Accelerator.TCG, "libvirt offers no kvm domain type here (no usable /dev/kvm); using TCG"
+            )
+        if probe_kernel is None:
+            return AcceleratorChoice(
+                Accelerator.TCG, "KVM is offered but there is no kernel to prove it with; using TCG"
+            )
+        digest = hashlib.sha256(probe_kernel.read_bytes()).hexdigest()[:12]
+        kernel_volume = f"flexvm-probe-{digest}.kernel"
+        if not self.has_image_volume(kernel_volume):
+            self.upload_image_volume(kernel_volume, probe_kernel)
+        self._remove_probe_leftovers()
+        xml = build_domain_xml(accel.probe_spec(kernel_volume), self.storage.paths)
+        lv = require_libvirt()
+        try:
+            conn.createXML(xml, 0)
+        except lv.libvirtError as err:
+            self._remove_probe_leftovers()
+            return AcceleratorChoice(
+                Accelerator.TCG, f"a test guest under KVM failed to start ({err.get_error_message()}); using TCG"
+            )
+        try:
+            return accel.judge_probe(
+                lambda: self.console_read(accel.PROBE_LOG),
+                lambda: self.guest_info(accel.PROBE_NAME) is not None,
+            )
+        finally:
+            self._remove_probe_leftovers()
+
+    def _remove_probe_leftovers(self) -> None:
+        self.destroy(accel.PROBE_NAME)
+        self.delete_instance_volume(accel.PROBE_LOG)
+
+    # --- storage -------------------------------------------------------------------------
+    def has_image_volume(self, volume: str) -> bool:
+        return self.storage.lookup(IMAGE_POOL, volume, refresh=True) is not None
+
+    def upload_image_volume(self, volume: str, source: Path) -> None:
+        self.storage.upload(IMAGE_POOL, volume, source)
+
+    def delete_image_volume(self, volume: str) -> None:
+        self.storage.delete(IMAGE_POOL, volume)
+
+    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+        try:
+            self.storage.create_overlay(volume, backing_volume, backing_format, size_bytes)
+        except FileNotFoundError as err:
+            raise HypervisorError(str(err)) from err
+
+    def upload_instance_volume(self, volume: str, source: Path) -> None:
+        self.storage.upload(INSTANCE_POOL, volume, source)
+
+    def delete_instance_volume(self, volume: str) -> None:
+        self.storage.delete(INSTANCE_POOL, volume)
+
+    def list_instance_volumes(self) -> list[str]:
+        return self.storage.names(INSTANCE_POOL)
+
+    def resize_instance_volume(self, volume: str, size_bytes: int, *, guest: str | None) -> None:
+        if guest is None:
+            try:
+                self.storage.resize(volume, size_bytes)
+            except FileNotFoundError as err:
+                raise HypervisorError(str(err)) from err
+            return
+        lv = require_libvirt()
+        path = str(self.storage.paths.instances / volume)
+        dom = self._domain(guest)
+        with self.connection.translate(f"growing disk {volume} of {guest} online"):
+            dom.blockResize(path, size_bytes, lv.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+    # --- guests --------------------------------------------------------------------------
+    def define(self, spec: GuestSpec) -> None:
+        if self._find(spec.name) is not None:
+            raise AlreadyExists(f"domain on host {self.uri}", spec.name)
+        xml = build_domain_xml(spec, self.storage.paths)
+        self.connection.call(f"defining {spec.name}", lambda conn: conn.defineXML(xml))
+
+    def start(self, name: str) -> None:
+        dom = self._domain(name)
+        with self.connection.translate(f"starting {name}"):
+            dom.create()
+
+    def shutdown(self, name: str) -> None:
+        lv = require_libvirt()
+        dom = self._domain(name)
+        with self.connection.translate(f"shutting down {name}"):
+            if dom.isActive():
+                dom.shutdownFlags(lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    def destroy(self, name: str) -> None:
+        dom = self._find(name)
+        if dom is None:
+            return
+        lv = require_libvirt()
+        with self.connection.translate(f"powering off {name}"):
+            try:
+                if dom.isActive():
+                    dom.destroy()
+            except lv.libvirtError as err:
+                # It may have stopped (or vanished, if transient) between the check and the call.
+                if is_missing(err) or error_is_not_running(err):
+                    return
+                raise
+
+    def undefine(self, name: str) -> None:
+        dom = self._find(name)
+        if dom is None:
+            return
+        lv = require_libvirt()
+        with self.connection.translate(f"undefining {name}"):
+            try:
+                dom.undefineFlags(lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | lv.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            except lv.libvirtError as err:
+                if not is_missing(err):
+                    raise
+
+    def guest_info(self, name: str) -> GuestInfo | None:
+        dom = self._find(name)
+        if dom is None:
+            return None
+        lv = require_libvirt()
+        try:
+            with self.connection.translate(f"reading {name}"):
+                return self._info(dom)
+        except HypervisorError as err:
+            if isinstance(err.__cause__, lv.libvirtError) and is_missing(err.__cause__):
+                return None
+            raise
+
+    def list_guests(self) -> list[GuestInfo]:
+        def read(conn: Any) -> list[GuestInfo]:
+            lv = require_libvirt()
+            guests = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    guests.append(self._info(dom))
+                except lv.libvirtError as err:
+                    if not is_missing(err):  # a transient guest that just went away
+                        raise
+            return guests
+
+        return self.connection.call("listing guests", read)
+
+    def console_read(self, log_volume: str, offset: int = 0) -> bytes:
+        return self.storage.download(INSTANCE_POOL, log_volume, offset)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # --- helpers -------------------------------------------------------------------------
+    def _find(self, name: str) -> Any | None:
+        lv = require_libvirt()
+        conn = self.connection.get()
+        with self.connection.translate(f"looking up {name}", conn):
+            try:
+                return conn.lookupByName(name)
+            except lv.libvirtError as err:
+                if is_missing(err):
+                    return None
+                raise
+
+    def _domain(self, name: str) -> Any:
+        dom = self._find(name)
+        if dom is None:
+            raise HypervisorError(f"host {self.uri} has no guest named {name}")
+        return dom
+
+    @staticmethod
+    def _info(dom: Any) -> GuestInfo:
+        state, _max_kib, memory_kib, vcpus, cpu_time = dom.info()
+        xml = dom.XMLDesc(0)
+        return GuestInfo(
+            name=dom.name(),
+            uuid=dom.UUIDString(),
+            state=_STATES.get(state, GuestState.OTHER),
+            vcpus=vcpus,
+            memory_kib=memory_kib,
+            cpu_time_ns=cpu_time,
+            vm_id=vm_id_from_xml(xml),
+            persistent=bool(dom.isPersistent()),
+            disks=disk_sources(xml),
+        )
+
+
+def error_is_not_running(err: Exception) -> bool:
+    lv = require_libvirt()
+    get = getattr(err, "get_error_code", None)
+    return bool(get and get() == lv.VIR_ERR_OPERATION_INVALID)

@@ -1,0 +1,162 @@
+"""The host's two storage pools and the volumes in them, all through the libvirt connection.
+
+Using libvirt's storage API (not file paths) is what lets a remote host receive images and
+serve console logs without ssh or scp.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
+from flexvm.drivers.libvirt.domain_xml import PoolPaths
+
+STORAGE_ROOT = PurePosixPath("/var/lib/libvirt/flexvm")
+IMAGE_POOL = "flexvm-images"
+INSTANCE_POOL = "flexvm-instances"
+CHUNK = 1024 * 1024
+
+
+def pool_xml(name: str, path: PurePosixPath) -> str:
+    pool = ET.Element("pool", type="dir")
+    ET.SubElement(pool, "name").text = name
+    target = ET.SubElement(pool, "target")
+    ET.SubElement(target, "path").text = str(path)
+    return ET.tostring(pool, encoding="unicode")
+
+
+def volume_xml(name: str, capacity: int, fmt: str, backing: tuple[str, str] | None = None) -> str:
+    volume = ET.Element("volume")
+    ET.SubElement(volume, "name").text = name
+    ET.SubElement(volume, "capacity", unit="bytes").text = str(capacity)
+    ET.SubElement(volume, "allocation", unit="bytes").text = "0"
+    target = ET.SubElement(volume, "target")
+    ET.SubElement(target, "format", type=fmt)
+    if backing is not None:
+        store = ET.SubElement(volume, "backingStore")
+        ET.SubElement(store, "path").text = backing[0]
+        ET.SubElement(store, "format", type=backing[1])
+    return ET.tostring(volume, encoding="unicode")
+
+
+class Storage:
+    def __init__(self, connection: Connection, root: PurePosixPath = STORAGE_ROOT) -> None:
+        self.connection = connection
+        self.paths = PoolPaths(images=root / "images", instances=root / "instances")
+        self._pools: dict[str, Any] = {}
+
+    def pool(self, name: str) -> Any:
+        """The pool, defined, built, started and set to autostart on first use."""
+        conn = self.connection.get()
+        path = self.paths.images if name == IMAGE_POOL else self.paths.instances
+        with self.connection.translate(f"storage pool {name}", conn):
+            try:
+                pool = conn.storagePoolLookupByName(name)
+            except require_libvirt().libvirtError as err:
+                if not is_missing(err):
+                    raise
+                pool = conn.storagePoolDefineXML(pool_xml(name, path), 0)
+                pool.build(0)
+                pool.setAutostart(1)
+            if not pool.isActive():
+                pool.create(0)
+        return pool
+
+    def lookup(self, pool_name: str, volume: str, *, refresh: bool = False) -> Any | None:
+        pool = self.pool(pool_name)
+        with self.connection.translate(f"volume {volume}"):
+            if refresh:
+                pool.refresh(0)
+            try:
+                return pool.storageVolLookupByName(volume)
+            except require_libvirt().libvirtError as err:
+                if is_missing(err):
+                    return None
+                raise
+
+    def upload(self, pool_name: str, volume: str, source: Path) -> None:
+        """Stream a local file into a new volume; a failed upload deletes what it made."""
+        size = source.stat().st_size
+        pool = self.pool(pool_name)
+        conn = self.connection.get()
+        with self.connection.translate(f"uploading {source.name} as {volume}", conn):
+            existing = self.lookup(pool_name, volume, refresh=True)
+            if existing is not None:
+                existing.delete(0)
+            vol = pool.createXML(volume_xml(volume, size, "raw"), 0)
+            try:
+                stream = conn.newStream(0)
+                vol.upload(stream, 0, size, 0)
+                with source.open("rb") as handle:
+                    stream.sendAll(_reader(handle), None)
+                stream.finish()
+            except BaseException:
+                vol.delete(0)
+                raise
+            pool.refresh(0)
+
+    def download(self, pool_name: str, volume: str, offset: int) -> bytes:
+        vol = self.lookup(pool_name, volume, refresh=True)
+        if vol is None:
+            return b""
+        conn = self.connection.get()
+        with self.connection.translate(f"reading volume {volume}", conn):
+            length = vol.info()[1]  # capacity: a plain file's size
+            if offset >= length:
+                return b""
+            stream = conn.newStream(0)
+            vol.download(stream, offset, length - offset, 0)
+            chunks = []
+            while True:
+                data = stream.recv(CHUNK)
+                if not data:
+                    break
+                chunks.append(data)
+            stream.finish()
+            return b"".join(chunks)
+
+    def delete(self, pool_name: str, volume: str) -> None:
+        vol = self.lookup(pool_name, volume, refresh=True)
+        if vol is not None:
+            with self.connection.translate(f"deleting volume {volume}"):
+                vol.delete(0)
+
+    def names(self, pool_name: str) -> list[str]:
+        pool = self.pool(pool_name)
+        with self.connection.translate(f"listing pool {pool_name}"):
+            pool.refresh(0)
+            return sorted(pool.listVolumes())
+
+    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+        backing = self.lookup(IMAGE_POOL, backing_volume, refresh=True)
+        if backing is None:
+            raise FileNotFoundError(f"image volume {backing_volume} is not on this host")
+        pool = self.pool(INSTANCE_POOL)
+        with self.connection.translate(f"creating disk {volume}"):
+            xml = volume_xml(volume, size_bytes, "qcow2", (backing.path(), backing_format))
+            pool.createXML(xml, 0)
+
+    def resize(self, volume: str, size_bytes: int) -> None:
+        vol = self.lookup(INSTANCE_POOL, volume, refresh=True)
+        if vol is None:
+            raise FileNotFoundError(f"disk {volume} is not on this host")
+        with self.connection.translate(f"resizing disk {volume}"):
+            vol.resize(size_bytes, 0)
+
+    def pool_space(self) -> tuple[int, int]:
+        """(capacity, available) bytes of the filesystem under the instance pool."""
+        pool = self.pool(INSTANCE_POOL)
+        with self.connection.translate("reading pool space"):
+            pool.refresh(0)
+            _state, capacity, _allocation, available = pool.info()
+        return capacity, available
+
+
+def _reader(handle: Any) -> Callable[[Any, int, Any], bytes]:
+    def read(_stream: Any, nbytes: int, _opaque: Any) -> bytes:
+        return handle.read(min(nbytes, CHUNK))
+
+    return read

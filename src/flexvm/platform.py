@@ -1,0 +1,107 @@
+"""Wiring: builds the services from Settings. The API server and tests start here."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flexvm.compute.hosts import DriverPool, HostService
+from flexvm.compute.images import ImageService
+from flexvm.compute.lifecycle import VmService
+from flexvm.compute.operations import OperationRunner
+from flexvm.compute.reconcile import Reconciler, ReconcileReport
+from flexvm.compute.sizes import SizeService
+from flexvm.config import Settings
+from flexvm.drivers import connect as default_connect
+from flexvm.drivers.base import Driver
+from flexvm.errors import FlexvmError
+from flexvm.images.store import ImageStore
+from flexvm.store.db import Database, open_database
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOST = "local"
+SYNC_SECONDS = 15.0
+
+
+def find_probe_kernel(store: ImageStore, db: Database) -> Callable[[], Path | None]:
+    """A Linux kernel to prove KVM with: Debian's installed one, else the tiny image's."""
+
+    def find() -> Path | None:
+        try:
+            from flexvm.images.tiny.build import find_debian_kernel
+
+            return find_debian_kernel().vmlinuz
+        except FlexvmError:
+            pass
+        from flexvm.store.repositories import ImageRepo
+
+        with db.session() as session:
+            for image in ImageRepo(session).list():
+                if image.kernel_file:
+                    return store.path_of(image.kernel_file)
+        return None
+
+    return find
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    runner: OperationRunner
+    drivers: DriverPool
+    hosts: HostService
+    sizes: SizeService
+    images: ImageService
+    vms: VmService
+    reconciler: Reconciler
+    last_report: ReconcileReport | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _sync_thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, settings: Settings, connect: Callable[[str], Driver] = default_connect) -> Platform:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        db = open_database(settings.db_url)
+        runner = OperationRunner(db)
+        drivers = DriverPool(connect)
+        store = ImageStore(settings.images_dir)
+        hosts = HostService(db, drivers, find_probe_kernel(store, db))
+        sizes = SizeService(db)
+        images = ImageService(db, runner, store)
+        vms = VmService(db, runner, hosts, sizes, images, settings)
+        return cls(settings, db, runner, drivers, hosts, sizes, images, vms, Reconciler(db, hosts, vms))
+
+    def start(self) -> ReconcileReport:
+        """Register the local host, recover what a previous server left, then keep in sync."""
+        if self.settings.local_uri:
+            host = self.hosts.ensure_registered(LOCAL_HOST, self.settings.local_uri)
+            log.info(
+                "host %s: %s, accelerator %s (%s)",
+                host.name,
+                host.state.value,
+                host.accelerator.value,
+                host.accelerator_reason,
+            )
+        self.last_report = self.reconciler.at_start()
+        self._sync_thread = threading.Thread(target=self._sync_loop, name="flexvm-sync", daemon=True)
+        self._sync_thread.start()
+        return self.last_report
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(SYNC_SECONDS):
+            try:
+                for host in self.hosts.list():
+                    self.hosts.refresh(host.name)
+                self.last_report = self.reconciler.sync()
+            except Exception:  # the loop must outlive any one bad pass; the next one retries
+                log.exception("periodic sync failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.drivers.close()
+        self.db.engine.dispose()

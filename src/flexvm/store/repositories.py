@@ -1,0 +1,328 @@
+"""Repositories: the only code that touches rows. They take a session and speak model dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from flexvm.errors import AlreadyExists, NotFound
+from flexvm.model.host import Accelerator, Host, HostState
+from flexvm.model.image import Image
+from flexvm.model.operation import Operation, OperationStatus, Step
+from flexvm.model.sizes import Size
+from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
+from flexvm.store.tables import HostRow, ImageRow, OperationRow, SizeRow, VmRow
+
+
+def _fields(obj: Any, *skip: str) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name not in skip}
+
+
+# --- sizes -----------------------------------------------------------------------------------
+
+
+class SizeRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def custom(self) -> list[Size]:
+        rows = self.session.scalars(select(SizeRow).order_by(SizeRow.name))
+        return [Size(r.name, r.vcpus, r.memory_mib, r.disk_bytes, r.family, builtin=False) for r in rows]
+
+    def get_custom(self, name: str) -> Size | None:
+        row = self.session.get(SizeRow, name)
+        return None if row is None else Size(row.name, row.vcpus, row.memory_mib, row.disk_bytes, row.family, False)
+
+    def add(self, size: Size) -> None:
+        if self.session.get(SizeRow, size.name) is not None:
+            raise AlreadyExists("size", size.name)
+        self.session.add(SizeRow(**_fields(size, "builtin")))
+
+    def delete(self, name: str) -> None:
+        row = self.session.get(SizeRow, name)
+        if row is None:
+            raise NotFound("size", name)
+        self.session.delete(row)
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def _image(row: ImageRow) -> Image:
+    return Image(
+        name=row.name,
+        format=row.format,
+        disk_file=row.disk_file,
+        virtual_size=row.virtual_size,
+        file_size=row.file_size,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        kernel_file=row.kernel_file,
+        initrd_file=row.initrd_file,
+        cmdline=row.cmdline,
+        ready_marker=row.ready_marker,
+        cloud_init=row.cloud_init,
+        description=row.description,
+    )
+
+
+class ImageRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def list(self) -> list[Image]:
+        return [_image(r) for r in self.session.scalars(select(ImageRow).order_by(ImageRow.name))]
+
+    def find(self, name: str) -> Image | None:
+        row = self.session.get(ImageRow, name)
+        return None if row is None else _image(row)
+
+    def get(self, name: str) -> Image:
+        image = self.find(name)
+        if image is None:
+            raise NotFound("image", name)
+        return image
+
+    def add(self, image: Image) -> None:
+        if self.session.get(ImageRow, image.name) is not None:
+            raise AlreadyExists("image", image.name)
+        self.session.add(ImageRow(**_fields(image)))
+
+    def delete(self, name: str) -> None:
+        row = self.session.get(ImageRow, name)
+        if row is None:
+            raise NotFound("image", name)
+        self.session.delete(row)
+
+    def users(self, name: str) -> list[str]:
+        return list(self.session.scalars(select(VmRow.name).where(VmRow.image == name).order_by(VmRow.name)))
+
+
+# --- hosts -----------------------------------------------------------------------------------
+
+
+def _host(row: HostRow) -> Host:
+    return Host(
+        name=row.name,
+        uri=row.uri,
+        state=HostState(row.state),
+        cpus=row.cpus,
+        memory_mib=row.memory_mib,
+        disk_capacity_bytes=row.disk_capacity_bytes,
+        accelerator=Accelerator(row.accelerator),
+        accelerator_reason=row.accelerator_reason,
+        libvirt_version=row.libvirt_version,
+        hypervisor_version=row.hypervisor_version,
+        cpu_ratio=row.cpu_ratio,
+        ram_ratio=row.ram_ratio,
+        disk_ratio=row.disk_ratio,
+        reserved_memory_mib=row.reserved_memory_mib,
+        fault_domain=row.fault_domain,
+        hostname=row.hostname,
+        cpu_model=row.cpu_model,
+        last_seen=row.last_seen,
+        state_reason=row.state_reason,
+    )
+
+
+class HostRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def list(self) -> list[Host]:
+        return [_host(r) for r in self.session.scalars(select(HostRow).order_by(HostRow.name))]
+
+    def find(self, name: str) -> Host | None:
+        row = self.session.get(HostRow, name)
+        return None if row is None else _host(row)
+
+    def get(self, name: str) -> Host:
+        host = self.find(name)
+        if host is None:
+            raise NotFound("host", name)
+        return host
+
+    def lock(self, name: str) -> Host:
+        """Read a host row for update: claims against it are then serialised (PostgreSQL row lock;
+        SQLite already holds the database write lock from BEGIN IMMEDIATE)."""
+        row = self.session.scalars(select(HostRow).where(HostRow.name == name).with_for_update()).first()
+        if row is None:
+            raise NotFound("host", name)
+        return _host(row)
+
+    def add(self, host: Host) -> None:
+        if self.session.get(HostRow, host.name) is not None:
+            raise AlreadyExists("host", host.name)
+        if self.session.scalars(select(HostRow).where(HostRow.uri == host.uri)).first() is not None:
+            raise AlreadyExists("host with URI", host.uri)
+        self.session.add(HostRow(**_fields(host)))
+
+    def save(self, host: Host) -> None:
+        row = self.session.get(HostRow, host.name)
+        if row is None:
+            raise NotFound("host", host.name)
+        for key, value in _fields(host, "name").items():
+            setattr(row, key, value)
+
+
+# --- VMs -------------------------------------------------------------------------------------
+
+
+def _vm(row: VmRow) -> Vm:
+    return Vm(
+        id=row.id,
+        name=row.name,
+        size=row.size,
+        image=row.image,
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        disk_bytes=row.disk_bytes,
+        provisioning_state=ProvisioningState(row.provisioning_state),
+        power_state=PowerState(row.power_state),
+        host=row.host,
+        disk_host=row.disk_host,
+        created_at=row.created_at,
+        ready_at=row.ready_at,
+        boot_seconds=row.boot_seconds,
+        user_data=row.user_data,
+        active_operation_id=row.active_operation_id,
+        error=row.error,
+        disks=[Disk(**d) for d in row.disks],
+        nics=[Nic(**n) for n in row.nics],
+    )
+
+
+class VmRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def list(self, *, host: str | None = None) -> list[Vm]:
+        query = select(VmRow).order_by(VmRow.name)
+        if host is not None:
+            query = query.where(VmRow.host == host)
+        return [_vm(r) for r in self.session.scalars(query)]
+
+    def find(self, name: str) -> Vm | None:
+        row = self._row(name)
+        return None if row is None else _vm(row)
+
+    def get(self, name: str) -> Vm:
+        vm = self.find(name)
+        if vm is None:
+            raise NotFound("VM", name)
+        return vm
+
+    def by_id(self, vm_id: str) -> Vm | None:
+        row = self.session.get(VmRow, vm_id)
+        return None if row is None else _vm(row)
+
+    def add(self, vm: Vm) -> None:
+        if self._row(vm.name) is not None:
+            raise AlreadyExists("VM", vm.name)
+        self.session.add(self._to_row(vm))
+
+    def save(self, vm: Vm) -> None:
+        row = self.session.get(VmRow, vm.id)
+        if row is None:
+            raise NotFound("VM", vm.name)
+        for key, value in self._columns(vm).items():
+            setattr(row, key, value)
+
+    def delete(self, vm_id: str) -> None:
+        row = self.session.get(VmRow, vm_id)
+        if row is not None:
+            self.session.delete(row)
+
+    def allocated_on(self, host: str) -> tuple[int, int, int]:
+        """(vCPUs, memory MiB, disk bytes) claimed on a host by the VMs placed there."""
+        vcpus, memory = self.session.execute(
+            select(func.coalesce(func.sum(VmRow.vcpus), 0), func.coalesce(func.sum(VmRow.memory_mib), 0)).where(
+                VmRow.host == host
+            )
+        ).one()
+        # Disk is claimed by wherever the disk lives, deallocated or not.
+        disk = self.session.execute(
+            select(func.coalesce(func.sum(VmRow.disk_bytes), 0)).where(VmRow.disk_host == host)
+        ).scalar_one()
+        return int(vcpus), int(memory), int(disk)
+
+    def _row(self, name: str) -> VmRow | None:
+        return self.session.scalars(select(VmRow).where(VmRow.name == name)).first()
+
+    @staticmethod
+    def _columns(vm: Vm) -> dict[str, Any]:
+        columns = _fields(vm, "disks", "nics")
+        columns["provisioning_state"] = vm.provisioning_state.value
+        columns["power_state"] = vm.power_state.value
+        columns["disks"] = [dataclasses.asdict(d) for d in vm.disks]
+        columns["nics"] = [dataclasses.asdict(n) for n in vm.nics]
+        return columns
+
+    def _to_row(self, vm: Vm) -> VmRow:
+        return VmRow(**self._columns(vm))
+
+
+# --- operations ------------------------------------------------------------------------------
+
+
+def _operation(row: OperationRow) -> Operation:
+    return Operation(
+        id=row.id,
+        kind=row.kind,
+        target_kind=row.target_kind,
+        target_name=row.target_name,
+        status=OperationStatus(row.status),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        progress=row.progress,
+        message=row.message,
+        steps=[Step(**s) for s in row.steps],
+        error=row.error,
+        result=dict(row.result),
+        params=dict(row.params),
+    )
+
+
+class OperationRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, operation: Operation) -> None:
+        row = OperationRow(**_fields(operation, "status", "steps"))
+        row.status = operation.status.value
+        row.steps = [dataclasses.asdict(s) for s in operation.steps]
+        self.session.add(row)
+
+    def save(self, operation: Operation) -> None:
+        row = self.session.get(OperationRow, operation.id)
+        if row is None:
+            raise NotFound("operation", operation.id)
+        for key, value in _fields(operation, "id", "status", "steps").items():
+            setattr(row, key, value)
+        row.status = operation.status.value
+        row.steps = [dataclasses.asdict(s) for s in operation.steps]
+
+    def find(self, operation_id: str) -> Operation | None:
+        row = self.session.get(OperationRow, operation_id)
+        return None if row is None else _operation(row)
+
+    def get(self, operation_id: str) -> Operation:
+        operation = self.find(operation_id)
+        if operation is None:
+            raise NotFound("operation", operation_id)
+        return operation
+
+    def list(
+        self, *, limit: int = 50, target: str | None = None, statuses: Iterable[OperationStatus] | None = None
+    ) -> list[Operation]:
+        query = select(OperationRow).order_by(OperationRow.created_at.desc()).limit(limit)
+        if target is not None:
+            query = query.where(OperationRow.target_name == target)
+        if statuses is not None:
+            query = query.where(OperationRow.status.in_([s.value for s in statuses]))
+        return [_operation(r) for r in self.session.scalars(query)]

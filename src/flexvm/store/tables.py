@@ -1,0 +1,113 @@
+"""SQLAlchemy tables. Portable column types only (SQLite by default, PostgreSQL by URL).
+
+The schema itself is created by the Alembic revisions in ``migrations/versions``; keep the two
+in step (tests/unit/test_store.py checks that they agree).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from flexvm.store.db import UTCDateTime, utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SizeRow(Base):
+    __tablename__ = "sizes"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_bytes: Mapped[int] = mapped_column(BigInteger)
+    family: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    format: Mapped[str] = mapped_column(String(16))
+    disk_file: Mapped[str] = mapped_column(String(255))
+    virtual_size: Mapped[int] = mapped_column(BigInteger)
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    kernel_file: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    initrd_file: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cmdline: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ready_marker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cloud_init: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HostRow(Base):
+    __tablename__ = "hosts"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(512), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_capacity_bytes: Mapped[int] = mapped_column(BigInteger)
+    accelerator: Mapped[str] = mapped_column(String(8))
+    accelerator_reason: Mapped[str] = mapped_column(Text, default="")
+    libvirt_version: Mapped[str] = mapped_column(String(32), default="")
+    hypervisor_version: Mapped[str] = mapped_column(String(32), default="")
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    cpu_model: Mapped[str] = mapped_column(String(128), default="")
+    cpu_ratio: Mapped[float] = mapped_column(Float, default=4.0)
+    ram_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    disk_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    reserved_memory_mib: Mapped[int] = mapped_column(Integer, default=512)
+    fault_domain: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class VmRow(Base):
+    __tablename__ = "vms"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(64))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_bytes: Mapped[int] = mapped_column(BigInteger)
+    provisioning_state: Mapped[str] = mapped_column(String(16))
+    power_state: Mapped[str] = mapped_column(String(16))
+    # The host whose capacity the VM holds. NULL once deallocated: a deallocated VM claims nothing.
+    host: Mapped[str | None] = mapped_column(ForeignKey("hosts.name"), nullable=True)
+    # Where the VM's disk lives, kept when deallocated so a start can find it.
+    disk_host: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    boot_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    active_operation_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    nics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class OperationRow(Base):
+    __tablename__ = "operations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target_name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
