@@ -45,24 +45,17 @@ def serve(
 
 
 def main() -> None:
-    """Entry point: errors become one clear line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: errors become one clear line on stderr and a non-zero exit, never a traceback.
+
+    Click (under Typer) handles usage errors itself (exit 2); flexvm's own errors arrive here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except FlexvmError as err:
         output.err_console.print(f"[red]error:[/] {err.message}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(1)
-    except typer.Abort:
-        output.err_console.print("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as err:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One command to a running flexvm: set up, start the server, build the tiny image, boot a first VM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+export FLEXVM_HOME=${FLEXVM_HOME:-/var/lib/flexvm}
+PORT=${FLEXVM_PORT:-8470}
+FLEXVM=.venv/bin/flexvm
+mkdir -p "$FLEXVM_HOME/log"
+
+if curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+    echo "==> flexvm server already running on 127.0.0.1:$PORT"
+else
+    echo "==> starting flexvm serve (log: $FLEXVM_HOME/log/server.log)"
+    setsid nohup "$FLEXVM" serve >>"$FLEXVM_HOME/log/server.log" 2>&1 </dev/null &
+    echo $! >"$FLEXVM_HOME/server.pid"
+    for _ in $(seq 1 150); do
+        curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+        kill -0 "$(cat "$FLEXVM_HOME/server.pid")" 2>/dev/null || { tail -20 "$FLEXVM_HOME/log/server.log" >&2; exit 1; }
+        sleep 0.2
+    done
+fi
+
+$FLEXVM host show local | grep -E "^(state|accelerator|why) "
+
+if ! $FLEXVM image show tiny >/dev/null 2>&1; then
+    echo "==> building the tiny image"
+    $FLEXVM image build tiny >/dev/null
+fi
+$FLEXVM image list
+
+VM=${FLEXVM_FIRST_VM:-first-vm}
+if ! $FLEXVM vm show "$VM" >/dev/null 2>&1; then
+    echo "==> creating $VM"
+    $FLEXVM vm create "$VM" --size Standard_B1ls --image tiny >/dev/null
+elif [ "$($FLEXVM vm show "$VM" -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["power_state"])')" != running ]; then
+    echo "==> starting $VM"
+    $FLEXVM vm start "$VM" >/dev/null
+fi
+
+echo
+$FLEXVM vm show "$VM"
+echo
+echo "--- console of $VM (last lines) ---"
+$FLEXVM vm console "$VM" --tail 8
+echo
+echo "flexvm is up. Try: $FLEXVM vm list | $FLEXVM size list | $FLEXVM vm console $VM"

@@ -1,0 +1,1 @@
+"""The Driver contract suite: the same tests against every driver."""
