@@ -119,12 +119,15 @@ class ImageService:
             if users:
                 raise Conflict(f"image '{name}' is used by VMs: {', '.join(users)}", details={"vms": users})
             repo.delete(name)
-        # Copies on hosts go too; a host that cannot be reached keeps an unused copy, which is
-        # harmless (named by content) and reported rather than blocking the delete.
+        # Copies on hosts go too. A host that cannot be reached, or where the copy still backs a
+        # disk flexvm does not know (another installation's), keeps it: harmless, since volumes are
+        # named by content, and reported rather than blocking the delete.
         unreachable = []
         for driver in drivers:
             try:
-                for kind in self._kinds(image) + ["complete"]:
+                # The disk first: if it still backs someone's overlay the delete stops before
+                # anything is gone. The marker last, so a half-removed image is never trusted.
+                for kind in [*self._kinds(image), "complete"]:
                     driver.delete_image_volume(image_volume(image, kind))
             except FlexvmError:
                 unreachable.append(driver.uri)
@@ -139,23 +142,26 @@ class ImageService:
     def ensure_on_host(self, driver: Driver, image: Image) -> bool:
         """Upload the image's files to the host once; True if anything was uploaded.
 
-        A '.complete' volume is written last, so an upload cut short is redone, not trusted.
+        A '.complete' volume is written last. Without it every file is uploaded again (an upload
+        cut short is redone, not trusted); with it, only files that have gone missing are.
         """
         marker = image_volume(image, "complete")
+        files = {kind: getattr(image, f"{kind}_file") for kind in self._kinds(image)}
         with self._upload_lock(driver.uri, image.volume_prefix):
-            if driver.has_image_volume(marker):
+            complete = driver.has_image_volume(marker)
+            todo = [kind for kind in files if not complete or not driver.has_image_volume(image_volume(image, kind))]
+            if not todo:
                 return False
-            files = {"disk": image.disk_file, "kernel": image.kernel_file, "initrd": image.initrd_file}
-            for kind, file_name in files.items():
-                if file_name:
-                    source = self.store.path_of(file_name)
-                    if not source.exists():
-                        raise ImageError(f"image '{image.name}' is missing its file {file_name} in the store")
-                    driver.upload_image_volume(image_volume(image, kind), source)
-            with tempfile.NamedTemporaryFile("w", suffix=".complete") as note:
-                note.write(image.sha256 + "\n")
-                note.flush()
-                driver.upload_image_volume(marker, Path(note.name))
+            for kind in todo:
+                source = self.store.path_of(files[kind])
+                if not source.exists():
+                    raise ImageError(f"image '{image.name}' is missing its file {files[kind]} in the store")
+                driver.upload_image_volume(image_volume(image, kind), source)
+            if not complete:
+                with tempfile.NamedTemporaryFile("w", suffix=".complete") as note:
+                    note.write(image.sha256 + "\n")
+                    note.flush()
+                    driver.upload_image_volume(marker, Path(note.name))
             return True
 
     def _upload_lock(self, uri: str, prefix: str) -> threading.Lock:

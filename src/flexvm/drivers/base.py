@@ -42,7 +42,8 @@ class Driver(ABC):
 
     @abstractmethod
     def delete_image_volume(self, volume: str) -> None:
-        """Remove a volume from the image pool; a missing one is not an error."""
+        """Remove a volume from the image pool; a missing one is not an error. Refused (InvalidState)
+        while any disk in the instance pool is an overlay on it, whoever made that disk."""
 
     @abstractmethod
     def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:

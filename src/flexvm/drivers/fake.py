@@ -24,7 +24,7 @@ from typing import ClassVar
 from urllib.parse import parse_qs, urlparse
 
 from flexvm.drivers.base import Driver
-from flexvm.errors import AlreadyExists, HypervisorError
+from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
 from flexvm.model.guest import GuestInfo, GuestSpec, GuestState
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
 from flexvm.model.units import GIB
@@ -137,6 +137,9 @@ class FakeDriver(Driver):
 
     def delete_image_volume(self, volume: str) -> None:
         self._check("delete_image_volume")
+        users = sorted(name for name, v in self.host.instances.items() if v.backing == volume)
+        if users:
+            raise InvalidState(f"image volume {volume} still backs disks on {self.uri}: {', '.join(users)}")
         self.host.images.pop(volume, None)
 
     def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:

@@ -11,7 +11,7 @@ from flexvm.drivers.libvirt import accel
 from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
 from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, vm_id_from_xml
 from flexvm.drivers.libvirt.storage import IMAGE_POOL, INSTANCE_POOL, Storage
-from flexvm.errors import AlreadyExists, HypervisorError
+from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
 from flexvm.model.guest import GuestInfo, GuestSpec, GuestState
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
 
@@ -104,6 +104,9 @@ class LibvirtDriver(Driver):
         self.storage.upload(IMAGE_POOL, volume, source)
 
     def delete_image_volume(self, volume: str) -> None:
+        users = self.storage.overlays_on(volume)
+        if users:
+            raise InvalidState(f"image volume {volume} still backs disks on {self.uri}: {', '.join(users)}")
         self.storage.delete(IMAGE_POOL, volume)
 
     def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:

@@ -6,6 +6,7 @@ serve console logs without ssh or scp.
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -18,6 +19,7 @@ STORAGE_ROOT = PurePosixPath("/var/lib/libvirt/flexvm")
 IMAGE_POOL = "flexvm-images"
 INSTANCE_POOL = "flexvm-instances"
 CHUNK = 1024 * 1024
+REFRESH_PATIENCE = 60.0  # seconds to wait for other streams on a pool before a rescan gives up
 
 
 def pool_xml(name: str, path: PurePosixPath) -> str:
@@ -66,10 +68,17 @@ class Storage:
         return pool
 
     def lookup(self, pool_name: str, volume: str, *, refresh: bool = False) -> Any | None:
+        """The volume, or None. With ``refresh``, a volume libvirt has not seen yet (a console log
+        virtlogd created) is found by rescanning the pool, but only when the plain lookup misses."""
         pool = self.pool(pool_name)
+        vol = self._lookup(pool, volume)
+        if vol is None and refresh:
+            self.refresh(pool)
+            vol = self._lookup(pool, volume)
+        return vol
+
+    def _lookup(self, pool: Any, volume: str) -> Any | None:
         with self.connection.translate(f"volume {volume}"):
-            if refresh:
-                pool.refresh(0)
             try:
                 return pool.storageVolLookupByName(volume)
             except require_libvirt().libvirtError as err:
@@ -77,13 +86,29 @@ class Storage:
                     return None
                 raise
 
+    def refresh(self, pool: Any) -> None:
+        """Rescan a pool. libvirt refuses while a volume upload or download is streaming on it, so
+        wait for those (they are short) instead of failing the caller's operation."""
+        lv = require_libvirt()
+        deadline = time.monotonic() + REFRESH_PATIENCE
+        while True:
+            try:
+                pool.refresh(0)
+                return
+            except lv.libvirtError as err:
+                busy = "asynchronous jobs running" in (err.get_error_message() or "")
+                if not busy or time.monotonic() > deadline:
+                    with self.connection.translate(f"refreshing pool {pool.name()}"):
+                        raise
+                time.sleep(0.1)
+
     def upload(self, pool_name: str, volume: str, source: Path) -> None:
         """Stream a local file into a new volume; a failed upload deletes what it made."""
         size = source.stat().st_size
         pool = self.pool(pool_name)
         conn = self.connection.get()
         with self.connection.translate(f"uploading {source.name} as {volume}", conn):
-            existing = self.lookup(pool_name, volume, refresh=True)
+            existing = self.lookup(pool_name, volume)
             if existing is not None:
                 existing.delete(0)
             vol = pool.createXML(volume_xml(volume, size, "raw"), 0)
@@ -96,7 +121,6 @@ class Storage:
             except BaseException:
                 vol.delete(0)
                 raise
-            pool.refresh(0)
 
     def download(self, pool_name: str, volume: str, offset: int) -> bytes:
         vol = self.lookup(pool_name, volume, refresh=True)
@@ -126,12 +150,12 @@ class Storage:
 
     def names(self, pool_name: str) -> list[str]:
         pool = self.pool(pool_name)
+        self.refresh(pool)
         with self.connection.translate(f"listing pool {pool_name}"):
-            pool.refresh(0)
             return sorted(pool.listVolumes())
 
     def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
-        backing = self.lookup(IMAGE_POOL, backing_volume, refresh=True)
+        backing = self.lookup(IMAGE_POOL, backing_volume)
         if backing is None:
             raise FileNotFoundError(f"image volume {backing_volume} is not on this host")
         pool = self.pool(INSTANCE_POOL)
@@ -139,8 +163,23 @@ class Storage:
             xml = volume_xml(volume, size_bytes, "qcow2", (backing.path(), backing_format))
             pool.createXML(xml, 0)
 
+    def overlays_on(self, image_volume: str) -> list[str]:
+        """Instance-pool volumes whose backing file is the given image volume."""
+        image = self.lookup(IMAGE_POOL, image_volume)
+        if image is None:
+            return []
+        path = image.path()
+        pool = self.pool(INSTANCE_POOL)
+        users = []
+        with self.connection.translate("listing disks backed by an image"):
+            for vol in pool.listAllVolumes(0):
+                backing = ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+                if backing == path:
+                    users.append(vol.name())
+        return sorted(users)
+
     def resize(self, volume: str, size_bytes: int) -> None:
-        vol = self.lookup(INSTANCE_POOL, volume, refresh=True)
+        vol = self.lookup(INSTANCE_POOL, volume)
         if vol is None:
             raise FileNotFoundError(f"disk {volume} is not on this host")
         with self.connection.translate(f"resizing disk {volume}"):
@@ -149,8 +188,8 @@ class Storage:
     def pool_space(self) -> tuple[int, int]:
         """(capacity, available) bytes of the filesystem under the instance pool."""
         pool = self.pool(INSTANCE_POOL)
+        self.refresh(pool)
         with self.connection.translate("reading pool space"):
-            pool.refresh(0)
             _state, capacity, _allocation, available = pool.info()
         return capacity, available
 

@@ -1,0 +1,71 @@
+"""The README's first command, as a user runs it: set up, serve, build the tiny image, boot a first VM.
+
+Runs `scripts/up.sh` (what `make up` runs) with its own home, port and VM name so it cannot touch
+an installation on the same machine, twice: the second run must reuse everything and still end
+with the VM running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.helpers import FlexvmServer, domains, free_port, unique, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / "scripts" / "up.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_make_up_twice_leaves_a_running_first_vm(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = free_port()
+    vm = unique("e2e-first")
+    env = dict(os.environ, FLEXVM_HOME=str(home), FLEXVM_PORT=str(port), FLEXVM_FIRST_VM=vm, COLUMNS="200")
+    server = FlexvmServer(home, port=port)
+    try:
+        first = run_up(env)
+        assert first.returncode == 0, first.stderr + first.stdout
+        out = first.stdout
+        assert "starting flexvm serve" in out and f"creating {vm}" in out
+        assert "running" in out and "10.0.2.15" in out, "state and address are shown"
+        assert f"flexvm: ready name={vm}" in out, "the console tail shows the guest's readiness line"
+        assert vm in domains()
+
+        # The VM is stopped behind the platform's back; a second `make up` reuses the server and
+        # image and brings the VM back.
+        server.ok("vm", "stop", vm)
+        second = run_up(env)
+        assert second.returncode == 0, second.stderr + second.stdout
+        assert "already running" in second.stdout
+        assert "building the tiny image" not in second.stdout and f"creating {vm}" not in second.stdout
+        assert f"starting {vm}" in second.stdout
+        assert server.ok("vm", "show", vm, "-o", "json").json()["power_state"] == "running"
+    finally:
+        if (home / "token").exists():
+            result = server.cli("vm", "delete", vm)
+            assert result.returncode == 0 or "not found" in result.stderr, result.stderr
+            server.cli("image", "delete", "tiny")
+        pid_file = home / "server.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+            wait_for(
+                lambda: (
+                    not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+                ),
+                20,
+                "the server started by up.sh to stop",
+            )
+    assert vm not in domains()
