@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import tempfile
 import threading
 from pathlib import Path
@@ -110,7 +111,7 @@ class ImageService:
             raise
 
     # --- removing ------------------------------------------------------------------------
-    def delete(self, name: str, drivers: list[Driver]) -> list[str]:
+    def delete(self, name: str, drivers: builtins.list[Driver]) -> builtins.list[str]:
         """Remove an image no VM uses, from the store and every host; returns hosts not reached."""
         with self.db.session() as session:
             repo = ImageRepo(session)
@@ -136,7 +137,7 @@ class ImageService:
 
     # --- hosts ---------------------------------------------------------------------------
     @staticmethod
-    def _kinds(image: Image) -> list[str]:
+    def _kinds(image: Image) -> builtins.list[str]:
         return ["disk"] + (["kernel"] if image.kernel_file else []) + (["initrd"] if image.initrd_file else [])
 
     def ensure_on_host(self, driver: Driver, image: Image) -> bool:

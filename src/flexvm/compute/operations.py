@@ -8,6 +8,7 @@ the operation's error, and the VM it held is released either way.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -174,5 +175,5 @@ class OperationRunner:
         with self.db.session() as session:
             return OperationRepo(session).get(operation_id)
 
-    def running(self) -> list[str]:
+    def running(self) -> builtins.list[str]:
         return list(self._threads)

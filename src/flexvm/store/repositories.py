@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
@@ -98,7 +99,7 @@ class ImageRepo:
             raise NotFound("image", name)
         self.session.delete(row)
 
-    def users(self, name: str) -> list[str]:
+    def users(self, name: str) -> builtins.list[str]:
         return list(self.session.scalars(select(VmRow.name).where(VmRow.image == name).order_by(VmRow.name)))
 
 
