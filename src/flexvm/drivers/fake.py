@@ -2,8 +2,10 @@
 
 What it models, because services depend on it:
 - guests are defined (persistent), started, shut down (ACPI: the guest powers off after
-  ``shutdown_delay`` unless ``ignores_shutdown``), destroyed and undefined, with libvirt's
-  refusals: starting a running guest, undefining an unknown one is a no-op, defining a taken name;
+  ``shutdown_delay`` unless ``ignores_shutdown``), destroyed and undefined, with the refusals both
+  drivers share: starting a running guest, defining a taken name, undefining a running guest
+  (libvirt itself would make it transient; flexvm's drivers refuse); undefining an unknown one
+  is a no-op;
 - starting a guest claims its memory from the host and stopping releases it; a start that
   would exceed the host's memory fails, as QEMU's allocation would;
 - the instance and image pools are dicts of volumes; an overlay needs its backing volume;
@@ -171,6 +173,10 @@ class FakeDriver(Driver):
                 raise HypervisorError(f"disk {volume} is not on {self.uri}")
             if size_bytes < vol.size:
                 raise HypervisorError(f"cannot shrink disk {volume}")
+            if guest is not None:
+                running = self.host.guests.get(guest)
+                if running is None or running.state is not GuestState.RUNNING:
+                    raise HypervisorError(f"growing disk {volume} online: guest {guest} is not running")
             vol.size = size_bytes
             if guest is not None:
                 self._log(guest, f"flexvm: state disk_bytes={size_bytes}")

@@ -135,6 +135,12 @@ class LibvirtDriver(Driver):
         path = str(self.storage.paths.instances / volume)
         dom = self._domain(guest)
         with self.connection.translate(f"growing disk {volume} of {guest} online"):
+            # blockResize would shrink as readily as grow, cutting off the guest's data.
+            current = dom.blockInfo(path)[0]
+            if size_bytes < current:
+                raise HypervisorError(
+                    f"refusing to shrink disk {volume} of {guest} from {current} to {size_bytes} bytes"
+                )
             dom.blockResize(path, size_bytes, lv.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
     # --- guests --------------------------------------------------------------------------
@@ -177,6 +183,9 @@ class LibvirtDriver(Driver):
             return
         lv = require_libvirt()
         with self.connection.translate(f"undefining {name}"):
+            if dom.isActive():
+                # libvirt would make it transient, and it would vanish for good at its next stop.
+                raise HypervisorError(f"undefining {name}: it is running; power it off first")
             try:
                 dom.undefineFlags(lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | lv.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
             except lv.libvirtError as err:
