@@ -70,7 +70,7 @@ class Platform:
         runner = OperationRunner(db)
         drivers = DriverPool(connect)
         store = ImageStore(settings.images_dir)
-        hosts = HostService(db, drivers, find_probe_kernel(store, db))
+        hosts = HostService(db, drivers, find_probe_kernel(store, db), runner)
         sizes = SizeService(db)
         images = ImageService(db, runner, store)
         vms = VmService(db, runner, hosts, sizes, images, settings)

@@ -52,7 +52,10 @@ def create_app(platform: Platform, token: str) -> FastAPI:
     async def invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:
         problems = []
         for item in err.errors():
-            location = ".".join(str(part) for part in item["loc"] if part != "body")
+            if item.get("type") == "json_invalid":
+                location = "body"  # its loc is a character offset, not a field
+            else:
+                location = ".".join(str(part) for part in item["loc"] if part != "body") or "body"
             problems.append({"field": location, "message": item["msg"]})
         message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         field = problems[0]["field"] if problems else ""

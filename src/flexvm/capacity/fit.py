@@ -38,8 +38,8 @@ class Room:
 
 
 def room_on(host: Host, allocated: Allocation) -> Room:
-    vcpus = math.floor(host.cpus * host.cpu_ratio)
-    memory = math.floor((host.memory_mib - host.reserved_memory_mib) * host.ram_ratio)
+    vcpus = math.floor(host.capacity_cpus * host.cpu_ratio)
+    memory = math.floor(max(host.capacity_memory_mib - host.reserved_memory_mib, 0) * host.ram_ratio)
     disk = math.floor(host.disk_capacity_bytes * host.disk_ratio)
     return Room(
         vcpus, memory, disk, vcpus - allocated.vcpus, memory - allocated.memory_mib, disk - allocated.disk_bytes

@@ -35,7 +35,8 @@ def kernel_cmdline(image: Image, vm: Vm) -> str:
     return f"{base} flexvm.name={shlex.quote(vm.name)}"
 
 
-def guest_spec(vm: Vm, image: Image, accelerator: Accelerator) -> GuestSpec:
+def guest_spec(vm: Vm, image: Image, accelerator: Accelerator, bridge: str | None = None) -> GuestSpec:
+    """The spec to define ``vm`` on a host; NICs on a flexvm network go onto the host's ``bridge``."""
     disks = [GuestDisk(vm.os_disk.name, "disk", "qcow2", "vda")]
     seed = next((d for d in vm.disks if d.role == "seed"), None)
     if seed is not None:
@@ -56,9 +57,7 @@ def guest_spec(vm: Vm, image: Image, accelerator: Accelerator) -> GuestSpec:
         accelerator=accelerator,
         disks=tuple(disks),
         nics=tuple(
-            GuestNic(
-                nic.mac, "user" if nic.network == "user" else "bridge", None if nic.network == "user" else nic.network
-            )
+            GuestNic(nic.mac, "user") if nic.network == "user" else GuestNic(nic.mac, "bridge", bridge)
             for nic in vm.nics
         ),
         kernel=kernel,

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
 
 from flexvm.capacity.fit import Allocation
+from flexvm.compute.operations import OperationContext, OperationRunner
 from flexvm.drivers.base import Driver
-from flexvm.errors import FlexvmError, HypervisorUnavailable
-from flexvm.model.host import Accelerator, Host, HostState
+from flexvm.errors import AlreadyExists, Conflict, FlexvmError, HypervisorUnavailable, InvalidInput
+from flexvm.model.host import Accelerator, Host, HostInfo, HostState
+from flexvm.model.names import check_name
+from flexvm.model.operation import Operation
 from flexvm.store.db import Database, utcnow
-from flexvm.store.repositories import HostRepo, VmRepo
+from flexvm.store.repositories import HostRepo, LeftoverRepo, NetworkRepo, VmRepo
+
+T = TypeVar("T")
 
 Connect = Callable[[str], Driver]
 ProbeKernel = Callable[[], Path | None]
@@ -34,6 +43,12 @@ class DriverPool:
                 driver = self._drivers[uri] = self._connect(uri)
             return driver
 
+    def forget(self, uri: str) -> None:
+        with self._lock:
+            driver = self._drivers.pop(uri, None)
+        if driver is not None:
+            driver.close()
+
     def close(self) -> None:
         with self._lock:
             for driver in self._drivers.values():
@@ -47,20 +62,126 @@ class HostDetail:
     vms: list[str]
     unmanaged_guests: list[str]
     allocated: Allocation
+    leftovers: list[str]
+
+
+URI_SCHEMES = {"qemu", "qemu+tcp", "qemu+ssh", "qemu+tls", "qemu+unix", "qemu+libssh2", "fake"}
+RATIO_LIMITS = {"cpu_ratio": 64.0, "ram_ratio": 4.0, "disk_ratio": 20.0}
+
+
+def check_uri(uri: str) -> None:
+    parsed = urlparse(uri)
+    if parsed.scheme not in URI_SCHEMES:
+        raise InvalidInput(
+            "uri",
+            f"'{uri}' is not a libvirt URI; use e.g. qemu:///system, "
+            "qemu+tcp://10.0.0.2/system or qemu+ssh://root@h2/system",
+        )
+    if parsed.scheme != "fake" and parsed.path not in ("/system", "/session"):
+        raise InvalidInput("uri", f"'{uri}' must end in /system (or /session)")
+    if "+" in parsed.scheme and not parsed.hostname:
+        raise InvalidInput("uri", f"'{uri}' names a remote transport but no host")
+
+
+def check_ratios(ratios: dict[str, float | None]) -> None:
+    for field_name, value in ratios.items():
+        if value is None:
+            continue
+        limit = RATIO_LIMITS[field_name]
+        if not 1.0 <= value <= limit:
+            raise InvalidInput(
+                field_name,
+                f"must be between 1 and {limit:g} (got {value:g}); below 1 would "
+                "waste the host, above the limit would thrash it",
+            )
+
+
+@dataclass
+class HostChanges:
+    """What `host update` may change; None leaves a field as it is."""
+
+    cpu_ratio: float | None = None
+    ram_ratio: float | None = None
+    disk_ratio: float | None = None
+    fault_domain: str | None = None
+    advertised_cpus: int | None = None
+    advertised_memory_mib: int | None = None
+    reserved_memory_mib: int | None = None
+    network: str | None = None
+    bridge: str | None = None
+
+    def check(self) -> None:
+        check_ratios({"cpu_ratio": self.cpu_ratio, "ram_ratio": self.ram_ratio, "disk_ratio": self.disk_ratio})
+        if self.fault_domain is not None:
+            check_name("fault_domain", self.fault_domain)
+        if self.advertised_cpus is not None and not 1 <= self.advertised_cpus <= 4096:
+            raise InvalidInput("cpus", f"must be between 1 and 4096 (got {self.advertised_cpus})")
+        if self.advertised_memory_mib is not None and self.advertised_memory_mib < 256:
+            raise InvalidInput("memory", "must be at least 256M")
+        if self.reserved_memory_mib is not None and self.reserved_memory_mib < 0:
+            raise InvalidInput("reserved_memory", "cannot be negative")
+        if (self.network is None) != (self.bridge is None):
+            raise InvalidInput("bridge", "a network and the host bridge that reaches it go together")
+        if self.network is not None:
+            check_name("network", self.network)
+
+    def given(self) -> dict[str, object]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class HostRequest:
+    """`host add`: where the host is, and its settings (ratios, fault domain, network…)."""
+
+    name: str
+    uri: str
+    settings: HostChanges = dataclasses.field(default_factory=HostChanges)
+
+    def check(self) -> None:
+        check_name("name", self.name)
+        check_uri(self.uri)
+        self.settings.check()
+
+    @property
+    def network(self) -> str | None:
+        return self.settings.network
+
+    def to_host(self, info: HostInfo, accelerator: Accelerator, reason: str) -> Host:
+        host = Host(
+            name=self.name,
+            uri=self.uri,
+            state=HostState.UP,
+            cpus=info.cpus,
+            memory_mib=info.memory_mib,
+            disk_capacity_bytes=info.disk_capacity_bytes,
+            accelerator=accelerator,
+            accelerator_reason=reason,
+            libvirt_version=info.libvirt_version,
+            hypervisor_version=info.hypervisor_version,
+            hostname=info.hostname,
+            cpu_model=info.cpu_model,
+            last_seen=utcnow(),
+        )
+        for field_name, value in self.settings.given().items():
+            setattr(host, field_name, value)
+        return host
 
 
 class HostService:
-    def __init__(self, db: Database, drivers: DriverPool, probe_kernel: ProbeKernel) -> None:
+    def __init__(
+        self, db: Database, drivers: DriverPool, probe_kernel: ProbeKernel, runner: OperationRunner | None = None
+    ) -> None:
         self.db = db
         self.drivers = drivers
         self.probe_kernel = probe_kernel
+        self.runner = runner
 
     def driver(self, host_name: str) -> Driver:
         with self.db.session() as session:
             host = HostRepo(session).get(host_name)
         return self.drivers.for_uri(host.uri)
 
-    def list(self) -> list[Host]:
+    def list(self) -> builtins.list[Host]:
         with self.db.session() as session:
             return HostRepo(session).list()
 
@@ -73,37 +194,81 @@ class HostService:
         with self.db.session() as session:
             host = HostRepo(session).get(name)
             repo = VmRepo(session)
-            vms = repo.list()
+            on_host = repo.on_host(name)
+            known = {vm.id for vm in repo.list()}
             allocated = Allocation(*repo.allocated_on(name))
-        unmanaged: list[str] = []
-        try:
-            known = {vm.id for vm in vms}
-            guests = self.drivers.for_uri(host.uri).list_guests()
-            unmanaged = sorted(g.name for g in guests if g.vm_id is None or g.vm_id not in known)
-        except FlexvmError:
-            pass  # a down host still shows its record
-        return HostDetail(host, [vm.name for vm in vms if name in (vm.host, vm.disk_host)], unmanaged, allocated)
+            leftovers = [f"{item.kind} {item.name}" for item in LeftoverRepo(session).on_host(name)]
+        unmanaged: builtins.list[str] = []
+        if host.state is HostState.UP:
+            try:
+                guests = self.drivers.for_uri(host.uri).list_guests()
+                unmanaged = sorted(g.name for g in guests if g.vm_id is None or g.vm_id not in known)
+            except FlexvmError:
+                pass  # a host that just went away still shows its record
+        return HostDetail(host, [vm.name for vm in on_host], unmanaged, allocated, leftovers)
 
+    # --- adding, changing, removing ------------------------------------------------------
+    def add(self, request: HostRequest) -> Operation:
+        """Register a host: its facts come from libvirt, its accelerator from a probe. As an
+        operation, because probing a host that cannot run KVM guests takes a while."""
+        request.check()
+        assert self.runner is not None
+        with self.db.session() as session:
+            hosts = HostRepo(session)
+            if hosts.find(request.name) is not None:
+                raise AlreadyExists("host", request.name)
+            same_uri = next((h.name for h in hosts.list() if h.uri == request.uri), None)
+            if same_uri is not None:
+                raise AlreadyExists("host with URI", f"{request.uri}' (registered as '{same_uri}")
+            if request.network is not None:
+                NetworkRepo(session).get(request.network)
+            operation = self.runner.record(session, "host.add", "host", request.name, params={"uri": request.uri})
+
+        def work(ctx: OperationContext) -> dict[str, object]:
+            with ctx.step("connect", f"reading facts from {request.uri}"):
+                driver = self.drivers.for_uri(request.uri)
+                info = driver.host_info()
+            with ctx.step("probe", "checking whether KVM really runs a guest here"):
+                choice = driver.probe_accelerator(self.probe_kernel())
+            host = request.to_host(info, choice.accelerator, choice.reason)
+            with self.db.session() as session:
+                HostRepo(session).add(host)
+            return {"accelerator": choice.accelerator.value, "cpus": info.cpus, "memory_mib": info.memory_mib}
+
+        return self.runner.launch(operation, work)
+
+    def update(self, name: str, changes: HostChanges) -> Host:
+        changes.check()
+        with self.db.session() as session:
+            hosts = HostRepo(session)
+            host = hosts.lock(name)
+            for field_name, value in changes.given().items():
+                setattr(host, field_name, value)
+            if host.network is not None:
+                NetworkRepo(session).get(host.network)
+            hosts.save(host)
+        return host
+
+    def remove(self, name: str) -> None:
+        with self.db.session() as session:
+            hosts = HostRepo(session)
+            host = hosts.lock(name)
+            holding = [vm.name for vm in VmRepo(session).on_host(name)]
+            if holding:
+                raise Conflict(
+                    f"host '{name}' still holds VMs: {', '.join(holding)}; delete or move them first",
+                    details={"vms": holding},
+                )
+            hosts.delete(name)
+        self.drivers.forget(host.uri)
+
+    # --- registration of the server's own host ---------------------------------------------
     def register(self, name: str, uri: str) -> Host:
         """Read a host's facts and choose its accelerator, then record it."""
         driver = self.drivers.for_uri(uri)
         info = driver.host_info()
         choice = driver.probe_accelerator(self.probe_kernel())
-        host = Host(
-            name=name,
-            uri=uri,
-            state=HostState.UP,
-            cpus=info.cpus,
-            memory_mib=info.memory_mib,
-            disk_capacity_bytes=info.disk_capacity_bytes,
-            accelerator=choice.accelerator,
-            accelerator_reason=choice.reason,
-            libvirt_version=info.libvirt_version,
-            hypervisor_version=info.hypervisor_version,
-            hostname=info.hostname,
-            cpu_model=info.cpu_model,
-            last_seen=utcnow(),
-        )
+        host = HostRequest(name, uri).to_host(info, choice.accelerator, choice.reason)
         with self.db.session() as session:
             HostRepo(session).add(host)
         return host
@@ -141,10 +306,15 @@ class HostService:
             host = self.reprobe(name)
         return host
 
-    def refresh(self, name: str) -> Host:
+    def refresh(self, name: str, timeout: float | None = None) -> Host:
+        """Re-read a host's facts; one that does not answer (within ``timeout``) is marked down."""
         host = self.get(name)
         try:
-            info = self.drivers.for_uri(host.uri).host_info()
+            info = call_with_timeout(
+                lambda: self.drivers.for_uri(host.uri).host_info(),
+                timeout,
+                f"host {name} did not answer within {timeout} s",
+            )
         except FlexvmError as err:
             if host.state is not HostState.MAINTENANCE:
                 host.state = HostState.DOWN
@@ -159,13 +329,55 @@ class HostService:
             host.state_reason = ""
             host.last_seen = utcnow()
         with self.db.session() as session:
-            HostRepo(session).save(host)
-        return host
+            current = HostRepo(session).find(name)
+            if current is None:  # removed meanwhile
+                return host
+            # Only the facts and health are ours to write; ratios may have changed meanwhile.
+            for field_name in (
+                "state",
+                "state_reason",
+                "cpus",
+                "memory_mib",
+                "disk_capacity_bytes",
+                "libvirt_version",
+                "hypervisor_version",
+                "hostname",
+                "cpu_model",
+                "last_seen",
+            ):
+                setattr(current, field_name, getattr(host, field_name))
+            HostRepo(session).save(current)
+            return current
 
     def reprobe(self, name: str) -> Host:
         host = self.get(name)
         choice = self.drivers.for_uri(host.uri).probe_accelerator(self.probe_kernel())
-        host.accelerator, host.accelerator_reason = choice.accelerator, choice.reason
         with self.db.session() as session:
-            HostRepo(session).save(host)
-        return host
+            current = HostRepo(session).lock(name)
+            current.accelerator, current.accelerator_reason = choice.accelerator, choice.reason
+            HostRepo(session).save(current)
+        return current
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float | None, message: str) -> T:
+    """Run ``fn`` but give up waiting after ``timeout`` seconds (a hung connection must not hang
+    the health check). The call itself may linger in its thread; its result is then ignored."""
+    if timeout is None:
+        return fn()
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as err:  # handed to the caller below
+            error.append(err)
+
+    thread = threading.Thread(target=run, daemon=True, name="host-check")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise HypervisorUnavailable(message)
+    if error:
+        raise error[0]
+    return result[0]

@@ -16,17 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from flexvm.capacity.fit import Allocation, room_on, why_not
 from flexvm.compute import guest_boot
 from flexvm.compute.hosts import HostService
 from flexvm.compute.images import ImageService
+from flexvm.compute.networks import NetworkService
 from flexvm.compute.operations import OperationContext, OperationRunner
+from flexvm.compute.placing import place_vm
 from flexvm.compute.sizes import SizeService
 from flexvm.config import Settings
 from flexvm.drivers.base import Driver
-from flexvm.errors import AlreadyExists, CapacityError, FlexvmError, InvalidInput, InvalidState, OperationTimeout
+from flexvm.errors import (
+    AlreadyExists,
+    Busy,
+    CapacityError,
+    FlexvmError,
+    HypervisorUnavailable,
+    InvalidInput,
+    InvalidState,
+    OperationTimeout,
+)
 from flexvm.images.cloudinit import build_nocloud_seed
 from flexvm.model.guest import GuestState
 from flexvm.model.image import Image
@@ -34,9 +43,8 @@ from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
 from flexvm.model.units import format_bytes
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm, check_action
-from flexvm.scheduler.placement import HostSnapshot, Request, place
 from flexvm.store.db import Database, utcnow
-from flexvm.store.repositories import HostRepo, ImageRepo, VmRepo
+from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, LeftoverRepo, VmRepo
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,9 @@ class VmService:
         sizes: SizeService,
         images: ImageService,
         settings: Settings,
+        networks: NetworkService | None = None,
     ) -> None:
+        self.networks = networks or NetworkService(db)
         self.db = db
         self.runner = runner
         self.hosts = hosts
@@ -85,7 +95,15 @@ class VmService:
 
     # --- create --------------------------------------------------------------------------
     def create(
-        self, name: str, size_name: str, image_name: str, *, user_data: str | None = None, host: str | None = None
+        self,
+        name: str,
+        size_name: str,
+        image_name: str,
+        *,
+        user_data: str | None = None,
+        host: str | None = None,
+        availability_set: str | None = None,
+        policy: str = "best-fit",
     ) -> Operation:
         check_name("name", name)
         size = self.sizes.get(size_name)
@@ -103,12 +121,15 @@ class VmService:
                 raise InvalidInput(
                     "user_data", f"image '{image_name}' does not run cloud-init, so user data would be ignored"
                 )
+            if host is not None:
+                HostRepo(session).get(host)
+            if availability_set is not None:
+                AvailabilitySetRepo(session).get(availability_set)
             vms = VmRepo(session)
             if vms.find(name) is not None:
                 raise AlreadyExists("VM", name)
             vm_id = str(uuid.uuid4())
             disk_bytes = max(size.disk_bytes, image.virtual_size)
-            chosen = self._place(session, Request(size.vcpus, size.memory_mib, disk_bytes), pinned=host)
             disks = [Disk(f"{name}-os.qcow2", "os", disk_bytes)]
             if image.cloud_init:
                 disks.append(Disk(f"{name}-seed.iso", "seed", 0))
@@ -122,55 +143,101 @@ class VmService:
                 disk_bytes=disk_bytes,
                 provisioning_state=ProvisioningState.CREATING,
                 power_state=PowerState.STARTING,
-                host=chosen,
-                disk_host=chosen,
+                host=None,
+                disk_host=None,
                 created_at=utcnow(),
                 user_data=user_data,
                 disks=disks,
                 nics=[Nic("user", guest_boot.mac_for(vm_id))],
+                availability_set=availability_set,
             )
+            placement = place_vm(session, vm, image, pinned=host, policy=policy)
             vms.add(vm)
             session.flush()
             operation = self.runner.record(
-                session, "vm.create", "vm", name, vm=vm, params={"size": size.name, "image": image.name, "host": chosen}
+                session,
+                "vm.create",
+                "vm",
+                name,
+                vm=vm,
+                params={
+                    "size": size.name,
+                    "image": image.name,
+                    "host": vm.host,
+                    "pinned": host,
+                    "availability_set": availability_set,
+                    "policy": policy,
+                    "rejected": placement.rejected,
+                },
             )
-        return self.runner.launch(operation, lambda ctx: self._create_work(ctx, vm, image))
+        return self.runner.launch(operation, lambda ctx: self._create_work(ctx, vm, image, pinned=host, policy=policy))
 
-    def _place(self, session: Session, request: Request, *, pinned: str | None) -> str:
-        hosts = HostRepo(session)
-        vms = VmRepo(session)
-        candidates = [hosts.lock(pinned)] if pinned is not None else hosts.list()
-        snapshots = [HostSnapshot(h, room_on(h, Allocation(*vms.allocated_on(h.name)))) for h in candidates]
-        return place(snapshots, request).name
+    def _create_work(
+        self, ctx: OperationContext, vm: Vm, image: Image, *, pinned: str | None, policy: str
+    ) -> dict[str, Any]:
+        """Build the guest on its host; if the host dies before the guest runs, move to another."""
+        failed_hosts: list[str] = []
+        while True:
+            assert vm.host is not None
+            try:
+                driver, started = self._build_guest(ctx, vm, image)
+                break
+            except HypervisorUnavailable as err:
+                failed_hosts.append(vm.host)
+                self._roll_back_create(vm, err, keep_record=True)
+                if pinned is not None:
+                    self._discard(vm)
+                    raise
+                try:
+                    self._move_claim(vm, image, frozenset(failed_hosts), policy)
+                except FlexvmError:
+                    self._discard(vm)
+                    raise err from None
+                ctx.result["failed_over_from"] = list(failed_hosts)
+                ctx.progress(10, f"host {failed_hosts[-1]} stopped answering; trying host {vm.host}")
+            except Exception as err:
+                self._roll_back_create(vm, err, keep_record=False)
+                raise
+        ctx.result["host"] = vm.host
+        ctx.progress(60, "waiting for the guest to report ready")
+        return self._finish_boot(ctx, driver, vm, image, console_offset=0, started=started, creating=True)
 
-    def _create_work(self, ctx: OperationContext, vm: Vm, image: Image) -> dict[str, Any]:
+    def _build_guest(self, ctx: OperationContext, vm: Vm, image: Image) -> tuple[Driver, float]:
         assert vm.host is not None
         driver = self.hosts.driver(vm.host)
         host = self.hosts.get(vm.host)
-        try:
-            with ctx.step("image", f"making sure image '{image.name}' is on host {vm.host}"):
-                uploaded = self.images.ensure_on_host(driver, image)
-            ctx.result["image_uploaded"] = uploaded
-            ctx.progress(20, "creating the OS disk")
-            with ctx.step("os-disk", f"{format_bytes(vm.disk_bytes)} copy-on-write overlay on '{image.name}'"):
-                driver.delete_instance_volume(vm.console_log)  # a stale log must not fake readiness
-                driver.create_overlay(
-                    vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes
-                )
-            if image.cloud_init:
-                with ctx.step("seed", "cloud-init NoCloud seed"):
-                    self._upload_seed(driver, vm)
-            with ctx.step("define", f"defining the guest ({host.accelerator.value})"):
-                driver.define(guest_boot.guest_spec(vm, image, host.accelerator))
-            ctx.progress(40, "starting")
-            with ctx.step("start", "powering on"):
-                started = time.monotonic()
-                driver.start(vm.domain_name)
-        except Exception as err:
-            self._roll_back_create(driver, vm, err)
-            raise
-        ctx.progress(60, "waiting for the guest to report ready")
-        return self._finish_boot(ctx, driver, vm, image, console_offset=0, started=started, creating=True)
+        for nic in vm.nics:
+            if nic.ip is not None and nic.network != "user":
+                self.networks.publish(nic.network, nic.mac, nic.ip)
+        with ctx.step("image", f"making sure image '{image.name}' is on host {vm.host}"):
+            ctx.result["image_uploaded"] = self.images.ensure_on_host(driver, image)
+        ctx.progress(20, "creating the OS disk")
+        with ctx.step("os-disk", f"{format_bytes(vm.disk_bytes)} copy-on-write overlay on '{image.name}'"):
+            driver.delete_instance_volume(vm.console_log)  # a stale log must not fake readiness
+            driver.create_overlay(vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes)
+        if image.cloud_init:
+            with ctx.step("seed", "cloud-init NoCloud seed"):
+                self._upload_seed(driver, vm)
+        with ctx.step("define", f"defining the guest on {vm.host} ({host.accelerator.value})"):
+            driver.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
+        ctx.progress(40, "starting")
+        with ctx.step("start", "powering on"):
+            started = time.monotonic()
+            driver.start(vm.domain_name)
+        return driver, started
+
+    def _move_claim(self, vm: Vm, image: Image, excluded: frozenset[str], policy: str) -> None:
+        """Re-place a VM whose host failed mid-create, in one transaction: new host, new address."""
+        with self.db.session() as session:
+            vms = VmRepo(session)
+            current = vms.by_id(vm.id)
+            assert current is not None
+            current.host = current.disk_host = None
+            vms.save(current)
+            session.flush()
+            place_vm(session, current, image, excluded=excluded, policy=policy)
+            vms.save(current)
+        vm.host, vm.disk_host, vm.nics = current.host, current.disk_host, current.nics
 
     def _upload_seed(self, driver: Driver, vm: Vm) -> None:
         seed = next(d for d in vm.disks if d.role == "seed")
@@ -181,22 +248,30 @@ class VmService:
             )
             driver.upload_instance_volume(seed.name, path)
 
-    def _roll_back_create(self, driver: Driver, vm: Vm, cause: BaseException) -> None:
-        """Undo a create that failed before the guest ran: nothing may be left on the host or in the pool."""
+    def _roll_back_create(self, vm: Vm, cause: BaseException, *, keep_record: bool) -> None:
+        """Undo a create that failed before the guest ran. What an unreachable host keeps is
+        recorded as leftovers there (removed when it answers again), so nothing is orphaned unseen."""
+        assert vm.host is not None
         try:
-            remove_guest_and_files(driver, vm)
+            remove_guest_and_files(self.hosts.driver(vm.host), vm)
         except FlexvmError as err:
-            # The host cannot be cleaned now: keep the record so nothing is orphaned unseen.
-            log.warning("rollback of %s incomplete: %s", vm.name, err.message)
-            self._update(
-                vm.id,
-                provisioning_state=ProvisioningState.FAILED,
-                power_state=PowerState.UNKNOWN,
-                error=f"create failed ({cause}); rollback incomplete ({err.message}): delete the VM to retry",
-            )
-            return
+            log.warning("rollback of %s on %s incomplete (%s); recorded as leftovers", vm.name, vm.host, err.message)
+            with self.db.session() as session:
+                leftovers = LeftoverRepo(session)
+                reason = f"create of VM {vm.name} (id {vm.id}) failed: {cause}"
+                leftovers.add(vm.host, "domain", vm.domain_name, reason)
+                for volume in [d.name for d in vm.disks] + [vm.console_log]:
+                    leftovers.add(vm.host, "volume", volume, reason)
+        if not keep_record:
+            self._discard(vm)
+
+    def _discard(self, vm: Vm) -> None:
+        """Forget a VM whose create failed: its row (and so its claim) and its addresses."""
         with self.db.session() as session:
+            held = NetworkService.release(session, vm.id)
             VmRepo(session).delete(vm.id)
+        for network, _ip, mac in held:
+            self.networks.withdraw(network, mac)
 
     def _finish_boot(
         self,
@@ -284,7 +359,7 @@ class VmService:
                 with ctx.step("image", f"making sure image '{image.name}' is on host {vm.host}"):
                     self.images.ensure_on_host(driver, image)
                 with ctx.step("define", "defining the guest again"):
-                    driver.define(guest_boot.guest_spec(vm, image, host.accelerator))
+                    driver.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
             offset = guest_boot.console_length(driver, vm.console_log)
             with ctx.step("start", "powering on"):
                 started = time.monotonic()
@@ -326,6 +401,9 @@ class VmService:
         return self.runner.launch(operation, lambda ctx: work(ctx, vm))
 
     def _check_usable(self, vm: Vm) -> None:
+        if vm.active_operation_id is not None:
+            # Say "busy with X" before any state complaint: the state is X's doing.
+            raise Busy("VM", vm.name, vm.active_operation_id)
         if vm.provisioning_state is ProvisioningState.DELETING:
             raise InvalidState(f"VM '{vm.name}' is being deleted")
         if vm.host is None and vm.disk_host is None:
@@ -421,8 +499,7 @@ class VmService:
                         error="delete failed; the guest or its disks may remain: retry the delete",
                     )
                     raise
-        with self.db.session() as session:
-            VmRepo(session).delete(vm.id)
+        self._discard(vm)
         return {}
 
     # --- disks ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class FakeGuest:
     started_at: float = 0.0
     boots: int = 0
     shutdown_requested_at: float | None = None
+    ready_boot: int = 0  # the boot whose readiness line has been printed
 
 
 @dataclass
@@ -275,10 +276,8 @@ class FakeDriver(Driver):
             guest.shutdown_requested_at = None
             return
         delay = self.host.ready_delay
-        marker = f"flexvm: ready name={guest.spec.name}"
-        log = self.host.instances.get(guest.spec.console_log)
-        already = log is not None and log.data.count(marker.encode()) >= guest.boots
-        if delay is not None and now - guest.started_at >= delay and not already:
+        if delay is not None and now - guest.started_at >= delay and guest.ready_boot < guest.boots:
+            guest.ready_boot = guest.boots
             disk = next(
                 (
                     self.host.instances[d.volume].size
@@ -289,7 +288,7 @@ class FakeDriver(Driver):
             )
             self._log(
                 guest.spec.name,
-                f"{marker} cpus={guest.spec.vcpus} mem_kib={guest.spec.memory_mib * 1024} "
+                f"flexvm: ready name={guest.spec.name} cpus={guest.spec.vcpus} mem_kib={guest.spec.memory_mib * 1024} "
                 f"disk_bytes={disk} ip=none boots={guest.boots} uptime={now - guest.started_at:.2f}",
             )
 

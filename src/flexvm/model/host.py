@@ -65,3 +65,18 @@ class Host:
     cpu_model: str = ""
     last_seen: datetime | None = None
     state_reason: str = ""
+    # What the host offers the pool when that differs from what libvirt counts (lab hosts all
+    # share one machine, so each advertises its slice).
+    advertised_cpus: int | None = None
+    advertised_memory_mib: int | None = None
+    # Guests on this host bridge onto this flexvm network through this bridge; None: QEMU's user network.
+    network: str | None = None
+    bridge: str | None = None
+
+    @property
+    def capacity_cpus(self) -> int:
+        return self.advertised_cpus if self.advertised_cpus is not None else self.cpus
+
+    @property
+    def capacity_memory_mib(self) -> int:
+        return self.advertised_memory_mib if self.advertised_memory_mib is not None else self.memory_mib

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -22,6 +22,7 @@ class Image:
     ready_marker: str | None = None
     cloud_init: bool = False  # give VMs made from it a NoCloud seed (hostname, keys, user data)
     description: str = ""
+    requires: list[str] = field(default_factory=list)  # host features it needs, e.g. ["kvm"]
 
     @property
     def files(self) -> list[str]:

@@ -12,7 +12,8 @@ GIB = 1024**3
 TIB = 1024**4
 
 _UNITS = {"": 1, "B": 1, "K": KIB, "M": MIB, "G": GIB, "T": TIB}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+# number, optional unit letter, optional "B"/"iB"; a bare "B" means bytes whatever the default.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:I?B)?|(B))?\s*", re.IGNORECASE)
 
 
 def parse_bytes(text: str | int, field: str, *, default_unit: str = "") -> int:
@@ -23,11 +24,11 @@ def parse_bytes(text: str | int, field: str, *, default_unit: str = "") -> int:
     """
     if isinstance(text, int):
         return text * _UNITS[default_unit.upper()]
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if not match:
         raise InvalidInput(field, f"'{text}' is not a size; use a number with K, M, G or T (e.g. 512M, 2G)")
-    number, unit = match.groups()
-    unit = (unit or default_unit).upper()
+    number, unit, plain_bytes = match.groups()
+    unit = "B" if plain_bytes else (unit or default_unit).upper()
     value = float(number) * _UNITS[unit]
     if value != int(value):
         raise InvalidInput(field, f"'{text}' is not a whole number of bytes")

@@ -75,6 +75,7 @@ class Vm:
     host: str | None  # the host holding its CPU and memory; None once deallocated
     created_at: datetime
     disk_host: str | None = None  # where its disks live, kept while deallocated
+    availability_set: str | None = None
     ready_at: datetime | None = None
     boot_seconds: float | None = None
     user_data: str | None = None

@@ -1,65 +1,74 @@
-"""Choose a host for a VM: filters say which hosts can take it (and why not), a weigher ranks them."""
+"""Choose a host: run every filter over every host, rank the survivors with a weigher.
+
+``place`` returns the chosen host or raises CapacityError naming every host with the reason it
+was rejected (and what each has free), so "no host fits" is never a mystery.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flexvm.capacity.fit import Room, never_fits, why_not
-from flexvm.errors import CapacityError
-from flexvm.model.host import Host, HostState
-from flexvm.model.units import MIB, format_bytes
+from flexvm.errors import CapacityError, InvalidInput
+from flexvm.model.host import Host
+from flexvm.scheduler.filters import DEFAULT_FILTERS, Filter
+from flexvm.scheduler.snapshot import HostSnapshot, Request, SetSpread
+from flexvm.scheduler.weighers import WEIGHERS, emptiest_fault_domain_first
+
+__all__ = ["HostSnapshot", "Placement", "Request", "SetSpread", "choose", "place", "rejection"]
 
 
 @dataclass(frozen=True)
-class HostSnapshot:
+class Placement:
     host: Host
-    room: Room
+    rejected: dict[str, str]  # host name -> why not
+    ranked: list[str]  # the hosts that could take it, best first
 
 
-@dataclass(frozen=True)
-class Request:
-    vcpus: int
-    memory_mib: int
-    disk_bytes: int
-
-    def describe(self) -> str:
-        return f"{self.vcpus} vCPUs, {format_bytes(self.memory_mib * MIB)} memory, {format_bytes(self.disk_bytes)} disk"
-
-
-def rejection(snapshot: HostSnapshot, request: Request) -> str | None:
-    """Why this host cannot take the request now, or None if it can."""
-    host = snapshot.host
-    if host.state is not HostState.UP:
-        return f"host is {host.state.value}" + (f" ({host.state_reason})" if host.state_reason else "")
-    never = never_fits(snapshot.room, request.vcpus, request.memory_mib, request.disk_bytes)
-    if never:
-        return f"larger than this host can ever hold: {never}"
-    return why_not(snapshot.room, request.vcpus, request.memory_mib, request.disk_bytes)
+def rejection(snapshot: HostSnapshot, request: Request, filters: Sequence[Filter] = DEFAULT_FILTERS) -> str | None:
+    """The first reason this host cannot take the request, or None if every filter passes."""
+    for check in filters:
+        reason = check(snapshot, request)
+        if reason is not None:
+            return reason
+    return None
 
 
-def best_fit_key(snapshot: HostSnapshot, request: Request) -> tuple[int, int, str]:
-    """Pack: prefer the host left with the least memory (then vCPUs), keeping big sizes placeable."""
-    room = snapshot.room
-    return (room.memory_mib_free - request.memory_mib, room.vcpus_free - request.vcpus, snapshot.host.name)
-
-
-def place(snapshots: list[HostSnapshot], request: Request) -> Host:
-    """The chosen host, or CapacityError naming every host with the reason it was rejected."""
-    reasons: dict[str, str] = {}
+def choose(
+    snapshots: Sequence[HostSnapshot],
+    request: Request,
+    *,
+    policy: str = "best-fit",
+    filters: Sequence[Filter] = DEFAULT_FILTERS,
+) -> Placement:
+    if policy not in WEIGHERS:
+        raise InvalidInput("policy", f"unknown placement policy '{policy}'; use one of: {', '.join(WEIGHERS)}")
+    weigher = WEIGHERS[policy]
+    if request.spread is not None:
+        weigher = emptiest_fault_domain_first(weigher)
+    rejected: dict[str, str] = {}
     candidates = []
     for snapshot in snapshots:
-        reason = rejection(snapshot, request)
+        reason = rejection(snapshot, request, filters)
         if reason is None:
             candidates.append(snapshot)
         else:
-            reasons[snapshot.host.name] = reason
-    if candidates:
-        return min(candidates, key=lambda s: best_fit_key(s, request)).host
+            rejected[snapshot.host.name] = reason
+    if not candidates:
+        raise _no_host(snapshots, request, rejected)
+    ranked = sorted(candidates, key=lambda s: weigher(s, request))
+    return Placement(ranked[0].host, rejected, [s.host.name for s in ranked])
+
+
+def place(snapshots: Sequence[HostSnapshot], request: Request, *, policy: str = "best-fit") -> Host:
+    return choose(snapshots, request, policy=policy).host
+
+
+def _no_host(snapshots: Sequence[HostSnapshot], request: Request, rejected: dict[str, str]) -> CapacityError:
     if not snapshots:
-        raise CapacityError("no hosts are registered; add one with `flexvm host add`", details={"hosts": {}})
-    listed = "; ".join(f"{name}: {why}" for name, why in reasons.items())
+        return CapacityError("no hosts are registered; add one with `flexvm host add`", details={"hosts": {}})
+    listed = "; ".join(f"{name}: {why}" for name, why in rejected.items())
     free = "; ".join(f"{s.host.name}: {s.room.describe_free()}" for s in snapshots)
-    raise CapacityError(
-        f"no host can hold {request.describe()} — {listed}. Free now: {free}",
-        details={"hosts": reasons},
+    return CapacityError(
+        f"no host can hold {request.describe()} — {listed}. Free now: {free}", details={"hosts": rejected}
     )

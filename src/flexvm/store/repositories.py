@@ -11,12 +11,24 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flexvm.errors import AlreadyExists, NotFound
+from flexvm.model.availability import AvailabilitySet, Leftover
 from flexvm.model.host import Accelerator, Host, HostState
 from flexvm.model.image import Image
+from flexvm.model.network import Network
 from flexvm.model.operation import Operation, OperationStatus, Step
 from flexvm.model.sizes import Size
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
-from flexvm.store.tables import HostRow, ImageRow, OperationRow, SizeRow, VmRow
+from flexvm.store.tables import (
+    AddressRow,
+    AvailabilitySetRow,
+    HostRow,
+    ImageRow,
+    LeftoverRow,
+    NetworkRow,
+    OperationRow,
+    SizeRow,
+    VmRow,
+)
 
 
 def _fields(obj: Any, *skip: str) -> dict[str, Any]:
@@ -54,21 +66,9 @@ class SizeRepo:
 
 
 def _image(row: ImageRow) -> Image:
-    return Image(
-        name=row.name,
-        format=row.format,
-        disk_file=row.disk_file,
-        virtual_size=row.virtual_size,
-        file_size=row.file_size,
-        sha256=row.sha256,
-        created_at=row.created_at,
-        kernel_file=row.kernel_file,
-        initrd_file=row.initrd_file,
-        cmdline=row.cmdline,
-        ready_marker=row.ready_marker,
-        cloud_init=row.cloud_init,
-        description=row.description,
-    )
+    columns = _columns_of(row, Image)
+    columns["requires"] = list(row.requires or [])
+    return Image(**columns)
 
 
 class ImageRepo:
@@ -107,27 +107,10 @@ class ImageRepo:
 
 
 def _host(row: HostRow) -> Host:
-    return Host(
-        name=row.name,
-        uri=row.uri,
-        state=HostState(row.state),
-        cpus=row.cpus,
-        memory_mib=row.memory_mib,
-        disk_capacity_bytes=row.disk_capacity_bytes,
-        accelerator=Accelerator(row.accelerator),
-        accelerator_reason=row.accelerator_reason,
-        libvirt_version=row.libvirt_version,
-        hypervisor_version=row.hypervisor_version,
-        cpu_ratio=row.cpu_ratio,
-        ram_ratio=row.ram_ratio,
-        disk_ratio=row.disk_ratio,
-        reserved_memory_mib=row.reserved_memory_mib,
-        fault_domain=row.fault_domain,
-        hostname=row.hostname,
-        cpu_model=row.cpu_model,
-        last_seen=row.last_seen,
-        state_reason=row.state_reason,
-    )
+    columns = {f.name: getattr(row, f.name) for f in dataclasses.fields(Host)}
+    columns["state"] = HostState(row.state)
+    columns["accelerator"] = Accelerator(row.accelerator)
+    return Host(**columns)
 
 
 class HostRepo:
@@ -169,6 +152,12 @@ class HostRepo:
         for key, value in _fields(host, "name").items():
             setattr(row, key, value)
 
+    def delete(self, name: str) -> None:
+        row = self.session.get(HostRow, name)
+        if row is None:
+            raise NotFound("host", name)
+        self.session.delete(row)
+
 
 # --- VMs -------------------------------------------------------------------------------------
 
@@ -186,6 +175,7 @@ def _vm(row: VmRow) -> Vm:
         power_state=PowerState(row.power_state),
         host=row.host,
         disk_host=row.disk_host,
+        availability_set=row.availability_set,
         created_at=row.created_at,
         ready_at=row.ready_at,
         boot_seconds=row.boot_seconds,
@@ -237,6 +227,34 @@ class VmRepo:
         row = self.session.get(VmRow, vm_id)
         if row is not None:
             self.session.delete(row)
+
+    def on_host(self, host: str) -> builtins.list[Vm]:
+        """VMs that run on the host or keep their disks there."""
+        query = select(VmRow).where((VmRow.host == host) | (VmRow.disk_host == host)).order_by(VmRow.name)
+        return [_vm(r) for r in self.session.scalars(query)]
+
+    def in_set(self, availability_set: str) -> builtins.list[Vm]:
+        query = select(VmRow).where(VmRow.availability_set == availability_set).order_by(VmRow.name)
+        return [_vm(r) for r in self.session.scalars(query)]
+
+    def allocations(self) -> dict[str, tuple[int, int, int]]:
+        """allocated_on for every host at once: two grouped queries, not two per host."""
+        totals: dict[str, list[int]] = {}
+        compute = (
+            select(VmRow.host, func.sum(VmRow.vcpus), func.sum(VmRow.memory_mib))
+            .where(VmRow.host.is_not(None))
+            .group_by(VmRow.host)
+        )
+        for host, vcpus, memory in self.session.execute(compute):
+            totals.setdefault(str(host), [0, 0, 0])[:2] = [int(vcpus), int(memory)]
+        disks = (
+            select(VmRow.disk_host, func.sum(VmRow.disk_bytes))
+            .where(VmRow.disk_host.is_not(None))
+            .group_by(VmRow.disk_host)
+        )
+        for host, disk in self.session.execute(disks):
+            totals.setdefault(str(host), [0, 0, 0])[2] = int(disk)
+        return {host: (v[0], v[1], v[2]) for host, v in totals.items()}
 
     def allocated_on(self, host: str) -> tuple[int, int, int]:
         """(vCPUs, memory MiB, disk bytes) claimed on a host by the VMs placed there."""
@@ -327,3 +345,107 @@ class OperationRepo:
         if statuses is not None:
             query = query.where(OperationRow.status.in_([s.value for s in statuses]))
         return [_operation(r) for r in self.session.scalars(query)]
+
+
+# --- networks and addresses ------------------------------------------------------------------
+
+
+class NetworkRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def list(self) -> builtins.list[Network]:
+        rows = self.session.scalars(select(NetworkRow).order_by(NetworkRow.name))
+        return [Network(**_columns_of(r, Network)) for r in rows]
+
+    def find(self, name: str) -> Network | None:
+        row = self.session.get(NetworkRow, name)
+        return None if row is None else Network(**_columns_of(row, Network))
+
+    def get(self, name: str) -> Network:
+        network = self.find(name)
+        if network is None:
+            raise NotFound("network", name)
+        return network
+
+    def add(self, network: Network) -> None:
+        if self.session.get(NetworkRow, network.name) is not None:
+            raise AlreadyExists("network", network.name)
+        self.session.add(NetworkRow(**_fields(network)))
+
+    def delete(self, name: str) -> None:
+        row = self.session.get(NetworkRow, name)
+        if row is None:
+            raise NotFound("network", name)
+        self.session.delete(row)
+
+    def used_addresses(self, network: str) -> set[str]:
+        return set(self.session.scalars(select(AddressRow.ip).where(AddressRow.network == network)))
+
+    def reserve(self, network: str, ip: str, vm_id: str, mac: str) -> None:
+        self.session.add(AddressRow(network=network, ip=ip, vm_id=vm_id, mac=mac))
+
+    def addresses_of(self, vm_id: str) -> builtins.list[tuple[str, str, str]]:
+        """(network, ip, mac) of every address a VM holds."""
+        rows = self.session.scalars(select(AddressRow).where(AddressRow.vm_id == vm_id))
+        return [(r.network, r.ip, r.mac) for r in rows]
+
+    def release(self, vm_id: str) -> None:
+        for row in self.session.scalars(select(AddressRow).where(AddressRow.vm_id == vm_id)):
+            self.session.delete(row)
+
+    def holders(self, network: str) -> builtins.list[str]:
+        return list(self.session.scalars(select(AddressRow.vm_id).where(AddressRow.network == network)))
+
+
+# --- availability sets -----------------------------------------------------------------------
+
+
+class AvailabilitySetRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def list(self) -> builtins.list[AvailabilitySet]:
+        rows = self.session.scalars(select(AvailabilitySetRow).order_by(AvailabilitySetRow.name))
+        return [AvailabilitySet(r.name, r.fault_domains, r.created_at) for r in rows]
+
+    def get(self, name: str) -> AvailabilitySet:
+        row = self.session.get(AvailabilitySetRow, name)
+        if row is None:
+            raise NotFound("availability set", name)
+        return AvailabilitySet(row.name, row.fault_domains, row.created_at)
+
+    def add(self, availability_set: AvailabilitySet) -> None:
+        if self.session.get(AvailabilitySetRow, availability_set.name) is not None:
+            raise AlreadyExists("availability set", availability_set.name)
+        self.session.add(AvailabilitySetRow(**_fields(availability_set)))
+
+    def delete(self, name: str) -> None:
+        row = self.session.get(AvailabilitySetRow, name)
+        if row is None:
+            raise NotFound("availability set", name)
+        self.session.delete(row)
+
+
+# --- leftovers -------------------------------------------------------------------------------
+
+
+class LeftoverRepo:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, host: str, kind: str, name: str, reason: str) -> None:
+        self.session.add(LeftoverRow(host=host, kind=kind, name=name, reason=reason))
+
+    def on_host(self, host: str) -> builtins.list[Leftover]:
+        rows = self.session.scalars(select(LeftoverRow).where(LeftoverRow.host == host).order_by(LeftoverRow.id))
+        return [Leftover(r.id, r.host, r.kind, r.name, r.reason, r.created_at) for r in rows]
+
+    def remove(self, leftover_id: int) -> None:
+        row = self.session.get(LeftoverRow, leftover_id)
+        if row is not None:
+            self.session.delete(row)
+
+
+def _columns_of(row: Any, cls: Any) -> dict[str, Any]:
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}

@@ -42,6 +42,7 @@ class ImageRow(Base):
     cmdline: Mapped[str | None] = mapped_column(Text, nullable=True)
     ready_marker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cloud_init: Mapped[bool] = mapped_column(Boolean, default=False)
+    requires: Mapped[list[str]] = mapped_column(JSON, default=list)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -68,6 +69,49 @@ class HostRow(Base):
     fault_domain: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    advertised_cpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    advertised_memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    network: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    bridge: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class NetworkRow(Base):
+    __tablename__ = "networks"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subnet: Mapped[str] = mapped_column(String(64))
+    range_start: Mapped[str] = mapped_column(String(64))
+    range_end: Mapped[str] = mapped_column(String(64))
+    gateway: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dhcp_hosts_dir: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AddressRow(Base):
+    """One reserved address. The primary key makes a double reservation impossible."""
+
+    __tablename__ = "addresses"
+    network: Mapped[str] = mapped_column(ForeignKey("networks.name"), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(String(36), index=True)
+    mac: Mapped[str] = mapped_column(String(17))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AvailabilitySetRow(Base):
+    __tablename__ = "availability_sets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fault_domains: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LeftoverRow(Base):
+    __tablename__ = "leftovers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class VmRow(Base):
@@ -93,6 +137,7 @@ class VmRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     disks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     nics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    availability_set: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class OperationRow(Base):

@@ -35,6 +35,7 @@ def create_size(body: schemas.SizeCreate, p: Platform = Depends(platform)) -> sc
         raise InvalidInput("memory", "must be a whole number of MiB")
     disk = parse_bytes(body.disk, "disk", default_unit="G")
     size = p.sizes.create(body.name, body.vcpus, memory // MIB, disk, body.family)
+    fits = next(f.fits_now for f in p.sizes.list_with_fit() if f.size.name == size.name)
     return schemas.SizeOut(
         name=size.name,
         vcpus=size.vcpus,
@@ -42,7 +43,7 @@ def create_size(body: schemas.SizeCreate, p: Platform = Depends(platform)) -> sc
         disk_bytes=size.disk_bytes,
         family=size.family,
         builtin=False,
-        fits_now=0,
+        fits_now=fits,
     )
 
 

@@ -1,0 +1,102 @@
+"""Filters: one idea each. A filter looks at one host snapshot and says why it cannot take the
+request, or None if it can. Every reason is written for the operator reading "no host fits"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from math import ceil
+
+from flexvm.model.host import HostState
+from flexvm.model.units import MIB, format_bytes
+from flexvm.scheduler.snapshot import HostSnapshot, Request
+
+Filter = Callable[[HostSnapshot, Request], str | None]
+
+
+def host_state(snapshot: HostSnapshot, request: Request) -> str | None:
+    host = snapshot.host
+    if host.state is HostState.UP:
+        return None
+    return f"host is {host.state.value}" + (f" ({host.state_reason})" if host.state_reason else "")
+
+
+def pinned_host(snapshot: HostSnapshot, request: Request) -> str | None:
+    if request.pinned is None or snapshot.host.name == request.pinned:
+        return None
+    return f"the request is pinned to host {request.pinned}"
+
+
+def excluded_host(snapshot: HostSnapshot, request: Request) -> str | None:
+    if snapshot.host.name in request.excluded:
+        return "excluded by the request (e.g. it failed during this operation)"
+    return None
+
+
+def _capacity(need: int, free: int, total: int, what: str, show: Callable[[int], str]) -> str | None:
+    if need <= free:
+        return None
+    if need > total:
+        return f"larger than this host can ever hold: needs {show(need)} {what}, the host has {show(total)} in all"
+    return f"needs {show(need)} {what}, {show(max(free, 0))} free"
+
+
+def vcpus(snapshot: HostSnapshot, request: Request) -> str | None:
+    room = snapshot.room
+    return _capacity(request.vcpus, room.vcpus_free, room.vcpus_total, "vCPUs", str)
+
+
+def memory(snapshot: HostSnapshot, request: Request) -> str | None:
+    room = snapshot.room
+    return _capacity(
+        request.memory_mib, room.memory_mib_free, room.memory_mib_total, "memory", lambda mib: format_bytes(mib * MIB)
+    )
+
+
+def disk(snapshot: HostSnapshot, request: Request) -> str | None:
+    room = snapshot.room
+    return _capacity(request.disk_bytes, room.disk_bytes_free, room.disk_bytes_total, "disk", format_bytes)
+
+
+def image_requirements(snapshot: HostSnapshot, request: Request) -> str | None:
+    missing = sorted(set(request.requires) - snapshot.features)
+    if not missing:
+        return None
+    return f"lacks what the image requires: {', '.join(missing)}"
+
+
+def availability_set(snapshot: HostSnapshot, request: Request) -> str | None:
+    """Spread an availability set's VMs so no fault domain holds more than its share.
+
+    A set of F fault domains uses at most F distinct host fault domains; within those, a domain
+    may hold at most ceil(members / F) of the set's VMs, counting the new one.
+    """
+    spread = request.spread
+    if spread is None:
+        return None
+    domain = snapshot.fault_domain
+    used = spread.members_by_domain
+    if domain not in used and len([d for d, n in used.items() if n > 0]) >= spread.fault_domains:
+        return (
+            f"availability set {spread.name} already uses all of its {spread.fault_domains} fault domains "
+            f"({', '.join(sorted(d for d, n in used.items() if n > 0))})"
+        )
+    share = ceil((sum(used.values()) + 1) / spread.fault_domains)
+    if used.get(domain, 0) + 1 > share:
+        return (
+            f"fault domain {domain} already holds {used[domain]} of availability set {spread.name}'s VMs "
+            f"(its share is {share})"
+        )
+    return None
+
+
+# The pipeline, in the order reasons are most useful to read: cheapest and most decisive first.
+DEFAULT_FILTERS: tuple[Filter, ...] = (
+    pinned_host,
+    excluded_host,
+    host_state,
+    image_requirements,
+    availability_set,
+    vcpus,
+    memory,
+    disk,
+)
