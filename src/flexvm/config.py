@@ -28,6 +28,8 @@ class Settings:
     local_uri: str = "qemu:///system"
     ready_timeout: float = 120.0  # seconds a guest has to print its readiness line
     stop_timeout: float = 60.0  # graceful shutdown, before the power is pulled
+    health_seconds: float = 10.0  # how often every host is checked
+    health_timeout: float = 5.0  # a host that takes longer to answer is down
     ssh_keys: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -59,4 +61,6 @@ class Settings:
             local_uri=env.get("FLEXVM_LIBVIRT_URI", "qemu:///system"),
             ready_timeout=float(env.get("FLEXVM_READY_TIMEOUT", 120)),
             stop_timeout=float(env.get("FLEXVM_STOP_TIMEOUT", 60)),
+            health_seconds=float(env.get("FLEXVM_HEALTH_SECONDS", 10)),
+            health_timeout=float(env.get("FLEXVM_HEALTH_TIMEOUT", 5)),
         )

@@ -8,9 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flexvm.capacity.service import CapacityService
+from flexvm.compute.availability import AvailabilitySetService
+from flexvm.compute.health import HealthChecker
 from flexvm.compute.hosts import DriverPool, HostService
 from flexvm.compute.images import ImageService
 from flexvm.compute.lifecycle import VmService
+from flexvm.compute.networks import NetworkService
 from flexvm.compute.operations import OperationRunner
 from flexvm.compute.reconcile import Reconciler, ReconcileReport
 from flexvm.compute.sizes import SizeService
@@ -24,7 +28,6 @@ from flexvm.store.db import Database, open_database
 log = logging.getLogger(__name__)
 
 LOCAL_HOST = "local"
-SYNC_SECONDS = 15.0
 
 
 def find_probe_kernel(store: ImageStore, db: Database) -> Callable[[], Path | None]:
@@ -59,6 +62,10 @@ class Platform:
     images: ImageService
     vms: VmService
     reconciler: Reconciler
+    health: HealthChecker
+    networks: NetworkService
+    availability_sets: AvailabilitySetService
+    capacity: CapacityService
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
@@ -73,8 +80,25 @@ class Platform:
         hosts = HostService(db, drivers, find_probe_kernel(store, db), runner)
         sizes = SizeService(db)
         images = ImageService(db, runner, store)
-        vms = VmService(db, runner, hosts, sizes, images, settings)
-        return cls(settings, db, runner, drivers, hosts, sizes, images, vms, Reconciler(db, hosts, vms))
+        networks = NetworkService(db)
+        vms = VmService(db, runner, hosts, sizes, images, settings, networks)
+        reconciler = Reconciler(db, hosts, vms)
+        health = HealthChecker(db, hosts, reconciler, settings.health_timeout)
+        return cls(
+            settings,
+            db,
+            runner,
+            drivers,
+            hosts,
+            sizes,
+            images,
+            vms,
+            reconciler,
+            health,
+            networks,
+            AvailabilitySetService(db),
+            CapacityService(db, sizes),
+        )
 
     def start(self) -> ReconcileReport:
         """Register the local host, recover what a previous server left, then keep in sync."""
@@ -93,13 +117,11 @@ class Platform:
         return self.last_report
 
     def _sync_loop(self) -> None:
-        while not self._stop.wait(SYNC_SECONDS):
+        while not self._stop.wait(self.settings.health_seconds):
             try:
-                for host in self.hosts.list():
-                    self.hosts.refresh(host.name)
-                self.last_report = self.reconciler.sync()
+                self.health.check_all()
             except Exception:  # the loop must outlive any one bad pass; the next one retries
-                log.exception("periodic sync failed")
+                log.exception("periodic health check failed")
 
     def close(self) -> None:
         self._stop.set()

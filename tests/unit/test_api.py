@@ -21,6 +21,7 @@ from flexvm.platform import Platform
 VM_KEYS = {
     "id", "name", "size", "image", "vcpus", "memory_mib", "disk_bytes", "provisioning_state", "power_state",
     "host", "disk_host", "created_at", "ready_at", "boot_seconds", "active_operation_id", "error", "disks", "nics",
+    "availability_set",
 }  # fmt: skip
 OPERATION_KEYS = {
     "id", "kind", "target_kind", "target_name", "status", "progress", "message", "created_at", "started_at",
@@ -47,8 +48,22 @@ PUBLIC_SURFACE = {
     ("GET", "/v1/images/{name}"),
     ("DELETE", "/v1/images/{name}"),
     ("GET", "/v1/hosts"),
+    ("POST", "/v1/hosts"),
     ("GET", "/v1/hosts/{name}"),
+    ("PATCH", "/v1/hosts/{name}"),
+    ("DELETE", "/v1/hosts/{name}"),
     ("POST", "/v1/hosts/{name}/probe"),
+    ("GET", "/v1/networks"),
+    ("POST", "/v1/networks"),
+    ("GET", "/v1/networks/{name}"),
+    ("DELETE", "/v1/networks/{name}"),
+    ("GET", "/v1/availability-sets"),
+    ("POST", "/v1/availability-sets"),
+    ("GET", "/v1/availability-sets/{name}"),
+    ("DELETE", "/v1/availability-sets/{name}"),
+    ("GET", "/v1/capacity"),
+    ("GET", "/v1/capacity/what-if"),
+    ("GET", "/v1/capacity/failure"),
     ("GET", "/v1/operations"),
     ("GET", "/v1/operations/{operation_id}"),
 }

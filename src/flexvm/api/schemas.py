@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 
 class Strict(BaseModel):
@@ -24,7 +24,40 @@ class VmCreate(Strict):
     size: str
     image: str
     user_data: str | None = None
-    host: str | None = None
+    host: str | None = Field(None, description="pin to this host")
+    availability_set: str | None = None
+    policy: Literal["best-fit", "spread"] = "best-fit"
+
+
+class HostSettings(Strict):
+    cpu_ratio: float | None = None
+    ram_ratio: float | None = None
+    disk_ratio: float | None = None
+    fault_domain: str | None = None
+    cpus: StrictInt | None = Field(None, description="CPUs to advertise instead of what libvirt counts")
+    memory: StrictStr | StrictInt | None = Field(None, description="memory to advertise, e.g. '4G'; a number is MiB")
+    reserved_memory: StrictStr | StrictInt | None = Field(None, description="kept for the host itself, e.g. '512M'")
+    network: str | None = None
+    bridge: str | None = None
+
+
+class HostAdd(HostSettings):
+    name: str
+    uri: str
+
+
+class NetworkCreate(Strict):
+    name: str
+    subnet: str
+    range_start: str
+    range_end: str
+    gateway: str | None = None
+    dhcp_hosts_dir: str | None = None
+
+
+class AvailabilitySetCreate(Strict):
+    name: str
+    fault_domains: StrictInt = 2
 
 
 class VmStop(Strict):
@@ -32,14 +65,14 @@ class VmStop(Strict):
 
 
 class DiskResize(Strict):
-    size: str | int = Field(description="new size, e.g. '8G', or bytes")
+    size: StrictStr | StrictInt = Field(description="new size, e.g. '8G'; a bare number is GiB")
 
 
 class SizeCreate(Strict):
     name: str
-    vcpus: int
-    memory: str | int = Field(description="e.g. '512M' or '2G'; a bare number is MiB")
-    disk: str | int = Field(description="OS disk, e.g. '2G'; a bare number is GiB")
+    vcpus: StrictInt
+    memory: StrictStr | StrictInt = Field(description="e.g. '512M' or '2G'; a bare number is MiB")
+    disk: StrictStr | StrictInt = Field(description="OS disk, e.g. '2G'; a bare number is GiB")
     family: str | None = None
 
 
@@ -53,6 +86,7 @@ class ImageImport(Strict):
     cloud_init: bool = False
     description: str = ""
     sha256: str | None = None
+    requires: list[str] = Field(default_factory=list, description="host features the image needs, e.g. ['kvm']")
 
 
 class ImageBuild(Strict):
@@ -117,6 +151,7 @@ class VmOut(Out):
     boot_seconds: float | None
     active_operation_id: str | None
     error: str | None
+    availability_set: str | None
     disks: list[DiskOut]
     nics: list[NicOut]
 
@@ -143,6 +178,7 @@ class ImageOut(Out):
     ready_marker: str | None
     cloud_init: bool
     description: str
+    requires: list[str]
     created_at: datetime
 
 
@@ -166,11 +202,16 @@ class HostOut(Out):
     reserved_memory_mib: int
     fault_domain: str | None
     last_seen: datetime | None
+    advertised_cpus: int | None
+    advertised_memory_mib: int | None
+    network: str | None
+    bridge: str | None
 
 
 class HostDetail(HostOut):
     vms: list[str] = []
     unmanaged_guests: list[str] = []
+    leftovers: list[str] = []
     vcpus_allocated: int = 0
     memory_mib_allocated: int = 0
     disk_bytes_allocated: int = 0
@@ -184,3 +225,59 @@ class ConsoleOut(BaseModel):
 class ImageDeleted(BaseModel):
     deleted: str
     unreachable_hosts: list[str]
+
+
+class NetworkOut(Out):
+    name: str
+    subnet: str
+    range_start: str
+    range_end: str
+    gateway: str | None
+    dhcp_hosts_dir: str | None
+    created_at: datetime
+
+
+class AvailabilitySetOut(BaseModel):
+    name: str
+    fault_domains: int
+    created_at: datetime
+    layout: dict[str, dict[str, list[str]]] = Field(default_factory=dict, description="fault domain -> host -> VMs")
+
+
+class HostRoom(BaseModel):
+    name: str
+    state: str
+    fault_domain: str | None
+    cpu_ratio: float
+    ram_ratio: float
+    disk_ratio: float
+    physical_cpus: int
+    physical_memory_mib: int
+    physical_disk_bytes: int
+    vcpus_total: int
+    vcpus_allocated: int
+    memory_mib_total: int
+    memory_mib_allocated: int
+    disk_bytes_total: int
+    disk_bytes_allocated: int
+    fits: dict[str, int]
+
+
+class CapacityOut(BaseModel):
+    hosts: list[HostRoom]
+    fits: dict[str, int] = Field(description="size -> how many more fit in the whole pool right now")
+
+
+class WhatIfOut(BaseModel):
+    size: str
+    requested: int
+    fits: bool
+    placed: dict[str, int]
+    first_failure: str | None
+
+
+class FailureOut(BaseModel):
+    lost_host: str | None
+    survives: bool
+    moved: dict[str, str]
+    homeless: dict[str, str]

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from flexvm.cli import output
-from flexvm.cli.common import OutputOpt, client
+from flexvm.cli.common import OutputOpt, client, finish
 
 host_app = typer.Typer(help="Hosts: machines that run guests.", no_args_is_help=True)
 operation_app = typer.Typer(help="Operations: every change, as it runs and after.", no_args_is_help=True)
@@ -44,8 +44,8 @@ def _show_host(host: dict[str, Any], fmt: output.Format) -> None:
             ("uri", host["uri"]),
             ("state", host["state"] + (f" ({host['state_reason']})" if host["state_reason"] else "")),
             ("hostname", host["hostname"]),
-            ("CPUs", f"{host['cpus']} ({host['cpu_model']})"),
-            ("memory", output.mib(host["memory_mib"])),
+            ("CPUs", f"{host['cpus']} ({host['cpu_model']})" + _advertised(host["advertised_cpus"], str)),
+            ("memory", output.mib(host["memory_mib"]) + _advertised(host["advertised_memory_mib"], output.mib)),
             ("disk", output.nbytes(host["disk_capacity_bytes"])),
             ("accelerator", host["accelerator"]),
             ("why", host["accelerator_reason"]),
@@ -57,11 +57,106 @@ def _show_host(host: dict[str, Any], fmt: output.Format) -> None:
                 f"{host['vcpus_allocated']} vCPUs, {output.mib(host['memory_mib_allocated'])} memory, "
                 f"{output.nbytes(host['disk_bytes_allocated'])} disk",
             ),
+            ("fault domain", host["fault_domain"] or host["name"]),
+            ("network", f"{host['network']} via {host['bridge']}" if host["network"] else "QEMU user networking"),
             ("VMs", ", ".join(host["vms"]) or None),
             ("other guests", ", ".join(host["unmanaged_guests"]) or None),
+            ("leftovers", ", ".join(host["leftovers"]) or None),
             ("last seen", host["last_seen"]),
         ]
     )
+
+
+def _advertised(value: int | None, show: Any) -> str:
+    return f" (advertises {show(value)} to the pool)" if value is not None else ""
+
+
+def _settings(
+    cpu_ratio: float | None,
+    ram_ratio: float | None,
+    disk_ratio: float | None,
+    fault_domain: str | None,
+    cpus: int | None,
+    memory: str | None,
+    reserved_memory: str | None,
+    network: str | None,
+    bridge: str | None,
+) -> dict[str, Any]:
+    given = {
+        "cpu_ratio": cpu_ratio,
+        "ram_ratio": ram_ratio,
+        "disk_ratio": disk_ratio,
+        "fault_domain": fault_domain,
+        "cpus": cpus,
+        "memory": memory,
+        "reserved_memory": reserved_memory,
+        "network": network,
+        "bridge": bridge,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+CpuRatio = typer.Option(None, "--cpu-ratio", help="vCPUs per physical CPU (default 4)")
+RamRatio = typer.Option(None, "--ram-ratio", help="memory overcommit (default 1.0)")
+DiskRatio = typer.Option(None, "--disk-ratio", help="disk overcommit for thin overlays (default 1.0)")
+FaultDomain = typer.Option(None, "--fault-domain", help="group of hosts that fail together (default: the host)")
+Cpus = typer.Option(None, "--cpus", help="CPUs to advertise instead of what libvirt counts")
+Memory = typer.Option(None, "--memory", help="memory to advertise, e.g. 8G")
+Reserved = typer.Option(None, "--reserved-memory", help="memory kept for the host itself (default 512M)")
+Network = typer.Option(None, "--network", help="flexvm network guests on this host join")
+Bridge = typer.Option(None, "--bridge", help="the host's bridge onto that network")
+
+
+@host_app.command("add")
+def add_host(
+    name: str,
+    uri: str = typer.Option(..., "--uri", help="libvirt URI, e.g. qemu+tcp://10.0.0.2/system"),
+    cpu_ratio: float | None = CpuRatio,
+    ram_ratio: float | None = RamRatio,
+    disk_ratio: float | None = DiskRatio,
+    fault_domain: str | None = FaultDomain,
+    cpus: int | None = Cpus,
+    memory: str | None = Memory,
+    reserved_memory: str | None = Reserved,
+    network: str | None = Network,
+    bridge: str | None = Bridge,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Add a host to the pool: facts from libvirt, KVM proved or TCG chosen."""
+    api = client()
+    body = {
+        "name": name,
+        "uri": uri,
+        **_settings(cpu_ratio, ram_ratio, disk_ratio, fault_domain, cpus, memory, reserved_memory, network, bridge),
+    }
+    operation = api.post("/hosts", body)
+    finish(api, operation, f"adding host {name}", False, fmt, show=lambda: _show_host(api.get(f"/hosts/{name}"), fmt))
+
+
+@host_app.command("update")
+def update_host(
+    name: str,
+    cpu_ratio: float | None = CpuRatio,
+    ram_ratio: float | None = RamRatio,
+    disk_ratio: float | None = DiskRatio,
+    fault_domain: str | None = FaultDomain,
+    cpus: int | None = Cpus,
+    memory: str | None = Memory,
+    reserved_memory: str | None = Reserved,
+    network: str | None = Network,
+    bridge: str | None = Bridge,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Change a host's ratios, fault domain or advertised capacity."""
+    body = _settings(cpu_ratio, ram_ratio, disk_ratio, fault_domain, cpus, memory, reserved_memory, network, bridge)
+    _show_host(client().request("PATCH", f"/hosts/{name}", json=body), fmt)
+
+
+@host_app.command("remove")
+def remove_host(name: str) -> None:
+    """Remove a host from the pool (refused while it holds VMs)."""
+    client().delete(f"/hosts/{name}")
+    output.console.print(f"removed host {name}")
 
 
 @host_app.command("show")

@@ -9,6 +9,7 @@ import typer
 from flexvm.cli import output
 from flexvm.cli.catalog import image_app, size_app
 from flexvm.cli.hosts import host_app, operation_app
+from flexvm.cli.pool import capacity, network_app, set_app
 from flexvm.cli.vm import app as vm_app
 from flexvm.config import Settings
 from flexvm.errors import FlexvmError
@@ -24,6 +25,9 @@ app.add_typer(size_app, name="size")
 app.add_typer(image_app, name="image")
 app.add_typer(host_app, name="host")
 app.add_typer(operation_app, name="operation")
+app.add_typer(network_app, name="network")
+app.add_typer(set_app, name="availability-set")
+app.command("capacity")(capacity)
 
 
 @app.command("serve")

@@ -69,11 +69,20 @@ def create(
     image: str = typer.Option(..., "--image", "-i", help="e.g. tiny; see `flexvm image list`"),
     user_data: Path | None = typer.Option(None, "--user-data", help="cloud-init user data file (cloud images)"),
     host: str | None = typer.Option(None, "--host", help="pin to this host"),
+    availability_set: str | None = typer.Option(None, "--availability-set", help="spread with this set's VMs"),
+    policy: str = typer.Option("best-fit", "--policy", help="best-fit (pack, the default) or spread"),
     no_wait: bool = NoWait,
     fmt: output.Format = OutputOpt,
 ) -> None:
     """Create a VM and wait until the guest says it is ready."""
-    body: dict[str, Any] = {"name": name, "size": size, "image": image, "host": host}
+    body: dict[str, Any] = {
+        "name": name,
+        "size": size,
+        "image": image,
+        "host": host,
+        "availability_set": availability_set,
+        "policy": policy,
+    }
     if user_data is not None:
         try:
             body["user_data"] = user_data.read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 from flexvm.compute.guest_boot import image_volume
 from flexvm.compute.operations import OperationContext, OperationRunner
 from flexvm.drivers.base import Driver
-from flexvm.errors import AlreadyExists, Conflict, FlexvmError, ImageError
+from flexvm.errors import AlreadyExists, Conflict, FlexvmError, ImageError, InvalidInput
 from flexvm.images.store import ImageStore
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
@@ -19,6 +19,7 @@ from flexvm.store.db import Database
 from flexvm.store.repositories import ImageRepo
 
 TINY = "tiny"
+HOST_FEATURES = ("kvm", "tcg")  # what a host offers that an image may require: its accelerator
 
 
 class ImageService:
@@ -50,8 +51,15 @@ class ImageService:
         cloud_init: bool = False,
         description: str = "",
         sha256: str | None = None,
+        requires: builtins.list[str] | None = None,
     ) -> Operation:
         check_name("name", name)
+        needs = sorted(set(requires or []))
+        unknown = [feature for feature in needs if feature not in HOST_FEATURES]
+        if unknown:
+            raise InvalidInput(
+                "requires", f"unknown host feature(s) {', '.join(unknown)}; known: {', '.join(HOST_FEATURES)}"
+            )
 
         def work(ctx: OperationContext) -> dict[str, object]:
             with ctx.step("import", f"checking and copying {disk.name}"):
@@ -66,6 +74,7 @@ class ImageService:
                     description=description,
                     expected_sha256=sha256,
                 )
+            image.requires = needs
             self._record(image)
             return {"sha256": image.sha256, "virtual_size": image.virtual_size}
 

@@ -144,6 +144,11 @@ class Reconciler:
         for host in self.hosts.list():
             if host.state is HostState.MAINTENANCE:
                 continue
+            if host.state is HostState.DOWN:
+                # Known unreachable (the health check said so): do not wait on it again.
+                report.unreachable.append(host.name)
+                self._mark_unknown(host.name)
+                continue
             try:
                 guests = {g.name: g for g in self.hosts.drivers.for_uri(host.uri).list_guests()}
             except FlexvmError:

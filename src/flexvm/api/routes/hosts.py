@@ -1,12 +1,47 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
 
 from flexvm.api import schemas
-from flexvm.api.deps import named, platform
+from flexvm.api.deps import accepted, named, platform
+from flexvm.compute.hosts import HostChanges, HostRequest
+from flexvm.model.units import MIB, parse_bytes
 from flexvm.platform import Platform
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
+
+
+def _mib(value: str | int | None, field: str) -> int | None:
+    return None if value is None else parse_bytes(value, field, default_unit="M") // MIB
+
+
+def _changes(body: schemas.HostSettings) -> HostChanges:
+    return HostChanges(
+        cpu_ratio=body.cpu_ratio,
+        ram_ratio=body.ram_ratio,
+        disk_ratio=body.disk_ratio,
+        fault_domain=body.fault_domain,
+        advertised_cpus=body.cpus,
+        advertised_memory_mib=_mib(body.memory, "memory"),
+        reserved_memory_mib=_mib(body.reserved_memory, "reserved_memory"),
+        network=body.network,
+        bridge=body.bridge,
+    )
+
+
+def _detail(p: Platform, name: str) -> schemas.HostDetail:
+    detail = p.hosts.detail(name)
+    base = schemas.HostOut.model_validate(detail.host).model_dump()
+    return schemas.HostDetail(
+        **base,
+        vms=detail.vms,
+        unmanaged_guests=detail.unmanaged_guests,
+        leftovers=detail.leftovers,
+        vcpus_allocated=detail.allocated.vcpus,
+        memory_mib_allocated=detail.allocated.memory_mib,
+        disk_bytes_allocated=detail.allocated.disk_bytes,
+    )
 
 
 @router.get("", response_model=list[schemas.HostOut])
@@ -14,18 +49,26 @@ def list_hosts(p: Platform = Depends(platform)) -> list[schemas.HostOut]:
     return [schemas.HostOut.model_validate(host) for host in p.hosts.list()]
 
 
+@router.post("", status_code=202, response_model=schemas.OperationOut)
+def add_host(body: schemas.HostAdd, p: Platform = Depends(platform)) -> JSONResponse:
+    return accepted(p.hosts.add(HostRequest(body.name, body.uri, _changes(body))))
+
+
 @router.get("/{name}", response_model=schemas.HostDetail)
 def show_host(name: str, p: Platform = Depends(platform)) -> schemas.HostDetail:
-    detail = p.hosts.detail(named("name", name))
-    base = schemas.HostOut.model_validate(detail.host).model_dump()
-    return schemas.HostDetail(
-        **base,
-        vms=detail.vms,
-        unmanaged_guests=detail.unmanaged_guests,
-        vcpus_allocated=detail.allocated.vcpus,
-        memory_mib_allocated=detail.allocated.memory_mib,
-        disk_bytes_allocated=detail.allocated.disk_bytes,
-    )
+    return _detail(p, named("name", name))
+
+
+@router.patch("/{name}", response_model=schemas.HostDetail)
+def update_host(name: str, body: schemas.HostSettings, p: Platform = Depends(platform)) -> schemas.HostDetail:
+    p.hosts.update(named("name", name), _changes(body))
+    return _detail(p, name)
+
+
+@router.delete("/{name}", status_code=204)
+def remove_host(name: str, p: Platform = Depends(platform)) -> Response:
+    p.hosts.remove(named("name", name))
+    return Response(status_code=204)
 
 
 @router.post("/{name}/probe", response_model=schemas.HostOut)

@@ -39,6 +39,7 @@ def import_image(body: schemas.ImageImport, p: Platform = Depends(platform)) -> 
             cloud_init=body.cloud_init,
             description=body.description,
             sha256=body.sha256,
+            requires=body.requires,
         )
     )
 

@@ -18,7 +18,17 @@ def list_vms(p: Platform = Depends(platform)) -> list[schemas.VmOut]:
 
 @router.post("", status_code=202, response_model=schemas.OperationOut)
 def create_vm(body: schemas.VmCreate, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.vms.create(body.name, body.size, body.image, user_data=body.user_data, host=body.host))
+    return accepted(
+        p.vms.create(
+            body.name,
+            body.size,
+            body.image,
+            user_data=body.user_data,
+            host=body.host,
+            availability_set=body.availability_set,
+            policy=body.policy,
+        )
+    )
 
 
 @router.get("/{name}", response_model=schemas.VmOut)

@@ -1,0 +1,79 @@
+"""Host health on a schedule: every host is asked for its facts with a deadline.
+
+A host that does not answer in time is marked down (its VMs 'unknown', not lost); one that
+answers again is marked up, its VMs' power states are re-read, and whatever an operation had to
+leave on it while it was unreachable (recorded as leftovers) is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from flexvm.compute.hosts import HostService
+from flexvm.compute.reconcile import Reconciler
+from flexvm.errors import FlexvmError
+from flexvm.model.host import Host, HostState
+from flexvm.store.db import Database
+from flexvm.store.repositories import LeftoverRepo, VmRepo
+
+log = logging.getLogger(__name__)
+
+
+class HealthChecker:
+    def __init__(self, db: Database, hosts: HostService, reconciler: Reconciler, timeout: float) -> None:
+        self.db = db
+        self.hosts = hosts
+        self.reconciler = reconciler
+        self.timeout = timeout
+
+    def check_all(self) -> dict[str, HostState]:
+        """One round: every host in parallel, so a hung one delays nobody else."""
+        hosts = self.hosts.list()
+        if not hosts:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts)), thread_name_prefix="health") as pool:
+            states = dict(zip([h.name for h in hosts], pool.map(self._check, hosts), strict=True))
+        self.reconciler.sync()
+        return states
+
+    def _check(self, before: Host) -> HostState:
+        after = self.hosts.refresh(before.name, timeout=self.timeout)
+        if after.state is not before.state:
+            log.warning(
+                "host %s is now %s%s",
+                after.name,
+                after.state.value,
+                f" ({after.state_reason})" if after.state_reason else "",
+            )
+        if after.state is HostState.UP:
+            self.clean_leftovers(after.name)
+        return after.state
+
+    def clean_leftovers(self, host_name: str) -> int:
+        """Remove what failed operations left on a host that was unreachable; returns how many."""
+        with self.db.session() as session:
+            leftovers = LeftoverRepo(session).on_host(host_name)
+            owned = {vm.domain_name for vm in VmRepo(session).on_host(host_name)}
+            owned |= {d.name for vm in VmRepo(session).on_host(host_name) for d in vm.disks}
+            owned |= {vm.console_log for vm in VmRepo(session).on_host(host_name)}
+        if not leftovers:
+            return 0
+        driver = self.hosts.driver(host_name)
+        removed = 0
+        for item in leftovers:
+            try:
+                if item.name not in owned:  # a VM of that name lives here now: it is not a leftover
+                    if item.kind == "domain":
+                        driver.destroy(item.name)
+                        driver.undefine(item.name)
+                    else:
+                        driver.delete_instance_volume(item.name)
+            except FlexvmError as err:
+                log.warning("could not yet remove %s %s from %s: %s", item.kind, item.name, host_name, err.message)
+                continue
+            with self.db.session() as session:
+                assert item.id is not None
+                LeftoverRepo(session).remove(item.id)
+            removed += 1
+        return removed
