@@ -1,0 +1,347 @@
+"""The lab: N libvirt hosts simulated on one machine, joined by a lab switch.
+
+::
+
+    root ns: flexlab-gw ══ gw ─[flexvm-labsw: bridge labsw + dnsmasq]─┬─ lab1 ══ uplink ─[flexvm-lab1: br0, libvirtd]
+                                                                      └─ lab2 ══ uplink ─[flexvm-lab2: br0, libvirtd]
+
+``Lab(root)`` keeps everything under ``root`` (``state.json``, each host's private
+directories, dnsmasq's files). ``up`` records the lab before making anything, so ``down``
+can always remove all of it: guests (through each host's libvirtd, then by PID), daemons by
+PID, the pinned namespaces, network namespaces, the one root-namespace link and route, files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+
+from flexvm.errors import Conflict, FlexvmError, InvalidState, NotFound
+from flexvm.lab import config, daemons, guests, mountns, netns, processes, state
+from flexvm.lab.model import LabHost, LabSpec, LabState
+from flexvm.lab.plan import (
+    BLACKHOLE_METRIC,
+    GATEWAY_LINK,
+    GATEWAY_PEER,
+    HOST_BRIDGE,
+    HOST_NETNS_PREFIX,
+    HOST_UPLINK,
+    PRIVATE_DIRS,
+    SWITCH_BRIDGE,
+    SWITCH_NETNS,
+    HostPlan,
+    LabPlan,
+    check_no_overlap,
+    check_spec,
+    make_plan,
+    plan_for_state,
+)
+from flexvm.lab.system import LabCommandError, require_tools
+
+SYSTEM_LIBVIRT_ETC = Path("/etc/libvirt")
+SYSTEM_QEMU_CAPS = Path("/var/cache/libvirt/qemu/capabilities")
+DAEMON_GRACE = 10.0
+QEMU_GRACE = 5.0
+
+
+class Lab:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    # ------------------------------------------------------------------ public API
+
+    def up(self, spec: LabSpec) -> LabState:
+        """Make the lab and return its status once every host's libvirtd listens.
+
+        InvalidInput for a bad spec (including a subnet overlapping the machine's networks),
+        Conflict when a lab is up already, HypervisorUnavailable naming the Debian packages when
+        a tool is missing. A failed ``up`` removes whatever it made before raising."""
+        subnet = check_spec(spec)
+        require_tools()
+        with state.locked(self.lock_file):
+            try:
+                self._refuse_if_up()
+                check_no_overlap(subnet, netns.machine_networks())
+            except FlexvmError:
+                self._tidy_root()
+                raise
+            plan = make_plan(self.root, spec.hosts, subnet)
+            record = plan.to_state(phase="starting")
+            state.save(plan.state_file, record)
+            try:
+                self._build(plan, record)
+            except BaseException as err:
+                try:
+                    self._teardown(plan, record)
+                except Exception as cleanup_err:  # report both; the first failure is the story
+                    err.add_note(f"and cleaning up after it failed too: {cleanup_err}")
+                if isinstance(err, FlexvmError | KeyboardInterrupt | SystemExit):
+                    raise
+                raise FlexvmError(f"lab up failed: {err}") from err
+            record.phase = "up"
+            state.save(plan.state_file, record)
+        current = self.status()
+        assert current is not None
+        return current
+
+    def status(self) -> LabState | None:
+        """The recorded lab with each host's live PIDs and ``alive`` flag; None when no lab.
+        Checking sends nothing over the network (see ``daemons.listening``)."""
+        record = state.load(self.state_file)
+        if record is None:
+            return None
+        for host in record.hosts:
+            pids = {}
+            for kind in ("libvirtd", "virtlogd"):
+                pid = self._daemon_pid(host.root, host.netns, kind, host.pids.get(kind))
+                if pid is not None:
+                    pids[kind] = pid
+            host.pids = pids
+            host.alive = "libvirtd" in pids and self._answers(pids["libvirtd"], host.address)
+        if record.dnsmasq_pid and not processes.is_ours(record.dnsmasq_pid, "dnsmasq", SWITCH_NETNS):
+            record.dnsmasq_pid = 0
+        return record
+
+    def down(self) -> None:
+        """Remove every guest, process, mount, namespace, interface, route and file of the lab.
+        Works after an interrupted or failed ``up`` and with processes already dead; a no-op
+        when no lab is recorded here."""
+        with state.locked(self.lock_file):
+            record = state.load(self.state_file)
+            if record is None:
+                self._tidy_root()
+                return
+            self._teardown(plan_for_state(self.root, record), record)
+
+    def stop_host(self, name: str) -> None:
+        """SIGKILL the host's libvirtd, as a crash would; its guests (and virtlogd) keep running."""
+        with state.locked(self.lock_file):
+            record, host = self._host(name)
+            pid = self._daemon_pid(host.root, host.netns, "libvirtd", host.pids.get("libvirtd"))
+            if pid is not None:
+                left = processes.kill([pid])
+                if left:
+                    raise FlexvmError(f"libvirtd of {name} (PID {pid}) survived SIGKILL")
+            host.pids.pop("libvirtd", None)
+            state.save(self.state_file, record)
+
+    def start_host(self, name: str) -> None:
+        """Start the host's libvirtd again (and virtlogd, if that died too); wait until it listens."""
+        with state.locked(self.lock_file):
+            record, host = self._host(name)
+            plan = plan_for_state(self.root, record)
+            host_plan = plan.host(name)
+            assert host_plan is not None
+            ns = mountns.namespaces_for(plan.ns_dir, name, host.netns)
+            if not netns.exists(host.netns) or not ns.pinned:
+                raise InvalidState(
+                    f"lab host {name} has lost its namespaces; recreate the lab (`flexvm lab down`, then `up`)"
+                )
+            for kind in ("virtlogd", "libvirtd"):
+                pid = self._daemon_pid(host.root, host.netns, kind, host.pids.get(kind))
+                if pid is None:
+                    pid = daemons.start_host_daemon(host_plan, ns, kind)
+                host.pids[kind] = pid
+            self._wait_listening(host_plan, host.pids["libvirtd"])
+            state.save(self.state_file, record)
+
+    # ------------------------------------------------------------------ building
+
+    def _refuse_if_up(self) -> None:
+        record = state.load(self.state_file)
+        if record is not None:
+            what = "is up" if record.phase == "up" else "was being started (or its `up` was interrupted)"
+            raise Conflict(
+                f"a lab {what} in {self.root}: {len(record.hosts)} host(s) on {record.subnet}. "
+                "See it with `flexvm lab status`; stop it with `flexvm lab down`",
+                details={"root": str(self.root), "phase": record.phase},
+            )
+        leftovers = netns.names(HOST_NETNS_PREFIX) + netns.root_links(GATEWAY_LINK)
+        if leftovers:
+            raise Conflict(
+                f"another lab seems up on this machine ({', '.join(leftovers)} exist) but not in {self.root}: "
+                "stop it with `flexvm lab down` under the FLEXVM_HOME that started it",
+                details={"found": leftovers},
+            )
+
+    def _build(self, plan: LabPlan, record: LabState) -> None:
+        for path in (plan.switch_dir, plan.dhcp_hosts_dir, plan.ns_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        netns.add_blackhole(str(plan.subnet), BLACKHOLE_METRIC)
+        self._build_switch(plan)
+        record.dnsmasq_pid = daemons.start_dnsmasq(plan)
+        state.save(plan.state_file, record)
+        mountns.prepare_ns_dir(plan.ns_dir)
+        for host_plan, host in zip(plan.hosts, record.hosts, strict=True):
+            host.pids = self._build_host(plan, host_plan)
+            state.save(plan.state_file, record)
+        for host_plan, host in zip(plan.hosts, record.hosts, strict=True):
+            self._wait_listening(host_plan, host.pids["libvirtd"])
+
+    @staticmethod
+    def _build_switch(plan: LabPlan) -> None:
+        netns.add(SWITCH_NETNS)
+        netns.add_bridge(SWITCH_NETNS, SWITCH_BRIDGE)
+        netns.add_address(SWITCH_NETNS, SWITCH_BRIDGE, plan.switch_address, plan.prefix)
+        netns.up(SWITCH_NETNS, SWITCH_BRIDGE)
+        netns.add_veth(GATEWAY_LINK, None, GATEWAY_PEER, SWITCH_NETNS)
+        netns.enslave(SWITCH_NETNS, GATEWAY_PEER, SWITCH_BRIDGE)
+        netns.up(SWITCH_NETNS, GATEWAY_PEER)
+        netns.add_address(None, GATEWAY_LINK, plan.gateway, plan.prefix)
+        netns.up(None, GATEWAY_LINK)
+
+    def _build_host(self, plan: LabPlan, host: HostPlan) -> dict[str, int]:
+        netns.add(host.netns)
+        netns.add_veth(host.switch_port, SWITCH_NETNS, HOST_UPLINK, host.netns)
+        netns.enslave(SWITCH_NETNS, host.switch_port, SWITCH_BRIDGE)
+        netns.up(SWITCH_NETNS, host.switch_port)
+        netns.add_bridge(host.netns, HOST_BRIDGE)
+        netns.enslave(host.netns, HOST_UPLINK, HOST_BRIDGE)
+        netns.add_address(host.netns, HOST_BRIDGE, host.address, plan.prefix)
+        netns.up(host.netns, HOST_UPLINK)
+        netns.up(host.netns, HOST_BRIDGE)
+        self._write_private_dirs(plan, host)
+        ns = mountns.namespaces_for(plan.ns_dir, host.name, host.netns)
+        mountns.create(
+            ns,
+            hostname=host.name,
+            binds=[(host.private_dir(key), target) for key, target in PRIVATE_DIRS],
+            hosts_file=host.hosts_file,
+            ns_dir=plan.ns_dir,
+        )
+        return {kind: daemons.start_host_daemon(host, ns, kind) for kind in ("virtlogd", "libvirtd")}
+
+    @staticmethod
+    def _write_private_dirs(plan: LabPlan, host: HostPlan) -> None:
+        for key, _target in PRIVATE_DIRS:
+            host.private_dir(key).mkdir(parents=True, exist_ok=True)
+        etc = host.private_dir("etc")
+        for source in config.seed_files(SYSTEM_LIBVIRT_ETC):
+            shutil.copy2(source, etc / source.name)
+        libvirtd_conf = etc / "libvirtd.conf"
+        text = libvirtd_conf.read_text() if libvirtd_conf.exists() else ""
+        settings = config.libvirtd_settings(host.address, str(uuid.uuid4()))
+        libvirtd_conf.write_text(config.set_conf_keys(text, settings))
+        host.hosts_file.write_text(config.hosts_file(plan))
+        # QEMU's capabilities, probed by the machine's libvirtd for the same binaries: a copy
+        # spares each host that probe (libvirt checks the cache is still valid and reprobes if not).
+        if SYSTEM_QEMU_CAPS.is_dir():
+            shutil.copytree(SYSTEM_QEMU_CAPS, host.private_dir("cache") / "qemu" / "capabilities", dirs_exist_ok=True)
+
+    def _wait_listening(self, host: HostPlan, pid: int) -> None:
+        if not self._reachable_route(host.address):
+            raise LabCommandError(
+                f"the root namespace would not send {host.address} to the lab link {GATEWAY_LINK}; not connecting"
+            )
+        daemons.wait_listening(host.address, pid, f"libvirtd of {host.name}")
+
+    # ------------------------------------------------------------------ tearing down
+
+    def _teardown(self, plan: LabPlan, record: LabState) -> None:
+        """Remove everything ``plan`` names, whatever state it is in. If a process will not die
+        or a mount will not go, the rest is still removed but ``state.json`` is kept (so ``down``
+        can be run again) and the error names what is left."""
+        for host_plan, host in zip(plan.hosts, record.hosts, strict=True):
+            pid = self._daemon_pid(host_plan.root, host_plan.netns, "libvirtd", host.pids.get("libvirtd"))
+            if pid is not None and self._answers(pid, host_plan.address):
+                # Failing here is fine: the PID sweep below ends whatever guests are left.
+                with contextlib.suppress(Exception):
+                    guests.destroy_all(host_plan.uri)
+        problems = self._stop_processes(plan, record)
+        for host_plan in plan.hosts:
+            mountns.destroy(mountns.namespaces_for(plan.ns_dir, host_plan.name, host_plan.netns))
+        try:
+            mountns.unmount_all_under(self.root)
+        except LabCommandError as err:
+            problems.append(str(err))
+        netns.delete_link(None, GATEWAY_LINK)
+        for host_plan in plan.hosts:
+            netns.delete(host_plan.netns)
+        netns.delete(SWITCH_NETNS)
+        netns.delete_blackhole(str(plan.subnet), BLACKHOLE_METRIC)
+        if problems:
+            raise FlexvmError(
+                "lab down left something behind: " + "; ".join(problems) + f"; run it again, or see {plan.state_file}"
+            )
+        self._remove_files(plan)
+
+    def _stop_processes(self, plan: LabPlan, record: LabState) -> list[str]:
+        """Daemons by PID, then QEMU by its pid files, then anything still in a lab namespace."""
+        daemon_pids = []
+        for host_plan, host in zip(plan.hosts, record.hosts, strict=True):
+            for kind in ("libvirtd", "virtlogd"):
+                pid = self._daemon_pid(host_plan.root, host_plan.netns, kind, host.pids.get(kind))
+                if pid is not None:
+                    daemon_pids.append(pid)
+        dnsmasq = processes.read_pid_file(plan.dnsmasq_pid_file) or record.dnsmasq_pid
+        if dnsmasq and processes.is_ours(dnsmasq, "dnsmasq", SWITCH_NETNS):
+            daemon_pids.append(dnsmasq)
+        survivors = processes.stop(daemon_pids, grace=DAEMON_GRACE)
+        qemu = [
+            pid
+            for host_plan in plan.hosts
+            for pid in processes.qemu_pids(host_plan.qemu_pid_dir)
+            if processes.is_ours(pid, "qemu", host_plan.netns)
+        ]
+        survivors += processes.stop(qemu, grace=QEMU_GRACE)
+        for name in [h.netns for h in plan.hosts] + [SWITCH_NETNS]:
+            strays = [p for p in netns.pids(name) if processes.in_namespace(p, name)]
+            survivors += processes.kill(strays)
+        return [f"PID {pid} would not die" for pid in survivors]
+
+    def _remove_files(self, plan: LabPlan) -> None:
+        left = mountns.mounts_under(self.root)
+        if left:  # never delete through a mount
+            raise FlexvmError(f"not removing {self.root}: still mounted there: {', '.join(left)}")
+        for path in plan.owned_paths():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        self._tidy_root()
+
+    def _tidy_root(self) -> None:
+        """Remove the lock file and the root itself when nothing else is in it."""
+        if not self.state_file.exists():
+            self.lock_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty (someone else's files), or already gone
+            self.root.rmdir()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _host(self, name: str) -> tuple[LabState, LabHost]:
+        record = state.load(self.state_file)
+        if record is None:
+            raise InvalidState(f"no lab is up in {self.root}; start one with `flexvm lab up`")
+        host = record.host(name)
+        if host is None:
+            raise NotFound("lab host", name)
+        return record, host
+
+    @staticmethod
+    def _daemon_pid(host_root: Path, netns_name: str, kind: str, recorded: int | None) -> int | None:
+        """The running daemon's PID: its pid file first (it rewrites it on each start), else the
+        recorded one; only a PID proven to be that daemon in that namespace."""
+        pid_file = host_root / "run" / f"{kind}.pid"
+        for pid in (processes.read_pid_file(pid_file), recorded):
+            if pid and processes.is_ours(pid, kind, netns_name):
+                return pid
+        return None
+
+    @staticmethod
+    def _reachable_route(address: str) -> bool:
+        return netns.route_device(address) == GATEWAY_LINK
+
+    def _answers(self, pid: int, address: str) -> bool:
+        """libvirtd listens on its lab address, and the root namespace routes there (via the lab link)."""
+        return daemons.listening(pid, address) and self._reachable_route(address)
