@@ -9,6 +9,7 @@ import typer
 from flexvm.cli import output
 from flexvm.cli.catalog import image_app, size_app
 from flexvm.cli.hosts import host_app, operation_app
+from flexvm.cli.lab import app as lab_app
 from flexvm.cli.pool import capacity, network_app, set_app
 from flexvm.cli.vm import app as vm_app
 from flexvm.config import Settings
@@ -28,6 +29,7 @@ app.add_typer(operation_app, name="operation")
 app.add_typer(network_app, name="network")
 app.add_typer(set_app, name="availability-set")
 app.command("capacity")(capacity)
+app.add_typer(lab_app, name="lab")
 
 
 @app.command("serve")

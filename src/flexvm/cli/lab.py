@@ -1,0 +1,171 @@
+"""`flexvm lab up|status|down`: several hosts on this machine, registered with the server.
+
+The lab itself (namespaces, daemons) is made here, in the CLI's process, as root; the server
+only ever sees the hosts' URIs and the lab network, registered through its API like any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import typer
+
+from flexvm.cli import output
+from flexvm.cli.client import ApiClient
+from flexvm.cli.common import OutputOpt, client
+from flexvm.config import Settings
+from flexvm.errors import Conflict, FlexvmError, NotFound
+from flexvm.lab import Lab, LabSpec, LabState
+from flexvm.lab.model import DEFAULT_SUBNET
+
+app = typer.Typer(
+    help="A lab of several hosts on this machine, for trying and testing multi-host features.", no_args_is_help=True
+)
+
+LAB_NETWORK = "lab"
+
+
+def _lab() -> Lab:
+    return Lab(Settings.from_env().home / "lab")
+
+
+def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | None) -> None:
+    """The lab network (its DHCP reservations are flexvm's) and every lab host, with the capacity it advertises."""
+    with contextlib.suppress(NotFound):  # a leftover from an earlier lab, with its old directory
+        api.delete(f"/networks/{LAB_NETWORK}")
+    api.post(
+        "/networks",
+        {
+            "name": LAB_NETWORK,
+            "subnet": state.subnet,
+            "range_start": state.dhcp_range[0],
+            "range_end": state.dhcp_range[1],
+            "gateway": state.gateway,
+            "dhcp_hosts_dir": str(state.dhcp_hosts_dir),
+        },
+    )
+    for host in state.hosts:
+        body: dict[str, Any] = {"name": host.name, "uri": host.uri, "network": LAB_NETWORK, "bridge": host.bridge}
+        if cpus is not None:
+            body["cpus"] = cpus
+        if memory is not None:
+            body["memory"] = memory
+        operation = api.post("/hosts", body)
+        done = _wait(api, operation, f"registering {host.name}")
+        output.console.print(f"  {host.name}: {host.uri} ({done['result'].get('accelerator', '?')})")
+
+
+def _wait(api: ApiClient, operation: dict[str, Any], label: str) -> dict[str, Any]:
+    return output.wait_with_progress(lambda update: api.wait(operation["id"], update), label)
+
+
+def _lab_vms(api: ApiClient, state: LabState) -> list[str]:
+    names = {h.name for h in state.hosts}
+    return [vm["name"] for vm in api.get("/vms") if vm["host"] in names or vm["disk_host"] in names]
+
+
+def _unregister(api: ApiClient, state: LabState) -> None:
+    for host in state.hosts:
+        with contextlib.suppress(NotFound):
+            api.delete(f"/hosts/{host.name}")
+    with contextlib.suppress(NotFound):
+        api.delete(f"/networks/{LAB_NETWORK}")
+
+
+@app.command("up")
+def up(
+    hosts: int = typer.Option(2, "--hosts", help="how many hosts (1-8)"),
+    host_cpus: int | None = typer.Option(None, "--host-cpus", help="CPUs each host advertises to the pool"),
+    host_memory: str | None = typer.Option(None, "--host-memory", help="memory each host advertises, e.g. 4G"),
+    subnet: str = typer.Option(DEFAULT_SUBNET, "--subnet", help="the lab network (private, unused here)"),
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Start N lab hosts, each with its own libvirtd, and add them to the pool."""
+    api = client()
+    api.get("/hosts")  # the server must be there before anything is built for it
+    lab = _lab()
+    state = lab.up(LabSpec(hosts=hosts, subnet=subnet))
+    output.console.print(
+        f"lab up: {len(state.hosts)} hosts on {state.subnet} (this machine reaches it as {state.gateway})"
+    )
+    try:
+        _register(api, state, host_cpus, host_memory)
+    except (FlexvmError, KeyboardInterrupt):
+        output.err_console.print("registering the lab hosts failed; taking the lab down again")
+        _unregister(api, state)
+        lab.down()
+        raise
+    status(fmt)
+
+
+@app.command("status")
+def status(fmt: output.Format = OutputOpt) -> None:
+    """The lab's hosts: alive or not here, and their state in the pool."""
+    state = _lab().status()
+    if state is None:
+        if fmt is output.Format.json:
+            output.emit_json(None)
+        else:
+            output.console.print("no lab is up (start one with `flexvm lab up --hosts 2`)")
+        return
+    try:
+        pool = {h["name"]: h for h in client().get("/hosts")}
+    except FlexvmError:
+        pool = {}
+    rows = [
+        {
+            "name": h.name,
+            "address": h.address,
+            "uri": h.uri,
+            "alive": h.alive,
+            "pool_state": pool.get(h.name, {}).get("state", "not registered"),
+        }
+        for h in state.hosts
+    ]
+    if fmt is output.Format.json:
+        output.emit_json({"subnet": state.subnet, "gateway": state.gateway, "phase": state.phase, "hosts": rows})
+        return
+    output.console.print(
+        f"lab on {state.subnet}, gateway {state.gateway}, guests get "
+        f"{state.dhcp_range[0]}-{state.dhcp_range[1]} ({state.phase})"
+    )
+    output.table(
+        rows,
+        [
+            ("HOST", lambda r: r["name"]),
+            ("ADDRESS", lambda r: r["address"]),
+            ("LIBVIRTD", lambda r: "running" if r["alive"] else "not running"),
+            ("IN THE POOL", lambda r: r["pool_state"]),
+            ("URI", lambda r: r["uri"]),
+        ],
+    )
+
+
+@app.command("down")
+def down(force: bool = typer.Option(False, "--force", help="delete the VMs still on lab hosts first")) -> None:
+    """Remove the lab hosts from the pool and everything the lab made on this machine."""
+    lab = _lab()
+    state = lab.status()
+    if state is None:
+        output.console.print("no lab is up")
+        lab.down()  # tidies a half-made lab, if any
+        return
+    try:
+        api: ApiClient | None = client()
+        vms = _lab_vms(api, state) if api is not None else []
+    except FlexvmError as err:
+        output.err_console.print(f"note: the server cannot be asked about the lab's VMs ({err.message})")
+        api, vms = None, []
+    if vms and not force:
+        raise Conflict(
+            f"VMs still on lab hosts: {', '.join(vms)}; delete them or use `flexvm lab down --force`",
+            details={"vms": vms},
+        )
+    if api is not None:
+        for name in vms:
+            operation = api.delete(f"/vms/{name}")
+            _wait(api, operation, f"deleting {name}")
+        _unregister(api, state)
+    lab.down()
+    output.console.print("lab down: its hosts, namespaces, daemons and files are gone")
