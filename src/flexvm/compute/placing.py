@@ -18,14 +18,9 @@ from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, NetworkRepo
 
 
 def pool_snapshots(session: Session, *, lock: bool = True) -> list[HostSnapshot]:
-    hosts = HostRepo(session)
+    hosts = HostRepo(session).lock_all() if lock else HostRepo(session).list()
     allocations = VmRepo(session).allocations()
-    snapshots = []
-    for host in hosts.list():
-        if lock:
-            host = hosts.lock(host.name)
-        snapshots.append(HostSnapshot(host, room_on(host, Allocation(*allocations.get(host.name, (0, 0, 0))))))
-    return snapshots
+    return [HostSnapshot(h, room_on(h, Allocation(*allocations.get(h.name, (0, 0, 0))))) for h in hosts]
 
 
 def spread_of(session: Session, set_name: str, *, leaving: str | None = None) -> SetSpread:

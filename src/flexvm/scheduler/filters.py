@@ -58,7 +58,9 @@ def disk(snapshot: HostSnapshot, request: Request) -> str | None:
 
 
 def image_requirements(snapshot: HostSnapshot, request: Request) -> str | None:
-    missing = sorted(set(request.requires) - snapshot.features)
+    if not request.requires:
+        return None
+    missing = sorted(request.requires - snapshot.features)
     if not missing:
         return None
     return f"lacks what the image requires: {', '.join(missing)}"

@@ -6,6 +6,7 @@ was rejected (and what each has free), so "no host fits" is never a mystery.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from flexvm.scheduler.filters import DEFAULT_FILTERS, Filter
 from flexvm.scheduler.snapshot import HostSnapshot, Request, SetSpread
 from flexvm.scheduler.weighers import WEIGHERS, emptiest_fault_domain_first
 
+RANKED_SHOWN = 5
+
 __all__ = ["HostSnapshot", "Placement", "Request", "SetSpread", "choose", "place", "rejection"]
 
 
@@ -22,7 +25,7 @@ __all__ = ["HostSnapshot", "Placement", "Request", "SetSpread", "choose", "place
 class Placement:
     host: Host
     rejected: dict[str, str]  # host name -> why not
-    ranked: list[str]  # the hosts that could take it, best first
+    ranked: list[str]  # the best hosts that could take it (up to RANKED_SHOWN), best first
 
 
 def rejection(snapshot: HostSnapshot, request: Request, filters: Sequence[Filter] = DEFAULT_FILTERS) -> str | None:
@@ -56,7 +59,8 @@ def choose(
             rejected[snapshot.host.name] = reason
     if not candidates:
         raise _no_host(snapshots, request, rejected)
-    ranked = sorted(candidates, key=lambda s: weigher(s, request))
+    # The best few are enough to show; sorting thousands of hosts would cost more than choosing.
+    ranked = heapq.nsmallest(RANKED_SHOWN, candidates, key=lambda s: weigher(s, request))
     return Placement(ranked[0].host, rejected, [s.host.name for s in ranked])
 
 
