@@ -69,8 +69,9 @@ class FlexvmServer:
     @property
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"FLEXVM_HOME": str(self.home), "FLEXVM_PORT": str(self.port), "FLEXVM_URL": self.url,
-                    "COLUMNS": "200"})
+        env.update(
+            {"FLEXVM_HOME": str(self.home), "FLEXVM_PORT": str(self.port), "FLEXVM_URL": self.url, "COLUMNS": "200"}
+        )
         env.pop("FLEXVM_TOKEN", None)
         env.update(self.env_extra)
         return env
@@ -78,8 +79,9 @@ class FlexvmServer:
     def start(self, timeout: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         log = (self.home / "server.log").open("ab")
-        self.proc = subprocess.Popen([FLEXVM, "serve"], env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [FLEXVM, "serve"], env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
 
         def healthy() -> bool:
@@ -119,28 +121,36 @@ class FlexvmServer:
         return (self.home / "token").read_text().strip()
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/v1", headers={"Authorization": f"Bearer {self.token}"},
-                            timeout=60)
+        return httpx.Client(base_url=f"{self.url}/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
 
     def cli(self, *args: str, timeout: float = 300.0) -> Cli:
-        done = subprocess.run([FLEXVM, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [FLEXVM, *args], env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
         return Cli(done.returncode, done.stdout, done.stderr)
 
     def ok(self, *args: str, timeout: float = 300.0) -> Cli:
         result = self.cli(*args, timeout=timeout)
-        assert result.returncode == 0, f"flexvm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}"
+        assert result.returncode == 0, (
+            f"flexvm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}"
+        )
         return result
 
     def wait_operation(self, operation_id: str, timeout: float = 180.0) -> dict[str, Any]:
         with self.api() as api:
-            return wait_for(lambda: (op := api.get(f"/operations/{operation_id}").json())["status"]
-                            in ("succeeded", "failed") and op, timeout, f"operation {operation_id}")
+            return wait_for(
+                lambda: (
+                    (op := api.get(f"/operations/{operation_id}").json())["status"] in ("succeeded", "failed") and op
+                ),
+                timeout,
+                f"operation {operation_id}",
+            )
 
 
 def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True,
-                          check=True, timeout=60).stdout
+    return subprocess.run(
+        ["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
 
 
 def domains() -> set[str]:
@@ -148,8 +158,9 @@ def domains() -> set[str]:
 
 
 def pool_volumes(pool: str) -> set[str]:
-    out = subprocess.run(["virsh", "-c", "qemu:///system", "vol-list", pool], capture_output=True, text=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "vol-list", pool], capture_output=True, text=True, timeout=60
+    ).stdout
     names = set()
     for line in out.splitlines()[2:]:
         parts = line.split()
@@ -165,3 +176,17 @@ def console_lines(text: str, prefix: str) -> list[dict[str, str]]:
         if line.startswith(prefix):
             found.append(dict(tok.split("=", 1) for tok in line.split() if "=" in tok))
     return found
+
+
+def import_tiny_copy(
+    source: FlexvmServer, target: FlexvmServer, tiny: str, name: str, *extra: str, ready_marker: str | None = None
+) -> None:
+    """Register the files of ``source``'s tiny image as image ``name`` of ``target`` (which may be the
+    same server), with another readiness marker or extra `image import` options if given."""
+    image = source.ok("image", "show", tiny, "-o", "json").json()
+    store = source.home / "images"
+    target.ok(
+        "image", "import", name, "--disk", str(store / f"{tiny}.qcow2"),
+        "--kernel", str(store / image["kernel_file"]), "--initrd", str(store / image["initrd_file"]),
+        "--cmdline", image["cmdline"], "--ready-marker", ready_marker or image["ready_marker"], *extra,
+    )  # fmt: skip

@@ -31,7 +31,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, run_prefix: str) -> Iterato
             api.delete(f"/images/{image['name']}")
     srv.stop()
     leftovers = {d for d in domains() if d.startswith(run_prefix)}
-    leftovers |= {v for v in pool_volumes("flexvm-instances") | pool_volumes("flexvm-images") if v.startswith(run_prefix)}
+    leftovers |= {
+        v for v in pool_volumes("flexvm-instances") | pool_volumes("flexvm-images") if v.startswith(run_prefix)
+    }
     assert not leftovers, f"integration tests left these behind in libvirt: {sorted(leftovers)}"
 
 

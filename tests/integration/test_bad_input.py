@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FlexvmServer, domains, pool_volumes, unique
+from tests.helpers import FlexvmServer, domains, import_tiny_copy, pool_volumes, unique
 
 HOSTILE_NAMES = ["a'/><x", "$(id)", "../", "-lead", "x" * 65, "a b"]
 
@@ -28,12 +28,15 @@ def test_hostile_vm_names_are_refused_at_the_edge(server: FlexvmServer, tiny: st
     assert "letters, digits and hyphens" in message
     assert domains() == before
     assert server.ok("vm", "list", "-o", "json").json() == [] or all(
-        vm["name"] != name for vm in server.ok("vm", "list", "-o", "json").json())
+        vm["name"] != name for vm in server.ok("vm", "list", "-o", "json").json()
+    )
 
 
 def test_unknown_size_image_and_duplicates(server: FlexvmServer, tiny: str, vm_name: str) -> None:
     assert "Standard_B1s" in refused(server, "vm", "create", vm_name, "--size", "Standard_Nope", "--image", tiny)
-    assert "unknown image 'nope'" in refused(server, "vm", "create", vm_name, "--size", "Standard_B1ls", "--image", "nope")
+    assert "unknown image 'nope'" in refused(
+        server, "vm", "create", vm_name, "--size", "Standard_B1ls", "--image", "nope"
+    )
     server.ok("vm", "create", vm_name, "--size", "Standard_B1ls", "--image", tiny)
     assert "already exists" in refused(server, "vm", "create", vm_name, "--size", "Standard_B1ls", "--image", tiny)
     # Disks only grow, and the message says why.
@@ -49,7 +52,8 @@ def test_a_size_no_host_can_hold_says_what_is_free(server: FlexvmServer, tiny: s
     assert "free" in message and "vCPUs" in message
     assert vm_name not in domains()
     assert server.ok("vm", "list", "-o", "json").json() == [] or vm_name not in {
-        vm["name"] for vm in server.ok("vm", "list", "-o", "json").json()}
+        vm["name"] for vm in server.ok("vm", "list", "-o", "json").json()
+    }
     server.ok("size", "delete", size)
 
 
@@ -67,23 +71,18 @@ def test_corrupt_and_truncated_images_are_refused(server: FlexvmServer, tmp_path
     assert not list((server.home / "images").glob(f"{name}*")), "a refused import leaves no file in the store"
 
 
-def test_guest_that_never_becomes_ready_fails_and_stays_inspectable(tmp_path: Path, tiny: str, server: FlexvmServer,
-                                                                      run_prefix: str) -> None:
+def test_guest_that_never_becomes_ready_fails_and_stays_inspectable(
+    tmp_path: Path, tiny: str, server: FlexvmServer, run_prefix: str
+) -> None:
     """An image whose readiness line never comes: the create fails after the timeout, the VM remains
     (running, provisioning failed) so its console can be read, and a delete removes everything."""
-    image = server.ok("image", "show", tiny, "-o", "json").json()
-    store = server.home / "images"
     mute = f"{run_prefix}-mute"
-    server.ok("image", "import", mute, "--disk", str(store / f"{tiny}.qcow2"), "--kernel", str(store / image["kernel_file"]),
-              "--initrd", str(store / image["initrd_file"]), "--cmdline", image["cmdline"],
-              "--ready-marker", "this line is never printed")
     quick = FlexvmServer(tmp_path / "quick", {"FLEXVM_READY_TIMEOUT": "12"})
-    # Same libvirt host, own database: the image is imported again there.
+    # Same libvirt host, own database and a short ready timeout; the tiny image's files under a
+    # marker the guest never prints.
     quick.start()
     try:
-        quick.ok("image", "import", mute, "--disk", str(store / f"{tiny}.qcow2"),
-                 "--kernel", str(store / image["kernel_file"]), "--initrd", str(store / image["initrd_file"]),
-                 "--cmdline", image["cmdline"], "--ready-marker", "this line is never printed")
+        import_tiny_copy(server, quick, tiny, mute, ready_marker="this line is never printed")
         name = unique(run_prefix)
         result = quick.cli("vm", "create", name, "--size", "Standard_B1ls", "--image", mute)
         assert result.returncode == 1
@@ -98,7 +97,6 @@ def test_guest_that_never_becomes_ready_fails_and_stays_inspectable(tmp_path: Pa
         quick.ok("image", "delete", mute)
     finally:
         quick.stop()
-    server.ok("image", "delete", mute)
 
 
 def test_libvirt_unreachable_gives_a_clear_message(tmp_path: Path) -> None:

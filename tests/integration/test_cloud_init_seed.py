@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pycdlib
 
-from tests.helpers import FlexvmServer, pool_volumes, virsh
+from tests.helpers import FlexvmServer, import_tiny_copy, pool_volumes, virsh
 
 
 def read_iso_file(iso: Path, name: str) -> str:
@@ -26,25 +26,8 @@ def read_iso_file(iso: Path, name: str) -> str:
 def test_cloud_init_image_gets_a_seed_with_user_data(
     server: FlexvmServer, tiny: str, vm_name: str, tmp_path: Path, run_prefix: str
 ) -> None:
-    image = server.ok("image", "show", tiny, "-o", "json").json()
-    store = server.home / "images"
     cloudy = f"{run_prefix}-cloudy"
-    server.ok(
-        "image",
-        "import",
-        cloudy,
-        "--disk",
-        str(store / f"{tiny}.qcow2"),
-        "--kernel",
-        str(store / image["kernel_file"]),
-        "--initrd",
-        str(store / image["initrd_file"]),
-        "--cmdline",
-        image["cmdline"],
-        "--ready-marker",
-        image["ready_marker"],
-        "--cloud-init",
-    )
+    import_tiny_copy(server, server, tiny, cloudy, "--cloud-init")
     user_data = tmp_path / "user-data"
     user_data.write_text("#cloud-config\nruncmd:\n  - echo hello from user data\n")
     server.ok("vm", "create", vm_name, "--size", "Standard_B1ls", "--image", cloudy, "--user-data", str(user_data))

@@ -6,21 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FlexvmServer, domains, pool_volumes, unique, wait_for
-
-
-def import_tiny_copy(source: FlexvmServer, target: FlexvmServer, tiny: str, name: str) -> None:
-    """Register the files of the session's tiny image as an image of another server."""
-    image = source.ok("image", "show", tiny, "-o", "json").json()
-    store = source.home / "images"
-    target.ok("image", "import", name, "--disk", str(store / f"{tiny}.qcow2"),
-              "--kernel", str(store / image["kernel_file"]), "--initrd", str(store / image["initrd_file"]),
-              "--cmdline", image["cmdline"], "--ready-marker", image["ready_marker"])
+from tests.helpers import FlexvmServer, domains, import_tiny_copy, pool_volumes, unique, wait_for
 
 
 @pytest.mark.parametrize("kill_when", ["define", "start"])
 def test_server_killed_during_create_is_reconciled_on_restart(
-        tmp_path: Path, server: FlexvmServer, tiny: str, run_prefix: str, kill_when: str) -> None:
+    tmp_path: Path, server: FlexvmServer, tiny: str, run_prefix: str, kill_when: str
+) -> None:
     crashy = FlexvmServer(tmp_path / "crashy")
     crashy.start()
     image = f"{run_prefix}-crash"

@@ -83,9 +83,14 @@ def test_api_lifecycle_stop_start_resize_deallocate_delete(server: FlexvmServer,
 
         # Grow the disk while it runs: the guest sees the new size without a restart.
         act("disk/resize", {"size": "6G"})
-        wait_for(lambda: any(line.get("disk_bytes") == str(6 * GIB)
-                             for line in console_lines(console(server, vm_name), "flexvm: state")),
-                 30, "the guest to report its grown disk")
+        wait_for(
+            lambda: any(
+                line.get("disk_bytes") == str(6 * GIB)
+                for line in console_lines(console(server, vm_name), "flexvm: state")
+            ),
+            30,
+            "the guest to report its grown disk",
+        )
         assert api.get(f"/vms/{vm_name}").json()["disk_bytes"] == 6 * GIB
 
         act("restart")
