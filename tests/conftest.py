@@ -32,8 +32,9 @@ def fake_uri() -> str:
 @pytest.fixture
 def fake_settings(tmp_path: Path, fake_uri: str) -> Settings:
     home = tmp_path / "home"
-    return Settings(home=home, db_url=f"sqlite:///{home / 'flexvm.db'}", local_uri=fake_uri,
-                    ready_timeout=5.0, stop_timeout=2.0)
+    return Settings(
+        home=home, db_url=f"sqlite:///{home / 'flexvm.db'}", local_uri=fake_uri, ready_timeout=5.0, stop_timeout=2.0
+    )
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ class Platform:
         images = ImageService(db, runner, store)
         networks = NetworkService(db)
         vms = VmService(db, runner, hosts, sizes, images, settings, networks)
-        reconciler = Reconciler(db, hosts, vms)
+        reconciler = Reconciler(db, hosts, vms, settings.health_timeout)
         health = HealthChecker(db, hosts, reconciler, settings.health_timeout)
         return cls(
             settings,

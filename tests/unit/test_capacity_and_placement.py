@@ -13,33 +13,15 @@ import pytest
 
 from flexvm.capacity.fit import Allocation, Room, how_many_fit, never_fits, room_on, why_not
 from flexvm.errors import CapacityError, InvalidInput
-from flexvm.model.host import Accelerator, Host, HostState
+from flexvm.model.host import Host, HostState
 from flexvm.model.sizes import Size
 from flexvm.model.units import GIB, MIB
 from flexvm.scheduler.placement import HostSnapshot, Request, place, rejection
-
-
-def make_host(name: str = "h1", **changes: object) -> Host:
-    host = Host(
-        name=name,
-        uri=f"fake://{name}",
-        state=HostState.UP,
-        cpus=4,
-        memory_mib=8192,
-        disk_capacity_bytes=100 * GIB,
-        accelerator=Accelerator.TCG,
-        accelerator_reason="test",
-        libvirt_version="0",
-        hypervisor_version="0",
-    )
-    return dataclasses.replace(host, **changes)
-
-
-NOTHING = Allocation()
+from tests.unit.pool_helpers import NOTHING, make_host, snap
 
 
 def snapshot(host: Host, allocated: Allocation = NOTHING) -> HostSnapshot:
-    return HostSnapshot(host, room_on(host, allocated))
+    return snap(host, allocated)
 
 
 # --- room ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class HostDetail:
 
 
 URI_SCHEMES = {"qemu", "qemu+tcp", "qemu+ssh", "qemu+tls", "qemu+unix", "qemu+libssh2", "fake"}
+BRIDGE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # what Linux accepts as an interface name
 RATIO_LIMITS = {"cpu_ratio": 64.0, "ram_ratio": 4.0, "disk_ratio": 20.0}
 
 
@@ -79,7 +81,7 @@ def check_uri(uri: str) -> None:
         )
     if parsed.scheme != "fake" and parsed.path not in ("/system", "/session"):
         raise InvalidInput("uri", f"'{uri}' must end in /system (or /session)")
-    if "+" in parsed.scheme and not parsed.hostname:
+    if "+" in parsed.scheme and parsed.scheme != "qemu+unix" and not parsed.hostname:
         raise InvalidInput("uri", f"'{uri}' names a remote transport but no host")
 
 
@@ -124,6 +126,10 @@ class HostChanges:
             raise InvalidInput("bridge", "a network and the host bridge that reaches it go together")
         if self.network is not None:
             check_name("network", self.network)
+        if self.bridge is not None and not BRIDGE_NAME.fullmatch(self.bridge):
+            raise InvalidInput(
+                "bridge", f"{self.bridge!r} cannot be an interface name: 1-15 letters, digits, '.', '_' or '-'"
+            )
 
     def given(self) -> dict[str, object]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

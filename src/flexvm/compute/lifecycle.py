@@ -49,6 +49,7 @@ from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, 
 log = logging.getLogger(__name__)
 
 MAX_USER_DATA = 64 * 1024
+MAX_REASONS_KEPT = 20
 
 
 @dataclass
@@ -167,7 +168,8 @@ class VmService:
                     "pinned": host,
                     "availability_set": availability_set,
                     "policy": policy,
-                    "rejected": placement.rejected,
+                    # Why other hosts were passed over; a sample, not 10,000 reasons.
+                    "rejected": dict(list(placement.rejected.items())[:MAX_REASONS_KEPT]),
                 },
             )
         return self.runner.launch(operation, lambda ctx: self._create_work(ctx, vm, image, pinned=host, policy=policy))
@@ -186,12 +188,12 @@ class VmService:
                 failed_hosts.append(vm.host)
                 self._roll_back_create(vm, err, keep_record=True)
                 if pinned is not None:
-                    self._discard(vm)
+                    self.discard(vm)
                     raise
                 try:
                     self._move_claim(vm, image, frozenset(failed_hosts), policy)
                 except FlexvmError:
-                    self._discard(vm)
+                    self.discard(vm)
                     raise err from None
                 ctx.result["failed_over_from"] = list(failed_hosts)
                 ctx.progress(10, f"host {failed_hosts[-1]} stopped answering; trying host {vm.host}")
@@ -209,6 +211,7 @@ class VmService:
         for nic in vm.nics:
             if nic.ip is not None and nic.network != "user":
                 self.networks.publish(nic.network, nic.mac, nic.ip)
+        self._clear_own_leftovers(driver, vm)
         with ctx.step("image", f"making sure image '{image.name}' is on host {vm.host}"):
             ctx.result["image_uploaded"] = self.images.ensure_on_host(driver, image)
         ctx.progress(20, "creating the OS disk")
@@ -226,6 +229,21 @@ class VmService:
             driver.start(vm.domain_name)
         return driver, started
 
+    def _clear_own_leftovers(self, driver: Driver, vm: Vm) -> None:
+        """An earlier failed create of this name may have left its guest or disks on this host (it
+        was unreachable then). The name is ours now, so they go before anything is made."""
+        with self.db.session() as session:
+            repo = LeftoverRepo(session)
+            ours = {vm.domain_name, vm.console_log, *(d.name for d in vm.disks)}
+            mine = [item for item in repo.on_host(vm.host or "") if item.name in ours]
+        if not mine:
+            return
+        remove_guest_and_files(driver, vm)
+        with self.db.session() as session:
+            for item in mine:
+                assert item.id is not None
+                LeftoverRepo(session).remove(item.id)
+
     def _move_claim(self, vm: Vm, image: Image, excluded: frozenset[str], policy: str) -> None:
         """Re-place a VM whose host failed mid-create, in one transaction: new host, new address."""
         with self.db.session() as session:
@@ -237,6 +255,9 @@ class VmService:
             session.flush()
             place_vm(session, current, image, excluded=excluded, policy=policy)
             vms.save(current)
+        for old in vm.nics:
+            if old.network != "user" and all(new.network != old.network for new in current.nics):
+                self.networks.withdraw(old.network, old.mac)
         vm.host, vm.disk_host, vm.nics = current.host, current.disk_host, current.nics
 
     def _upload_seed(self, driver: Driver, vm: Vm) -> None:
@@ -263,10 +284,10 @@ class VmService:
                 for volume in [d.name for d in vm.disks] + [vm.console_log]:
                     leftovers.add(vm.host, "volume", volume, reason)
         if not keep_record:
-            self._discard(vm)
+            self.discard(vm)
 
-    def _discard(self, vm: Vm) -> None:
-        """Forget a VM whose create failed: its row (and so its claim) and its addresses."""
+    def discard(self, vm: Vm) -> None:
+        """Forget a VM whose guest and disks are gone: its row (and so its claim) and its addresses."""
         with self.db.session() as session:
             held = NetworkService.release(session, vm.id)
             VmRepo(session).delete(vm.id)
@@ -320,7 +341,10 @@ class VmService:
             v.boot_seconds = round(ready.seconds, 3)
             v.error = None
             for nic in v.nics[:1]:
-                nic.ip = ip if ip and ip != "none" else None
+                # A reserved address is the record; what the guest reports fills in only where
+                # flexvm reserves none (QEMU's user network).
+                if nic.network == "user":
+                    nic.ip = ip if ip and ip != "none" else None
 
         self._change(vm.id, apply)
         return {"boot_seconds": round(ready.seconds, 3), "guest": ready.facts}
@@ -499,7 +523,7 @@ class VmService:
                         error="delete failed; the guest or its disks may remain: retry the delete",
                     )
                     raise
-        self._discard(vm)
+        self.discard(vm)
         return {}
 
     # --- disks ---------------------------------------------------------------------------

@@ -24,15 +24,17 @@ def pool_snapshots(session: Session, *, lock: bool = True) -> list[HostSnapshot]
 
 
 def spread_of(session: Session, set_name: str, *, leaving: str | None = None) -> SetSpread:
-    """Where an availability set's VMs are now (by fault domain), ``leaving`` not counted."""
+    """Where an availability set's VMs are now (by fault domain), ``leaving`` not counted. A
+    deallocated member counts where its disk is: that is where it starts again."""
     availability_set = AvailabilitySetRepo(session).get(set_name)
     hosts = {h.name: h for h in HostRepo(session).list()}
     counts: dict[str, int] = {}
     for vm in VmRepo(session).in_set(set_name):
-        if vm.host is None or vm.name == leaving:
+        home = vm.host or vm.disk_host
+        if home is None or vm.name == leaving:
             continue
-        host = hosts.get(vm.host)
-        domain = (host.fault_domain if host else None) or vm.host
+        host = hosts.get(home)
+        domain = (host.fault_domain if host else None) or home
         counts[domain] = counts.get(domain, 0) + 1
     return SetSpread(set_name, availability_set.fault_domains, counts)
 
@@ -84,5 +86,13 @@ def attach_nics(session: Session, vm: Vm, network: str | None) -> None:
     if network is None:
         vm.nics = [Nic("user", mac)]
         return
-    NetworkRepo(session).get(network)
+    repo = NetworkRepo(session)
+    repo.get(network)
+    # MACs are derived from the VM's id (24 bits of a hash): on a shared network, make sure no
+    # other NIC has it, or two guests would answer for one address and share one reservation.
+    taken = repo.macs(network)
+    attempt = 0
+    while mac in taken:
+        attempt += 1
+        mac = mac_for(vm.id, attempt)
     vm.nics = [Nic(network, mac, NetworkService.reserve(session, network, vm.id, mac))]

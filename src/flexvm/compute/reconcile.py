@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from flexvm.compute import guest_boot
-from flexvm.compute.hosts import HostService
+from flexvm.compute.hosts import HostService, call_with_timeout
 from flexvm.compute.lifecycle import VmService, power_state_of, remove_guest_and_files
 from flexvm.errors import FlexvmError
 from flexvm.model.guest import GuestState
@@ -37,7 +37,8 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, db: Database, hosts: HostService, vms: VmService) -> None:
+    def __init__(self, db: Database, hosts: HostService, vms: VmService, timeout: float | None = None) -> None:
+        self.timeout = timeout  # how long one host may take to list its guests; None: no limit
         self.db = db
         self.hosts = hosts
         self.vms = vms
@@ -70,8 +71,7 @@ class Reconciler:
             host = vm.host or vm.disk_host
             if host is not None:
                 remove_guest_and_files(self.hosts.driver(host), vm)
-            with self.db.session() as session:
-                VmRepo(session).delete(vm.id)
+            self.vms.discard(vm)
             self._close(operation, ok=True, message=f"{INTERRUPTED}; the delete was completed")
             return "delete completed"
         if operation.kind.startswith("vm.") and vm is not None:
@@ -97,14 +97,14 @@ class Reconciler:
                 v.provisioning_state, v.power_state = ProvisioningState.SUCCEEDED, PowerState.RUNNING
                 v.ready_at, v.active_operation_id = utcnow(), None
                 for nic in v.nics[:1]:
-                    nic.ip = facts.get("ip") if facts.get("ip") not in (None, "none") else None
+                    if nic.network == "user":  # a reserved address stays the record
+                        nic.ip = facts.get("ip") if facts.get("ip") not in (None, "none") else None
 
             self._change(vm, finish)
             self._close(operation, ok=True, message=f"{INTERRUPTED}; the guest had become ready, create completed")
             return "create completed"
         remove_guest_and_files(driver, vm)
-        with self.db.session() as session:
-            VmRepo(session).delete(vm.id)
+        self.vms.discard(vm)
         self._close(
             operation, ok=False, message=f"{INTERRUPTED}; the create was rolled back (guest, disks and claim removed)"
         )
@@ -150,7 +150,13 @@ class Reconciler:
                 self._mark_unknown(host.name)
                 continue
             try:
-                guests = {g.name: g for g in self.hosts.drivers.for_uri(host.uri).list_guests()}
+                driver = self.hosts.drivers.for_uri(host.uri)
+                listed = call_with_timeout(
+                    driver.list_guests,
+                    self.timeout,
+                    f"host {host.name} did not list its guests within {self.timeout} s",
+                )
+                guests = {g.name: g for g in listed}
             except FlexvmError:
                 report.unreachable.append(host.name)
                 self._mark_unknown(host.name)

@@ -393,6 +393,9 @@ class NetworkRepo:
     def used_addresses(self, network: str) -> set[str]:
         return set(self.session.scalars(select(AddressRow.ip).where(AddressRow.network == network)))
 
+    def macs(self, network: str) -> set[str]:
+        return set(self.session.scalars(select(AddressRow.mac).where(AddressRow.network == network)))
+
     def reserve(self, network: str, ip: str, vm_id: str, mac: str) -> None:
         self.session.add(AddressRow(network=network, ip=ip, vm_id=vm_id, mac=mac))
 
