@@ -179,14 +179,21 @@ def console_lines(text: str, prefix: str) -> list[dict[str, str]]:
 
 
 def import_tiny_copy(
-    source: FlexvmServer, target: FlexvmServer, tiny: str, name: str, *extra: str, ready_marker: str | None = None
+    source: FlexvmServer,
+    target: FlexvmServer,
+    tiny: str,
+    name: str,
+    *extra: str,
+    ready_marker: str | None = None,
+    cmdline_extra: str = "",
 ) -> None:
     """Register the files of ``source``'s tiny image as image ``name`` of ``target`` (which may be the
-    same server), with another readiness marker or extra `image import` options if given."""
+    same server), with another readiness marker, more kernel parameters or `image import` options."""
     image = source.ok("image", "show", tiny, "-o", "json").json()
     store = source.home / "images"
     target.ok(
         "image", "import", name, "--disk", str(store / f"{tiny}.qcow2"),
         "--kernel", str(store / image["kernel_file"]), "--initrd", str(store / image["initrd_file"]),
-        "--cmdline", image["cmdline"], "--ready-marker", ready_marker or image["ready_marker"], *extra,
+        "--cmdline", f"{image['cmdline']} {cmdline_extra}".strip(),
+        "--ready-marker", ready_marker or image["ready_marker"], *extra,
     )  # fmt: skip

@@ -30,6 +30,7 @@ class Settings:
     stop_timeout: float = 60.0  # graceful shutdown, before the power is pulled
     health_seconds: float = 10.0  # how often every host is checked
     health_timeout: float = 5.0  # a host that takes longer to answer is down
+    migration_timeout: float = 300.0  # a live migration not done by then is aborted (the guest stays)
     ssh_keys: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -63,4 +64,5 @@ class Settings:
             stop_timeout=float(env.get("FLEXVM_STOP_TIMEOUT", 60)),
             health_seconds=float(env.get("FLEXVM_HEALTH_SECONDS", 10)),
             health_timeout=float(env.get("FLEXVM_HEALTH_TIMEOUT", 5)),
+            migration_timeout=float(env.get("FLEXVM_MIGRATION_TIMEOUT", 300)),
         )

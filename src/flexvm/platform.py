@@ -10,13 +10,17 @@ from pathlib import Path
 
 from flexvm.capacity.service import CapacityService
 from flexvm.compute.availability import AvailabilitySetService
+from flexvm.compute.drain import DrainService
+from flexvm.compute.files import VmFiles
 from flexvm.compute.health import HealthChecker
 from flexvm.compute.hosts import DriverPool, HostService
 from flexvm.compute.images import ImageService
 from flexvm.compute.lifecycle import VmService
+from flexvm.compute.moving import VmMover
 from flexvm.compute.networks import NetworkService
 from flexvm.compute.operations import OperationRunner
 from flexvm.compute.reconcile import Reconciler, ReconcileReport
+from flexvm.compute.resize import ResizeService
 from flexvm.compute.sizes import SizeService
 from flexvm.config import Settings
 from flexvm.drivers import connect as default_connect
@@ -66,6 +70,10 @@ class Platform:
     networks: NetworkService
     availability_sets: AvailabilitySetService
     capacity: CapacityService
+    mover: VmMover
+    resizer: ResizeService
+    drains: DrainService
+    files: VmFiles
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
@@ -84,6 +92,7 @@ class Platform:
         vms = VmService(db, runner, hosts, sizes, images, settings, networks)
         reconciler = Reconciler(db, hosts, vms, settings.health_timeout)
         health = HealthChecker(db, hosts, reconciler, settings.health_timeout)
+        mover = VmMover(vms, settings.migration_timeout)
         return cls(
             settings,
             db,
@@ -98,6 +107,10 @@ class Platform:
             networks,
             AvailabilitySetService(db),
             CapacityService(db, sizes),
+            mover,
+            ResizeService(vms, mover),
+            DrainService(db, hosts, mover, runner),
+            VmFiles(vms),
         )
 
     def start(self) -> ReconcileReport:

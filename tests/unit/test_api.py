@@ -21,7 +21,7 @@ from flexvm.platform import Platform
 VM_KEYS = {
     "id", "name", "size", "image", "vcpus", "memory_mib", "disk_bytes", "provisioning_state", "power_state",
     "host", "disk_host", "created_at", "ready_at", "boot_seconds", "active_operation_id", "error", "disks", "nics",
-    "availability_set",
+    "availability_set", "max_size", "max_vcpus", "max_memory_mib", "moving_to",
 }  # fmt: skip
 OPERATION_KEYS = {
     "id", "kind", "target_kind", "target_name", "status", "progress", "message", "created_at", "started_at",
@@ -39,6 +39,18 @@ PUBLIC_SURFACE = {
     ("POST", "/v1/vms/{name}/deallocate"),
     ("POST", "/v1/vms/{name}/disk/resize"),
     ("GET", "/v1/vms/{name}/console"),
+    ("POST", "/v1/vms/{name}/resize"),
+    ("POST", "/v1/vms/{name}/migrate"),
+    ("POST", "/v1/vms/{name}/snapshots"),
+    ("GET", "/v1/vms/{name}/snapshots"),
+    ("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert"),
+    ("DELETE", "/v1/vms/{name}/snapshots/{snapshot}"),
+    ("POST", "/v1/vms/{name}/capture"),
+    ("POST", "/v1/vms/{name}/export"),
+    ("POST", "/v1/vms/import"),
+    ("POST", "/v1/hosts/{name}/drain"),
+    ("POST", "/v1/hosts/{name}/undrain"),
+    ("POST", "/v1/pool/rebalance"),
     ("GET", "/v1/sizes"),
     ("POST", "/v1/sizes"),
     ("DELETE", "/v1/sizes/{name}"),

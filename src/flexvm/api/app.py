@@ -14,7 +14,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from flexvm import __version__
 from flexvm.api.auth import token_matches
 from flexvm.api.deps import PREFIX
-from flexvm.api.routes import availability_sets, capacity, hosts, images, networks, operations, sizes, vms
+from flexvm.api.routes import (
+    availability_sets,
+    capacity,
+    hosts,
+    images,
+    networks,
+    operations,
+    pool,
+    sizes,
+    vm_files,
+    vms,
+)
 from flexvm.errors import FlexvmError, Unauthorized
 from flexvm.platform import Platform
 
@@ -30,7 +41,7 @@ def _error(status: int, code: str, message: str, details: dict[str, Any] | None 
 def create_app(platform: Platform, token: str) -> FastAPI:
     app = FastAPI(title="flexvm", version=__version__, description="Real VMs on your own hosts, Azure-style.")
     app.state.platform = platform
-    for module in (vms, sizes, images, hosts, networks, availability_sets, capacity, operations):
+    for module in (vms, vm_files, sizes, images, hosts, networks, availability_sets, capacity, pool, operations):
         app.include_router(module.router, prefix=PREFIX)
 
     @app.get("/healthz", include_in_schema=False)

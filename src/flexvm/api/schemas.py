@@ -27,6 +27,9 @@ class VmCreate(Strict):
     host: str | None = Field(None, description="pin to this host")
     availability_set: str | None = None
     policy: Literal["best-fit", "spread"] = "best-fit"
+    max_size: str | None = Field(
+        None, description="ceiling for resizing without a restart (default: the family's largest)"
+    )
 
 
 class HostSettings(Strict):
@@ -152,6 +155,10 @@ class VmOut(Out):
     active_operation_id: str | None
     error: str | None
     availability_set: str | None
+    max_size: str | None
+    max_vcpus: int | None
+    max_memory_mib: int | None
+    moving_to: str | None
     disks: list[DiskOut]
     nics: list[NicOut]
 
@@ -281,3 +288,77 @@ class FailureOut(BaseModel):
     survives: bool
     moved: dict[str, str]
     homeless: dict[str, str]
+
+
+class ResizeRequest(Strict):
+    size: str
+    allow_restart: bool = False
+    force: bool = Field(False, description="shrink memory even if the guest is using it")
+    dry_run: bool = False
+
+
+class ResizePlanOut(BaseModel):
+    vm: str
+    current: str
+    target: str
+    path: str
+    host: str | None
+    destination: str | None
+    steps: list[str]
+    warnings: list[str]
+    estimate_seconds: float
+
+
+class MigrateRequest(Strict):
+    to: str | None = Field(None, description="destination host; default: the scheduler's choice")
+    cold: bool = False
+    dry_run: bool = False
+
+
+class MovePlanOut(BaseModel):
+    vm: str
+    source: str | None
+    destination: str
+    mode: str
+    estimate_seconds: float
+    rejected: dict[str, str]
+    notes: list[str]
+
+
+class DrainRequest(Strict):
+    parallel: StrictInt = 1
+    dry_run: bool = False
+
+
+class RebalanceRequest(Strict):
+    threshold: float = Field(0.25, description="largest allowed gap in memory use between hosts (0-1)")
+    max_moves: StrictInt = 5
+    dry_run: bool = False
+
+
+class MovesPlanOut(BaseModel):
+    host: str | None
+    moves: list[MovePlanOut]
+    stays: dict[str, str]
+    parallel: int
+    estimate_seconds: float
+    spread_before: float | None
+    spread_after: float | None
+
+
+class SnapshotRequest(Strict):
+    name: str | None = Field(None, description="default: snap-<date>-<time>")
+
+
+class CaptureRequest(Strict):
+    image: str
+
+
+class ExportRequest(Strict):
+    file: str = Field(description="absolute path the server writes the export to")
+
+
+class ImportRequest(Strict):
+    file: str = Field(description="absolute path of an export, readable by the server")
+    name: str | None = None
+    size: str | None = None

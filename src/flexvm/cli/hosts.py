@@ -252,3 +252,62 @@ def wait_operation(operation_id: str, fmt: output.Format = OutputOpt) -> None:
     full = _resolve(api, operation_id)
     done = output.wait_with_progress(lambda update: api.wait(full, update), f"operation {full[:8]}")
     _show_operation(done, fmt)
+
+
+def _show_moves(plan: dict[str, Any], title: str) -> None:
+    output.console.print(
+        f"{title}: {len(plan['moves'])} move(s), about {plan['estimate_seconds']:.0f} s "
+        f"with {plan['parallel']} at a time"
+    )
+    for number, move in enumerate(plan["moves"], 1):
+        output.console.print(
+            f"  {number}. {move['vm']}: {move['source']} -> {move['destination']} ({move['mode']}, "
+            f"~{move['estimate_seconds']:.0f} s)"
+        )
+    for vm, why in sorted(plan["stays"].items()):
+        output.console.print(f"  [yellow]stays[/] {vm}: {why}")
+    if plan.get("spread_before") is not None:
+        output.console.print(
+            f"  memory-use gap between hosts: {plan['spread_before']:.0%} -> {plan['spread_after']:.0%}"
+        )
+
+
+@host_app.command("drain")
+def drain_host(
+    name: str,
+    parallel: int = typer.Option(1, "--parallel", help="moves at a time"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, change nothing"),
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Maintenance: no new VMs here, and every VM that can moves away (live if it runs)."""
+    api = client()
+    if dry_run:
+        plan = api.post(f"/hosts/{name}/drain", {"parallel": parallel, "dry_run": True})
+        output.emit_json(plan) if fmt is output.Format.json else _show_moves(plan, f"drain {name}")
+        return
+    operation = api.post(f"/hosts/{name}/drain", {"parallel": parallel})
+    finish(api, operation, f"draining {name}", False, fmt, show=lambda: _show_host(api.get(f"/hosts/{name}"), fmt))
+
+
+@host_app.command("undrain")
+def undrain_host(name: str, fmt: output.Format = OutputOpt) -> None:
+    """End maintenance: the host takes new VMs again."""
+    _show_host(client().post(f"/hosts/{name}/undrain"), fmt)
+
+
+@host_app.command("rebalance")
+def rebalance(
+    threshold: float = typer.Option(0.25, "--threshold", help="largest allowed gap in memory use (0-1)"),
+    max_moves: int = typer.Option(5, "--max-moves"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, change nothing"),
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Move VMs so no host is fuller than another by more than the threshold."""
+    api = client()
+    body = {"threshold": threshold, "max_moves": max_moves, "dry_run": dry_run}
+    if dry_run:
+        plan = api.post("/pool/rebalance", body)
+        output.emit_json(plan) if fmt is output.Format.json else _show_moves(plan, "rebalance")
+        return
+    operation = api.post("/pool/rebalance", body)
+    finish(api, operation, "rebalancing", False, fmt)

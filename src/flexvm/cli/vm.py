@@ -71,6 +71,9 @@ def create(
     host: str | None = typer.Option(None, "--host", help="pin to this host"),
     availability_set: str | None = typer.Option(None, "--availability-set", help="spread with this set's VMs"),
     policy: str = typer.Option("best-fit", "--policy", help="best-fit (pack, the default) or spread"),
+    max_size: str | None = typer.Option(
+        None, "--max-size", help="grow to this without a restart (default: family's largest)"
+    ),
     no_wait: bool = NoWait,
     fmt: output.Format = OutputOpt,
 ) -> None:
@@ -82,6 +85,7 @@ def create(
         "host": host,
         "availability_set": availability_set,
         "policy": policy,
+        "max_size": max_size,
     }
     if user_data is not None:
         try:
@@ -202,3 +206,191 @@ def resize_disk(
 ) -> None:
     """Grow a VM's OS disk, online if it is running."""
     _act(name, f"/vms/{name}/disk/resize", f"growing the disk of {name}", no_wait, fmt, {"size": size})
+
+
+@app.command("resize")
+def resize(
+    name: str,
+    size: str = typer.Option(..., "--size", "-s", help="the new size"),
+    allow_restart: bool = typer.Option(False, "--allow-restart", help="restart if it cannot be done live"),
+    force: bool = typer.Option(False, "--force", help="shrink memory even if the guest is using it"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, change nothing"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Resize by the least disruptive path: hot, move then hot, or (with --allow-restart) restart."""
+    api = client()
+    body = {"size": size, "allow_restart": allow_restart, "force": force, "dry_run": dry_run}
+    if dry_run:
+        plan = api.post(f"/vms/{name}/resize", body)
+        if fmt is output.Format.json:
+            output.emit_json(plan)
+            return
+        where = f" via {plan['destination']}" if plan["destination"] else ""
+        output.console.print(
+            f"resize {name}: {plan['current']} -> {plan['target']}, path [bold]{plan['path']}[/]{where} "
+            f"(about {plan['estimate_seconds']:.0f} s)"
+        )
+        for number, step in enumerate(plan["steps"], 1):
+            output.console.print(f"  {number}. {step}")
+        for warning in plan["warnings"]:
+            output.console.print(f"  [yellow]note:[/] {warning}")
+        return
+    operation = api.post(f"/vms/{name}/resize", body)
+
+    def shown() -> None:
+        done = api.get(f"/operations/{operation['id']}")
+        if fmt is output.Format.table:
+            result = done["result"]
+            output.console.print(
+                f"{name} is now {size} (path {result.get('path')}"
+                + (", restarted" if result.get("restarted") else ", no restart")
+                + ")"
+            )
+        show_vm(api.get(f"/vms/{name}"), fmt)
+
+    finish(api, operation, f"resizing {name}", no_wait, fmt, show=shown)
+
+
+@app.command("migrate")
+def migrate(
+    name: str,
+    to: str | None = typer.Option(None, "--to", help="destination host (default: the scheduler's choice)"),
+    cold: bool = typer.Option(False, "--cold", help="stop, move the files, start there"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, change nothing"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Move a VM to another host: live with its disks, or cold; stopped VMs move their files."""
+    api = client()
+    body = {"to": to, "cold": cold, "dry_run": dry_run}
+    if dry_run:
+        plan = api.post(f"/vms/{name}/migrate", body)
+        if fmt is output.Format.json:
+            output.emit_json(plan)
+            return
+        output.console.print(
+            f"migrate {name}: {plan['source']} -> {plan['destination']} ({plan['mode']}, "
+            f"about {plan['estimate_seconds']:.0f} s)"
+        )
+        for note in plan["notes"]:
+            output.console.print(f"  note: {note}")
+        return
+    operation = api.post(f"/vms/{name}/migrate", body)
+
+    def shown() -> None:
+        done = api.get(f"/operations/{operation['id']}")
+        result = done["result"]
+        if fmt is output.Format.table:
+            downtime = result.get("downtime_ms")
+            output.console.print(
+                f"{name} moved {result.get('from')} -> {result.get('to')} ({result.get('mode')}) in "
+                f"{result.get('total_seconds', 0):.1f} s"
+                + (f", {downtime:.0f} ms of downtime" if downtime is not None else "")
+            )
+        show_vm(api.get(f"/vms/{name}"), fmt)
+
+    finish(api, operation, f"migrating {name}", no_wait, fmt, show=shown)
+
+
+@app.command("snapshot")
+def snapshot(
+    name: str,
+    snapshot_name: str | None = typer.Option(None, "--name", help="default: snap-<date>-<time>"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Snapshot a VM's disk (and its memory, if it runs: the guest pauses while it is saved)."""
+    api = client()
+    operation = api.post(f"/vms/{name}/snapshots", {"name": snapshot_name})
+
+    def shown() -> None:
+        if fmt is output.Format.table:
+            made = api.get(f"/operations/{operation['id']}")["result"].get("snapshot")
+            output.console.print(f"snapshot {made} of {name}")
+
+    finish(api, operation, f"snapshotting {name}", no_wait, fmt, show=shown)
+
+
+@app.command("snapshots")
+def snapshots(name: str, fmt: output.Format = OutputOpt) -> None:
+    """List a VM's snapshots, oldest first."""
+    names = client().get(f"/vms/{name}/snapshots")
+    if fmt is output.Format.json:
+        output.emit_json(names)
+    else:
+        for item in names:
+            output.console.print(item)
+
+
+@app.command("revert")
+def revert(name: str, snapshot_name: str, no_wait: bool = NoWait, fmt: output.Format = OutputOpt) -> None:
+    """Take a VM back to one of its snapshots."""
+    _act(name, f"/vms/{name}/snapshots/{snapshot_name}/revert", f"reverting {name}", no_wait, fmt)
+
+
+@app.command("snapshot-delete")
+def snapshot_delete(name: str, snapshot_name: str, no_wait: bool = NoWait, fmt: output.Format = OutputOpt) -> None:
+    """Delete one of a VM's snapshots."""
+    api = client()
+    operation = api.delete(f"/vms/{name}/snapshots/{snapshot_name}")
+    finish(api, operation, f"deleting snapshot {snapshot_name}", no_wait, fmt)
+
+
+@app.command("capture")
+def capture(
+    name: str,
+    image: str = typer.Option(..., "--image", help="name of the new image"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Make a new image from a stopped VM's disk."""
+    api = client()
+    operation = api.post(f"/vms/{name}/capture", {"image": image})
+    finish(
+        api,
+        operation,
+        f"capturing {name}",
+        no_wait,
+        fmt,
+        show=lambda: (
+            output.console.print(f"image {image} captured from {name}") if fmt is output.Format.table else None
+        ),
+    )
+
+
+@app.command("export")
+def export(
+    name: str,
+    file: Path = typer.Argument(..., help="where to write it"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Write a stopped VM to one file (manifest, its disk flattened, the image's kernel and initrd)."""
+    api = client()
+    operation = api.post(f"/vms/{name}/export", {"file": str(file.resolve())})
+    finish(
+        api,
+        operation,
+        f"exporting {name}",
+        no_wait,
+        fmt,
+        show=lambda: (
+            output.console.print(f"exported {name} to {file.resolve()}") if fmt is output.Format.table else None
+        ),
+    )
+
+
+@app.command("import")
+def import_vm(
+    file: Path = typer.Argument(..., help="a file written by `flexvm vm export`"),
+    name: str | None = typer.Option(None, "--name", help="default: the exported VM's name"),
+    size: str | None = typer.Option(None, "--size", help="default: the exported VM's size"),
+    no_wait: bool = NoWait,
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Make a VM from an export; it boots from the disk exactly as exported."""
+    api = client()
+    operation = api.post("/vms/import", {"file": str(file.resolve()), "name": name, "size": size})
+    target = operation["target_name"]
+    finish(api, operation, f"importing {target}", no_wait, fmt, show=lambda: show_vm(api.get(f"/vms/{target}"), fmt))

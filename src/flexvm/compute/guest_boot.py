@@ -16,6 +16,7 @@ from flexvm.model.image import Image
 from flexvm.model.vm import Vm
 
 POLL_SECONDS = 0.2
+MEMORY_SLOTS = 16  # DIMM slots for growing memory while running: one per grow
 
 
 def image_volume(image: Image, kind: str) -> str:
@@ -62,6 +63,9 @@ def guest_spec(vm: Vm, image: Image, accelerator: Accelerator, bridge: str | Non
         ),
         kernel=kernel,
         console_log=vm.console_log,
+        max_vcpus=vm.max_vcpus if vm.max_vcpus and vm.max_vcpus > vm.vcpus else None,
+        max_memory_mib=vm.max_memory_mib if vm.max_memory_mib and vm.max_memory_mib > vm.memory_mib else None,
+        memory_slots=MEMORY_SLOTS if vm.max_memory_mib and vm.max_memory_mib > vm.memory_mib else 0,
     )
 
 

@@ -75,7 +75,7 @@ class ImageService:
                     expected_sha256=sha256,
                 )
             image.requires = needs
-            self._record(image)
+            self.record(image)
             return {"sha256": image.sha256, "virtual_size": image.virtual_size}
 
         return self._submit("image.import", name, work, {"disk": str(disk)})
@@ -99,7 +99,7 @@ class ImageService:
                         ready_marker=tiny.ready_marker,
                         description="flexvm's built-in test image: busybox, virtio, HTTP on port 80",
                     )
-            self._record(image)
+            self.record(image)
             return {"sha256": image.sha256, "file_size": image.file_size}
 
         return self._submit("image.build", name, work, {"recipe": "tiny"})
@@ -111,7 +111,7 @@ class ImageService:
             operation = self.runner.record(session, kind, "image", name, params=params)
         return self.runner.launch(operation, work)  # type: ignore[arg-type]
 
-    def _record(self, image: Image) -> None:
+    def record(self, image: Image) -> None:
         try:
             with self.db.session() as session:
                 ImageRepo(session).add(image)

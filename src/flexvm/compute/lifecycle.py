@@ -9,6 +9,7 @@ kept, marked failed, so its console can be read.
 from __future__ import annotations
 
 import logging
+import tarfile
 import tempfile
 import time
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 from flexvm.capacity.fit import Allocation, room_on, why_not
 from flexvm.compute import guest_boot
+from flexvm.compute.consoles import ConsoleArchive
 from flexvm.compute.hosts import HostService
 from flexvm.compute.images import ImageService
 from flexvm.compute.networks import NetworkService
@@ -41,6 +43,7 @@ from flexvm.model.guest import GuestState
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
+from flexvm.model.sizes import Size
 from flexvm.model.units import format_bytes
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm, check_action
 from flexvm.store.db import Database, utcnow
@@ -50,6 +53,15 @@ log = logging.getLogger(__name__)
 
 MAX_USER_DATA = 64 * 1024
 MAX_REASONS_KEPT = 20
+
+
+@dataclass(frozen=True)
+class OsDiskSource:
+    """An OS disk that comes as a file (an import) instead of an overlay on the image."""
+
+    archive: Path  # a tar holding it
+    member: str
+    disk_bytes: int
 
 
 @dataclass
@@ -70,6 +82,7 @@ class VmService:
         networks: NetworkService | None = None,
     ) -> None:
         self.networks = networks or NetworkService(db)
+        self.consoles = ConsoleArchive(settings.home / "consoles")
         self.db = db
         self.runner = runner
         self.hosts = hosts
@@ -87,12 +100,15 @@ class VmService:
             return VmRepo(session).get(name)
 
     def console(self, name: str, offset: int = 0) -> ConsoleChunk:
+        """Console output from ``offset``: what earlier hosts logged (archived), then the live log."""
         vm = self.get(name)
+        offset = max(0, offset)
+        archived = self.consoles.size(vm.id)
+        data = self.consoles.read(vm.id, offset) if offset < archived else b""
         host = vm.host or vm.disk_host
-        if host is None:
-            return ConsoleChunk("", offset)
-        data = self.hosts.driver(host).console_read(vm.console_log, max(0, offset))
-        return ConsoleChunk(data.decode(errors="replace"), max(0, offset) + len(data))
+        if host is not None:
+            data += self.hosts.driver(host).console_read(vm.console_log, max(0, offset - archived))
+        return ConsoleChunk(data.decode(errors="replace"), offset + len(data))
 
     # --- create --------------------------------------------------------------------------
     def create(
@@ -105,9 +121,12 @@ class VmService:
         host: str | None = None,
         availability_set: str | None = None,
         policy: str = "best-fit",
+        max_size: str | None = None,
+        os_disk: OsDiskSource | None = None,
     ) -> Operation:
         check_name("name", name)
         size = self.sizes.get(size_name)
+        ceiling = self._ceiling(size, max_size)
         if user_data is not None and len(user_data.encode()) > MAX_USER_DATA:
             raise InvalidInput("user_data", f"is {len(user_data.encode())} bytes; the limit is {MAX_USER_DATA}")
         with self.db.session() as session:
@@ -130,7 +149,7 @@ class VmService:
             if vms.find(name) is not None:
                 raise AlreadyExists("VM", name)
             vm_id = str(uuid.uuid4())
-            disk_bytes = max(size.disk_bytes, image.virtual_size)
+            disk_bytes = max(size.disk_bytes, image.virtual_size, os_disk.disk_bytes if os_disk else 0)
             disks = [Disk(f"{name}-os.qcow2", "os", disk_bytes)]
             if image.cloud_init:
                 disks.append(Disk(f"{name}-seed.iso", "seed", 0))
@@ -151,6 +170,9 @@ class VmService:
                 disks=disks,
                 nics=[Nic("user", guest_boot.mac_for(vm_id))],
                 availability_set=availability_set,
+                max_size=ceiling.name,
+                max_vcpus=ceiling.vcpus,
+                max_memory_mib=ceiling.memory_mib,
             )
             placement = place_vm(session, vm, image, pinned=host, policy=policy)
             vms.add(vm)
@@ -172,17 +194,38 @@ class VmService:
                     "rejected": dict(list(placement.rejected.items())[:MAX_REASONS_KEPT]),
                 },
             )
-        return self.runner.launch(operation, lambda ctx: self._create_work(ctx, vm, image, pinned=host, policy=policy))
+        return self.runner.launch(
+            operation, lambda ctx: self._create_work(ctx, vm, image, pinned=host, policy=policy, os_disk=os_disk)
+        )
+
+    def _ceiling(self, size: Size, max_size: str | None) -> Size:
+        """How far the VM may later grow without a restart: its family's largest size by default."""
+        if max_size is None:
+            return self.sizes.ceiling_for(size)
+        ceiling = self.sizes.get(max_size)
+        if ceiling.vcpus < size.vcpus or ceiling.memory_mib < size.memory_mib:
+            raise InvalidInput(
+                "max_size",
+                f"{ceiling.name} ({ceiling.describe()}) is smaller than {size.name} ({size.describe()})",
+            )
+        return ceiling
 
     def _create_work(
-        self, ctx: OperationContext, vm: Vm, image: Image, *, pinned: str | None, policy: str
+        self,
+        ctx: OperationContext,
+        vm: Vm,
+        image: Image,
+        *,
+        pinned: str | None,
+        policy: str,
+        os_disk: OsDiskSource | None = None,
     ) -> dict[str, Any]:
         """Build the guest on its host; if the host dies before the guest runs, move to another."""
         failed_hosts: list[str] = []
         while True:
             assert vm.host is not None
             try:
-                driver, started = self._build_guest(ctx, vm, image)
+                driver, started = self._build_guest(ctx, vm, image, os_disk)
                 break
             except HypervisorUnavailable as err:
                 failed_hosts.append(vm.host)
@@ -202,9 +245,11 @@ class VmService:
                 raise
         ctx.result["host"] = vm.host
         ctx.progress(60, "waiting for the guest to report ready")
-        return self._finish_boot(ctx, driver, vm, image, console_offset=0, started=started, creating=True)
+        return self.finish_boot(ctx, driver, vm, image, console_offset=0, started=started, creating=True)
 
-    def _build_guest(self, ctx: OperationContext, vm: Vm, image: Image) -> tuple[Driver, float]:
+    def _build_guest(
+        self, ctx: OperationContext, vm: Vm, image: Image, os_disk: OsDiskSource | None = None
+    ) -> tuple[Driver, float]:
         assert vm.host is not None
         driver = self.hosts.driver(vm.host)
         host = self.hosts.get(vm.host)
@@ -215,12 +260,19 @@ class VmService:
         with ctx.step("image", f"making sure image '{image.name}' is on host {vm.host}"):
             ctx.result["image_uploaded"] = self.images.ensure_on_host(driver, image)
         ctx.progress(20, "creating the OS disk")
-        with ctx.step("os-disk", f"{format_bytes(vm.disk_bytes)} copy-on-write overlay on '{image.name}'"):
-            driver.delete_instance_volume(vm.console_log)  # a stale log must not fake readiness
-            driver.create_overlay(vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes)
+        if os_disk is None:
+            with ctx.step("os-disk", f"{format_bytes(vm.disk_bytes)} copy-on-write overlay on '{image.name}'"):
+                driver.delete_instance_volume(vm.console_log)  # a stale log must not fake readiness
+                driver.create_overlay(
+                    vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes
+                )
+        else:
+            with ctx.step("os-disk", f"the disk from {os_disk.archive.name}"):
+                driver.delete_instance_volume(vm.console_log)
+                self._upload_disk_from(driver, vm, os_disk)
         if image.cloud_init:
             with ctx.step("seed", "cloud-init NoCloud seed"):
-                self._upload_seed(driver, vm)
+                self.upload_seed(driver, vm)
         with ctx.step("define", f"defining the guest on {vm.host} ({host.accelerator.value})"):
             driver.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
         ctx.progress(40, "starting")
@@ -244,6 +296,14 @@ class VmService:
                 assert item.id is not None
                 LeftoverRepo(session).remove(item.id)
 
+    @staticmethod
+    def _upload_disk_from(driver: Driver, vm: Vm, source: OsDiskSource) -> None:
+        with tempfile.TemporaryDirectory(prefix="flexvm-disk-") as tmp, tarfile.open(source.archive) as archive:
+            archive.extract(archive.getmember(source.member), tmp, filter="data")
+            driver.upload_instance_volume(vm.os_disk.name, Path(tmp) / source.member)
+        if vm.disk_bytes > source.disk_bytes:  # imported at a size with a larger disk
+            driver.resize_instance_volume(vm.os_disk.name, vm.disk_bytes, guest=None)
+
     def _move_claim(self, vm: Vm, image: Image, excluded: frozenset[str], policy: str) -> None:
         """Re-place a VM whose host failed mid-create, in one transaction: new host, new address."""
         with self.db.session() as session:
@@ -260,7 +320,7 @@ class VmService:
                 self.networks.withdraw(old.network, old.mac)
         vm.host, vm.disk_host, vm.nics = current.host, current.disk_host, current.nics
 
-    def _upload_seed(self, driver: Driver, vm: Vm) -> None:
+    def upload_seed(self, driver: Driver, vm: Vm) -> None:
         seed = next(d for d in vm.disks if d.role == "seed")
         with tempfile.TemporaryDirectory(prefix="flexvm-seed-") as tmp:
             path = Path(tmp) / seed.name
@@ -287,14 +347,16 @@ class VmService:
             self.discard(vm)
 
     def discard(self, vm: Vm) -> None:
-        """Forget a VM whose guest and disks are gone: its row (and so its claim) and its addresses."""
+        """Forget a VM whose guest and disks are gone: its row (and so its claim), its addresses
+        and its archived console."""
+        self.consoles.forget(vm.id)
         with self.db.session() as session:
             held = NetworkService.release(session, vm.id)
             VmRepo(session).delete(vm.id)
         for network, _ip, mac in held:
             self.networks.withdraw(network, mac)
 
-    def _finish_boot(
+    def finish_boot(
         self,
         ctx: OperationContext,
         driver: Driver,
@@ -317,7 +379,7 @@ class VmService:
                 )
         except OperationTimeout as err:
             # Keep the guest: the user will want its console to see why it hung.
-            self._update(
+            self.update_record(
                 vm.id,
                 provisioning_state=ProvisioningState.FAILED if creating else None,
                 power_state=PowerState.RUNNING,
@@ -325,7 +387,7 @@ class VmService:
             )
             raise
         except FlexvmError as err:
-            self._update(
+            self.update_record(
                 vm.id,
                 provisioning_state=ProvisioningState.FAILED if creating else None,
                 power_state=PowerState.STOPPED,
@@ -346,15 +408,20 @@ class VmService:
                 if nic.network == "user":
                     nic.ip = ip if ip and ip != "none" else None
 
-        self._change(vm.id, apply)
-        return {"boot_seconds": round(ready.seconds, 3), "guest": ready.facts}
+        self.change_record(vm.id, apply)
+        result: dict[str, Any] = {"boot_seconds": round(ready.seconds, 3), "guest": ready.facts}
+        reserved = [nic.ip for nic in vm.nics if nic.network != "user" and nic.ip]
+        if reserved and ip and ip not in reserved:
+            # The network's DHCP did not hand out the reservation: say so rather than hide it.
+            result["warnings"] = [f"the guest reports address {ip}, but {reserved[0]} is reserved for it"]
+        return result
 
     # --- power ---------------------------------------------------------------------------
     def start(self, name: str) -> Operation:
         with self.db.session() as session:
             vms = VmRepo(session)
             vm = vms.get(name)
-            self._check_usable(vm)
+            self.check_usable(vm)
             check_action(vm.name, "start", vm.power_state)
             was = vm.power_state
             if was is PowerState.DEALLOCATED:
@@ -377,7 +444,13 @@ class VmService:
         assert vm.host is not None
         driver = self.hosts.driver(vm.host)
         try:
-            if was is PowerState.DEALLOCATED or driver.guest_info(vm.domain_name) is None:
+            info = driver.guest_info(vm.domain_name)
+            if info is not None and info.plugged_memory_kib and info.plugged_memory_kib != vm.memory_mib * 1024:
+                # Memory was hot-plugged (or ballooned) while it ran: start it at its size, DIMMs folded away.
+                with ctx.step("redefine", f"at its size, {vm.size}"):
+                    driver.undefine(vm.domain_name)
+                info = None
+            if was is PowerState.DEALLOCATED or info is None:
                 # Deallocated (or undefined behind flexvm's back): the disk is there, define anew.
                 host = self.hosts.get(vm.host)
                 with ctx.step("image", f"making sure image '{image.name}' is on host {vm.host}"):
@@ -391,7 +464,7 @@ class VmService:
         except FlexvmError:
             self._back_to(vm, was, driver)
             raise
-        return self._finish_boot(ctx, driver, vm, image, console_offset=offset, started=started, creating=False)
+        return self.finish_boot(ctx, driver, vm, image, console_offset=offset, started=started, creating=False)
 
     def _back_to(self, vm: Vm, was: PowerState, driver: Driver) -> None:
         """A start that failed: leave the VM as it was, releasing a claim it just made."""
@@ -400,9 +473,9 @@ class VmService:
                 driver.undefine(vm.domain_name)
             except FlexvmError as err:
                 log.warning("could not undefine %s after a failed start: %s", vm.name, err.message)
-            self._update(vm.id, power_state=was, host=None)
+            self.update_record(vm.id, power_state=was, host=None)
         else:
-            self._update(vm.id, power_state=was)
+            self.update_record(vm.id, power_state=was)
 
     def stop(self, name: str, *, force: bool = False) -> Operation:
         return self._power_action(
@@ -418,13 +491,13 @@ class VmService:
     def _power_action(self, name: str, action: str, transitional: PowerState, work: Any, **params: Any) -> Operation:
         with self.db.session() as session:
             vm = VmRepo(session).get(name)
-            self._check_usable(vm)
+            self.check_usable(vm)
             check_action(vm.name, action, vm.power_state)
             vm.power_state = transitional
             operation = self.runner.record(session, f"vm.{action}", "vm", name, vm=vm, params=params)
         return self.runner.launch(operation, lambda ctx: work(ctx, vm))
 
-    def _check_usable(self, vm: Vm) -> None:
+    def check_usable(self, vm: Vm) -> None:
         if vm.active_operation_id is not None:
             # Say "busy with X" before any state complaint: the state is X's doing.
             raise Busy("VM", vm.name, vm.active_operation_id)
@@ -433,7 +506,7 @@ class VmService:
         if vm.host is None and vm.disk_host is None:
             raise InvalidState(f"VM '{vm.name}' has no host or disk (its create failed); delete it and create it again")
 
-    def _power_off(self, ctx: OperationContext, driver: Driver, vm: Vm, *, force: bool) -> bool:
+    def power_off(self, ctx: OperationContext, driver: Driver, vm: Vm, *, force: bool) -> bool:
         """Graceful ACPI shutdown within the stop timeout, then the power is pulled. True if forced."""
         info = driver.guest_info(vm.domain_name)
         if info is None or info.state is GuestState.SHUTOFF:
@@ -455,11 +528,11 @@ class VmService:
         assert vm.host is not None
         driver = self.hosts.driver(vm.host)
         try:
-            forced = self._power_off(ctx, driver, vm, force=force)
+            forced = self.power_off(ctx, driver, vm, force=force)
         except FlexvmError:
-            self._resync(driver, vm)
+            self.resync(driver, vm)
             raise
-        self._update(vm.id, power_state=PowerState.STOPPED)
+        self.update_record(vm.id, power_state=PowerState.STOPPED)
         return {"forced": forced}
 
     def _restart_work(self, ctx: OperationContext, vm: Vm) -> dict[str, Any]:
@@ -467,39 +540,39 @@ class VmService:
         driver = self.hosts.driver(vm.host)
         image = self.images.get(vm.image)
         try:
-            forced = self._power_off(ctx, driver, vm, force=False)
-            self._update(vm.id, power_state=PowerState.STARTING)
+            forced = self.power_off(ctx, driver, vm, force=False)
+            self.update_record(vm.id, power_state=PowerState.STARTING)
             offset = guest_boot.console_length(driver, vm.console_log)
             with ctx.step("start", "powering on"):
                 started = time.monotonic()
                 driver.start(vm.domain_name)
         except FlexvmError:
-            self._resync(driver, vm)
+            self.resync(driver, vm)
             raise
-        result = self._finish_boot(ctx, driver, vm, image, console_offset=offset, started=started, creating=False)
+        result = self.finish_boot(ctx, driver, vm, image, console_offset=offset, started=started, creating=False)
         return {"forced": forced, **result}
 
     def _deallocate_work(self, ctx: OperationContext, vm: Vm) -> dict[str, Any]:
         assert vm.host is not None
         driver = self.hosts.driver(vm.host)
         try:
-            forced = self._power_off(ctx, driver, vm, force=False)
+            forced = self.power_off(ctx, driver, vm, force=False)
             with ctx.step("undefine", f"releasing host {vm.host}'s CPU and memory"):
                 driver.undefine(vm.domain_name)
         except FlexvmError:
-            self._resync(driver, vm)
+            self.resync(driver, vm)
             raise
-        self._update(vm.id, power_state=PowerState.DEALLOCATED, host=None)
+        self.update_record(vm.id, power_state=PowerState.DEALLOCATED, host=None)
         return {"forced": forced, "disk_kept_on": vm.disk_host}
 
-    def _resync(self, driver: Driver, vm: Vm) -> None:
+    def resync(self, driver: Driver, vm: Vm) -> None:
         """After a failed power change, record what the host really shows."""
         try:
             info = driver.guest_info(vm.domain_name)
         except FlexvmError:
-            self._update(vm.id, power_state=PowerState.UNKNOWN)
+            self.update_record(vm.id, power_state=PowerState.UNKNOWN)
             return
-        self._update(vm.id, power_state=power_state_of(info.state if info else None))
+        self.update_record(vm.id, power_state=power_state_of(info.state if info else None))
 
     # --- delete --------------------------------------------------------------------------
     def delete(self, name: str) -> Operation:
@@ -517,7 +590,7 @@ class VmService:
                 try:
                     remove_guest_and_files(driver, vm)
                 except FlexvmError:
-                    self._update(
+                    self.update_record(
                         vm.id,
                         provisioning_state=ProvisioningState.FAILED,
                         error="delete failed; the guest or its disks may remain: retry the delete",
@@ -531,7 +604,7 @@ class VmService:
         with self.db.session() as session:
             vms = VmRepo(session)
             vm = vms.get(name)
-            self._check_usable(vm)
+            self.check_usable(vm)
             check_action(vm.name, "resize-disk", vm.power_state)
             if size_bytes == vm.disk_bytes:
                 raise InvalidInput("size", f"the OS disk of '{name}' is already {format_bytes(size_bytes)}")
@@ -569,7 +642,7 @@ class VmService:
             ):
                 driver.resize_instance_volume(vm.os_disk.name, size_bytes, guest=vm.domain_name if online else None)
         except FlexvmError:
-            self._update(vm.id, disk_bytes=old_bytes)  # release the claim made at request time
+            self.update_record(vm.id, disk_bytes=old_bytes)  # release the claim made at request time
             raise
 
         def apply(v: Vm) -> None:
@@ -578,19 +651,23 @@ class VmService:
                 if disk.role == "os":
                     disk.size_bytes = size_bytes
 
-        self._change(vm.id, apply)
+        self.change_record(vm.id, apply)
         return {"online": online, "size_bytes": size_bytes}
 
     # --- helpers -------------------------------------------------------------------------
-    def _update(self, vm_id: str, **changes: Any) -> None:
+    def update_record(self, vm_id: str, **changes: Any) -> None:
+        """Set fields of a VM's record. None means "leave it" for the states, and "clear it" for
+        the fields whose empty value is None (host, error, moving_to)."""
+        clearable = ("host", "error", "moving_to")
+
         def apply(vm: Vm) -> None:
             for key, value in changes.items():
-                if value is not None or key in ("host", "error"):
+                if value is not None or key in clearable:
                     setattr(vm, key, value)
 
-        self._change(vm_id, apply)
+        self.change_record(vm_id, apply)
 
-    def _change(self, vm_id: str, apply: Any) -> None:
+    def change_record(self, vm_id: str, apply: Any) -> None:
         with self.db.session() as session:
             repo = VmRepo(session)
             vm = repo.by_id(vm_id)

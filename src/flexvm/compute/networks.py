@@ -74,12 +74,17 @@ class NetworkService:
         repo = NetworkRepo(session)
         network = repo.get(network_name)
         used = repo.used_addresses(network_name)
-        free = next((ip for ip in network.addresses() if ip not in used), None)
+        # Round the range from the last one handed out: a freed address is reused last, since a DHCP
+        # server may still hold its lease for the old MAC and would not give it to a new one.
+        candidates = list(network.addresses())
+        start = candidates.index(network.last_allocated) + 1 if network.last_allocated in candidates else 0
+        free = next((ip for ip in candidates[start:] + candidates[:start] if ip not in used), None)
         if free is None:
             raise CapacityError(
                 f"network '{network_name}' has no free address left in {network.range_start}-{network.range_end}"
             )
         repo.reserve(network_name, free, vm_id, mac)
+        repo.set_last_allocated(network_name, free)
         return free
 
     @staticmethod

@@ -146,12 +146,11 @@ class OperationRunner:
         operation.message = error["message"]
 
     def finish(self, operation: Operation) -> None:
-        """Store the final state and release the VM the operation held."""
+        """Store the final state and release every VM the operation held (a drain holds several)."""
         with self.db.session() as session:
             OperationRepo(session).save(operation)
             vms = VmRepo(session)
-            vm = vms.find(operation.target_name) if operation.target_kind == "vm" else None
-            if vm is not None and vm.active_operation_id == operation.id:
+            for vm in vms.held_by(operation.id):
                 vm.active_operation_id = None
                 vms.save(vm)
 

@@ -21,7 +21,7 @@ from flexvm.model.host import HostState
 from flexvm.model.operation import Operation, OperationStatus
 from flexvm.model.vm import PowerState, ProvisioningState, Vm
 from flexvm.store.db import Database, utcnow
-from flexvm.store.repositories import OperationRepo, VmRepo
+from flexvm.store.repositories import LeftoverRepo, OperationRepo, VmRepo
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Reconciler:
 
     # --- interrupted operations ----------------------------------------------------------
     def _recover(self, operation: Operation) -> str:
+        settled = self._settle_moves(operation)
         vm = self._vm_of(operation)
         if operation.kind == "vm.create" and vm is not None:
             return self._recover_create(operation, vm)
@@ -78,8 +79,40 @@ class Reconciler:
             state = self._resync_after(operation, vm)
             self._close(operation, ok=False, message=f"{INTERRUPTED}; VM state re-read from its host: {state}")
             return f"state re-read: {state}"
-        self._close(operation, ok=False, message=f"{INTERRUPTED}; start it again")
-        return "marked failed"
+        summary = f"; moves: {'; '.join(settled)}" if settled else ""
+        self._close(operation, ok=False, message=f"{INTERRUPTED}; start it again{summary}")
+        return "marked failed" + summary
+
+    def _settle_moves(self, operation: Operation) -> list[str]:
+        """Moves the operation had in flight (a migration, a drain): each VM is recorded where its
+        guest runs now, and what the other host keeps is recorded as leftovers there."""
+        with self.db.session() as session:
+            held = [vm for vm in VmRepo(session).held_by(operation.id) if vm.moving_to is not None]
+        outcomes = []
+        for vm in held:
+            assert vm.moving_to is not None
+            dest, source = vm.moving_to, vm.host or vm.disk_host
+            try:
+                info = self.hosts.driver(dest).guest_info(vm.domain_name)
+            except FlexvmError:
+                info = None
+            arrived = info is not None and info.state is GuestState.RUNNING
+            stale = source if arrived else dest
+
+            def apply(v: Vm, arrived: bool = arrived, dest: str = dest) -> None:
+                if arrived:
+                    v.host, v.disk_host = dest, dest
+                v.moving_to = None
+
+            self._change(vm, apply)
+            with self.db.session() as session:
+                leftovers = LeftoverRepo(session)
+                for name in [vm.domain_name, *(d.name for d in vm.disks), vm.console_log]:
+                    kind = "domain" if name == vm.domain_name else "volume"
+                    if stale is not None and not (kind == "domain" and not arrived):
+                        leftovers.add(stale, kind, name, f"interrupted move of VM {vm.name}")
+            outcomes.append(f"{vm.name} on {dest if arrived else source}")
+        return outcomes
 
     def _recover_create(self, operation: Operation, vm: Vm) -> str:
         assert vm.host is not None

@@ -40,6 +40,16 @@ class SizeService:
             raise InvalidInput("size", f"unknown size '{name}'; known sizes: {known}")
         return size
 
+    def ceiling_for(self, size: Size) -> Size:
+        """The largest size of ``size``'s family: how far a VM may grow without a restart.
+
+        Operator-defined sizes without a family of their own are no family: their ceiling is themselves.
+        """
+        if size.family == "custom":
+            return size
+        family = [s for s in self.all() if s.family == size.family]
+        return max(family, key=lambda s: (s.memory_mib, s.vcpus, s.name))
+
     def list_with_fit(self) -> list[SizeFit]:
         with self.db.session() as session:
             vms = VmRepo(session)

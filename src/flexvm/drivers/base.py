@@ -13,9 +13,17 @@ does to files goes through the hypervisor connection, so a remote host needs no 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
-from flexvm.model.guest import GuestInfo, GuestSpec
+from flexvm.model.guest import (
+    GuestInfo,
+    GuestSpec,
+    MemoryStats,
+    MigrationProgress,
+    MigrationRequest,
+    MigrationResult,
+)
 from flexvm.model.host import AcceleratorChoice, HostInfo
 
 
@@ -95,6 +103,56 @@ class Driver(ABC):
     @abstractmethod
     def console_read(self, log_volume: str, offset: int = 0) -> bytes:
         """Serial-console output logged so far, from ``offset`` (b"" when there is none yet)."""
+
+    # --- change while running ------------------------------------------------------------
+    @abstractmethod
+    def set_vcpus(self, name: str, vcpus: int) -> None:
+        """Hot-plug or unplug vCPUs (live, and in the persistent definition), within max_vcpus."""
+
+    @abstractmethod
+    def attach_memory(self, name: str, size_mib: int) -> None:
+        """Hot-plug a DIMM of ``size_mib`` (live and persistent), within max_memory_mib and the slots."""
+
+    @abstractmethod
+    def set_memory_target(self, name: str, memory_mib: int) -> None:
+        """Ask the balloon to leave the guest ``memory_mib`` (live and persistent currentMemory)."""
+
+    @abstractmethod
+    def memory_stats(self, name: str) -> MemoryStats:
+        """The balloon's view of the guest's memory."""
+
+    # --- mobility ------------------------------------------------------------------------
+    @abstractmethod
+    def migrate(
+        self, name: str, request: MigrationRequest, progress: Callable[[MigrationProgress], None] | None = None
+    ) -> MigrationResult:
+        """Live-migrate a running guest to ``request.dest_uri`` (persistent there, undefined here).
+
+        The destination must already hold the guest's image volumes and an overlay of each of its
+        instance disks (same names, same backing): only the overlays' data is copied. A migration
+        that fails, or has not finished after ``max_seconds`` even with auto-converge (and, if
+        allowed, post-copy), is aborted and the guest keeps running here, disks intact.
+        """
+
+    @abstractmethod
+    def download_instance_volume(self, volume: str, target: Path) -> None:
+        """Copy an instance-pool volume (e.g. a stopped guest's disk) to a local file."""
+
+    # --- snapshots (internal to the guest's qcow2 disks) ---------------------------------
+    @abstractmethod
+    def create_snapshot(self, name: str, snapshot: str) -> None:
+        """Snapshot a guest: its disks, and its memory too while it runs (the guest pauses for it)."""
+
+    @abstractmethod
+    def list_snapshots(self, name: str) -> list[str]:
+        """The guest's snapshots, oldest first."""
+
+    @abstractmethod
+    def revert_snapshot(self, name: str, snapshot: str) -> None:
+        """Go back to a snapshot (running again if it was taken running)."""
+
+    @abstractmethod
+    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
         """Release the connection."""

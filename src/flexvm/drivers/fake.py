@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -27,9 +28,17 @@ from urllib.parse import parse_qs, urlparse
 
 from flexvm.drivers.base import Driver
 from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
-from flexvm.model.guest import GuestInfo, GuestSpec, GuestState
+from flexvm.model.guest import (
+    GuestInfo,
+    GuestSpec,
+    GuestState,
+    MemoryStats,
+    MigrationProgress,
+    MigrationRequest,
+    MigrationResult,
+)
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
-from flexvm.model.units import GIB
+from flexvm.model.units import GIB, MIB
 
 
 @dataclass
@@ -40,6 +49,21 @@ class FakeGuest:
     boots: int = 0
     shutdown_requested_at: float | None = None
     ready_boot: int = 0  # the boot whose readiness line has been printed
+    # Live shape, changed by hot-plug and the balloon; starts as the spec says.
+    vcpus: int = 0
+    plugged_mib: int = 0
+    balloon_mib: int | None = None
+    dimms: int = 0
+    used_mib: int = 64  # what the simulated guest uses; tests raise it to see a shrink refused
+    snapshots: dict[str, tuple[GuestState, dict[str, bytes]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.vcpus = self.vcpus or self.spec.vcpus
+        self.plugged_mib = self.plugged_mib or self.spec.memory_mib
+
+    @property
+    def memory_mib(self) -> int:
+        return self.balloon_mib if self.balloon_mib is not None else self.plugged_mib
 
 
 @dataclass
@@ -200,9 +224,9 @@ class FakeDriver(Driver):
             self._settle(guest)
             if guest.state is GuestState.RUNNING:
                 raise HypervisorError(f"starting {name}: domain is already running")
-            running = sum(g.spec.memory_mib for g in self.host.guests.values() if g.state is GuestState.RUNNING)
-            if running + guest.spec.memory_mib > self.host.memory_mib:
-                raise HypervisorError(f"starting {name}: cannot allocate {guest.spec.memory_mib} MiB")
+            running = sum(g.memory_mib for g in self.host.guests.values() if g.state is GuestState.RUNNING)
+            if running + guest.plugged_mib > self.host.memory_mib:
+                raise HypervisorError(f"starting {name}: cannot allocate {guest.plugged_mib} MiB")
             guest.state = GuestState.RUNNING
             guest.started_at = time.monotonic()
             guest.boots += 1
@@ -250,7 +274,158 @@ class FakeDriver(Driver):
             volume = self.host.instances.get(log_volume)
             return b"" if volume is None else volume.data[offset:]
 
+    # --- change while running ------------------------------------------------------------
+    def set_vcpus(self, name: str, vcpus: int) -> None:
+        self._check("set_vcpus")
+        with self._lock:
+            guest = self._running(name)
+            ceiling = guest.spec.max_vcpus or guest.spec.vcpus
+            if not 1 <= vcpus <= ceiling:
+                raise HypervisorError(f"{name}: {vcpus} vCPUs is outside 1..{ceiling}")
+            guest.vcpus = vcpus
+            self._log(name, f"flexvm: state cpus={vcpus} mem_kib={guest.memory_mib * 1024}")
+
+    def attach_memory(self, name: str, size_mib: int) -> None:
+        self._check("attach_memory")
+        with self._lock:
+            guest = self._running(name)
+            ceiling = guest.spec.max_memory_mib or guest.spec.memory_mib
+            if size_mib <= 0 or size_mib % 128:
+                raise HypervisorError(f"{name}: a DIMM must be a positive multiple of 128 MiB, not {size_mib} MiB")
+            if guest.dimms >= guest.spec.memory_slots or guest.plugged_mib + size_mib > ceiling:
+                raise HypervisorError(
+                    f"{name}: no room for a {size_mib} MiB DIMM (ceiling {ceiling} MiB, "
+                    f"{guest.spec.memory_slots - guest.dimms} slots free)"
+                )
+            guest.plugged_mib += size_mib
+            guest.dimms += 1
+            if guest.balloon_mib is not None:
+                guest.balloon_mib += size_mib
+            self._log(name, f"flexvm: state cpus={guest.vcpus} mem_kib={guest.memory_mib * 1024}")
+
+    def set_memory_target(self, name: str, memory_mib: int) -> None:
+        self._check("set_memory_target")
+        with self._lock:
+            guest = self._running(name)
+            if not 0 < memory_mib <= guest.plugged_mib:
+                raise HypervisorError(f"{name}: a balloon target of {memory_mib} MiB is outside 1..{guest.plugged_mib}")
+            guest.balloon_mib = None if memory_mib == guest.plugged_mib else memory_mib
+
+    def memory_stats(self, name: str) -> MemoryStats:
+        self._check("memory_stats")
+        with self._lock:
+            guest = self._running(name)
+            total = guest.memory_mib * 1024
+            spare = max(total - guest.used_mib * 1024, 0)
+            return MemoryStats(actual_kib=total, available_kib=total, unused_kib=spare, usable_kib=spare)
+
+    # --- mobility ------------------------------------------------------------------------
+    def migrate(
+        self, name: str, request: MigrationRequest, progress: Callable[[MigrationProgress], None] | None = None
+    ) -> MigrationResult:
+        """Move a running guest to another fake host, as libvirt would: the destination must hold the
+        image volumes and pre-created overlays; any failure leaves the guest running here."""
+        self._check("migrate")
+        dest = FakeDriver.for_uri(request.dest_uri)
+        if dest.host is self.host:
+            raise HypervisorError(f"migrating {name}: the destination is this host")
+        with self._lock:
+            guest = self._running(name)
+            if not dest.host.reachable:
+                raise HypervisorError(f"migrating {name}: cannot connect to {request.dest_uri}")
+            dest._check("receive_migration")
+            needed = (
+                [
+                    v
+                    for v in (guest.spec.kernel.kernel_volume, guest.spec.kernel.initrd_volume)
+                    if guest.spec.kernel and v
+                ]
+                if guest.spec.kernel
+                else []
+            )
+            missing = [v for v in needed if v not in dest.host.images]
+            missing += [d.volume for d in guest.spec.disks if d.volume not in dest.host.instances]
+            if missing:
+                raise HypervisorError(f"migrating {name}: the destination lacks {', '.join(missing)}")
+            if name in dest.host.guests:
+                raise HypervisorError(f"migrating {name}: the destination already has a guest of that name")
+            if guest.snapshots:
+                raise HypervisorError(f"migrating {name}: cannot migrate a guest with {len(guest.snapshots)} snapshots")
+            disk_bytes = 0
+            for disk in guest.spec.disks:
+                source = self.host.instances[disk.volume]
+                dest.host.instances[disk.volume].data = source.data
+                dest.host.instances[disk.volume].size = source.size
+                disk_bytes += source.size
+            if progress is not None:
+                progress(
+                    MigrationProgress(
+                        0.0,
+                        guest.memory_mib * MIB,
+                        guest.memory_mib * MIB,
+                        0,
+                        disk_bytes,
+                        disk_bytes,
+                        0,
+                        "switching over",
+                    )
+                )
+            del self.host.guests[name]
+            dest.host.guests[name] = guest
+        return MigrationResult(
+            total_seconds=0.0,
+            downtime_ms=1.0,
+            memory_bytes=guest.memory_mib * MIB,
+            disk_bytes=disk_bytes,
+            converged_by="plain",
+        )
+
+    def download_instance_volume(self, volume: str, target: Path) -> None:
+        self._check("download_instance_volume")
+        vol = self.host.instances.get(volume)
+        if vol is None:
+            raise HypervisorError(f"volume {volume} is not on {self.uri}")
+        target.write_bytes(vol.data)
+
+    # --- snapshots -----------------------------------------------------------------------
+    def create_snapshot(self, name: str, snapshot: str) -> None:
+        self._check("create_snapshot")
+        with self._lock:
+            guest = self._guest(name)
+            if snapshot in guest.snapshots:
+                raise HypervisorError(f"{name} already has a snapshot named {snapshot}")
+            data = {d.volume: self.host.instances[d.volume].data for d in guest.spec.disks if d.device == "disk"}
+            guest.snapshots[snapshot] = (guest.state, data)
+
+    def list_snapshots(self, name: str) -> list[str]:
+        self._check("list_snapshots")
+        return list(self._guest(name).snapshots)
+
+    def revert_snapshot(self, name: str, snapshot: str) -> None:
+        self._check("revert_snapshot")
+        with self._lock:
+            guest = self._guest(name)
+            if snapshot not in guest.snapshots:
+                raise HypervisorError(f"{name} has no snapshot named {snapshot}")
+            state, data = guest.snapshots[snapshot]
+            for volume, content in data.items():
+                self.host.instances[volume].data = content
+            guest.state = state
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._check("delete_snapshot")
+        with self._lock:
+            if self._guest(name).snapshots.pop(snapshot, None) is None:
+                raise HypervisorError(f"{name} has no snapshot named {snapshot}")
+
     # --- simulation ----------------------------------------------------------------------
+    def _running(self, name: str) -> FakeGuest:
+        guest = self._guest(name)
+        self._settle(guest)
+        if guest.state is not GuestState.RUNNING:
+            raise HypervisorError(f"{name} is not running")
+        return guest
+
     def _guest(self, name: str) -> FakeGuest:
         guest = self.host.guests.get(name)
         if guest is None:
@@ -298,9 +473,12 @@ class FakeDriver(Driver):
             name=guest.spec.name,
             uuid=guest.spec.uuid,
             state=guest.state,
-            vcpus=guest.spec.vcpus,
-            memory_kib=guest.spec.memory_mib * 1024,
+            vcpus=guest.vcpus,
+            memory_kib=guest.memory_mib * 1024,
             cpu_time_ns=0,
             vm_id=guest.spec.vm_id,
             disks=[d.volume for d in guest.spec.disks],
+            max_vcpus=guest.spec.max_vcpus or guest.spec.vcpus,
+            max_memory_kib=(guest.spec.max_memory_mib or guest.spec.memory_mib) * 1024,
+            plugged_memory_kib=guest.plugged_mib * 1024,
         )

@@ -24,6 +24,7 @@ class Network:
     # Where the network's DHCP server reads reservations (one 'MAC,IP' file per NIC); None when
     # DHCP is not flexvm's (the guest's reported address is then recorded as it comes).
     dhcp_hosts_dir: str | None = None
+    last_allocated: str | None = None  # where the next search for a free address starts
 
     def check(self) -> None:
         try:

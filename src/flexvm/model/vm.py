@@ -76,6 +76,12 @@ class Vm:
     created_at: datetime
     disk_host: str | None = None  # where its disks live, kept while deallocated
     availability_set: str | None = None
+    # Ceilings for resizing while running, set at create from the size family's largest (or
+    # --max-size). None on VMs made before ceilings existed: any resize then needs a restart.
+    max_size: str | None = None
+    max_vcpus: int | None = None
+    max_memory_mib: int | None = None
+    moving_to: str | None = None  # the destination of a migration in progress (room is held there too)
     ready_at: datetime | None = None
     boot_seconds: float | None = None
     user_data: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -68,6 +69,7 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._local = threading.local()
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
@@ -79,7 +81,15 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One unit of work: committed if the block ends normally, rolled back otherwise."""
+        """One unit of work: committed if the block ends normally, rolled back otherwise.
+
+        Units of work do not nest: with SQLite each holds the write lock from its start, so a
+        second one opened in the same thread would wait on the first forever. Code that needs the
+        database inside a unit of work takes its session as an argument; this says so at once.
+        """
+        if getattr(self._local, "open", False):
+            raise RuntimeError("a database session was opened inside another in the same thread")
+        self._local.open = True
         session = self._sessions()
         try:
             yield session
@@ -89,6 +99,7 @@ class Database:
             raise
         finally:
             session.close()
+            self._local.open = False
 
 
 def open_database(url: str) -> Database:

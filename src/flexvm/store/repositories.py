@@ -187,6 +187,10 @@ def _vm(row: VmRow) -> Vm:
         host=row.host,
         disk_host=row.disk_host,
         availability_set=row.availability_set,
+        max_size=row.max_size,
+        max_vcpus=row.max_vcpus,
+        max_memory_mib=row.max_memory_mib,
+        moving_to=row.moving_to,
         created_at=row.created_at,
         ready_at=row.ready_at,
         boot_seconds=row.boot_seconds,
@@ -240,8 +244,17 @@ class VmRepo:
             self.session.delete(row)
 
     def on_host(self, host: str) -> builtins.list[Vm]:
-        """VMs that run on the host or keep their disks there."""
-        query = select(VmRow).where((VmRow.host == host) | (VmRow.disk_host == host)).order_by(VmRow.name)
+        """VMs that run on the host, keep their disks there, or are moving to it."""
+        query = (
+            select(VmRow)
+            .where((VmRow.host == host) | (VmRow.disk_host == host) | (VmRow.moving_to == host))
+            .order_by(VmRow.name)
+        )
+        return [_vm(r) for r in self.session.scalars(query)]
+
+    def held_by(self, operation_id: str) -> builtins.list[Vm]:
+        """VMs an operation holds busy."""
+        query = select(VmRow).where(VmRow.active_operation_id == operation_id)
         return [_vm(r) for r in self.session.scalars(query)]
 
     def in_set(self, availability_set: str) -> builtins.list[Vm]:
@@ -249,36 +262,35 @@ class VmRepo:
         return [_vm(r) for r in self.session.scalars(query)]
 
     def allocations(self) -> dict[str, tuple[int, int, int]]:
-        """allocated_on for every host at once: two grouped queries, not two per host."""
+        """(vCPUs, memory MiB, disk bytes) claimed on every host, in three grouped queries.
+
+        CPU and memory are claimed where a VM runs (``host``), disk where its disks are
+        (``disk_host``, deallocated or not), and all three on ``moving_to`` while it migrates.
+        """
         totals: dict[str, list[int]] = {}
-        compute = (
-            select(VmRow.host, func.sum(VmRow.vcpus), func.sum(VmRow.memory_mib))
-            .where(VmRow.host.is_not(None))
-            .group_by(VmRow.host)
-        )
-        for host, vcpus, memory in self.session.execute(compute):
-            totals.setdefault(str(host), [0, 0, 0])[:2] = [int(vcpus), int(memory)]
-        disks = (
-            select(VmRow.disk_host, func.sum(VmRow.disk_bytes))
-            .where(VmRow.disk_host.is_not(None))
-            .group_by(VmRow.disk_host)
-        )
-        for host, disk in self.session.execute(disks):
-            totals.setdefault(str(host), [0, 0, 0])[2] = int(disk)
+
+        def add(host: Any, vcpus: Any, memory: Any, disk: Any) -> None:
+            row = totals.setdefault(str(host), [0, 0, 0])
+            row[0] += int(vcpus or 0)
+            row[1] += int(memory or 0)
+            row[2] += int(disk or 0)
+
+        compute = select(VmRow.host, func.sum(VmRow.vcpus), func.sum(VmRow.memory_mib)).where(VmRow.host.is_not(None))
+        for host, vcpus, memory in self.session.execute(compute.group_by(VmRow.host)):
+            add(host, vcpus, memory, 0)
+        disks = select(VmRow.disk_host, func.sum(VmRow.disk_bytes)).where(VmRow.disk_host.is_not(None))
+        for host, disk in self.session.execute(disks.group_by(VmRow.disk_host)):
+            add(host, 0, 0, disk)
+        moving = select(VmRow.moving_to, func.sum(VmRow.vcpus), func.sum(VmRow.memory_mib), func.sum(VmRow.disk_bytes))
+        for host, vcpus, memory, disk in self.session.execute(
+            moving.where(VmRow.moving_to.is_not(None)).group_by(VmRow.moving_to)
+        ):
+            add(host, vcpus, memory, disk)
         return {host: (v[0], v[1], v[2]) for host, v in totals.items()}
 
     def allocated_on(self, host: str) -> tuple[int, int, int]:
-        """(vCPUs, memory MiB, disk bytes) claimed on a host by the VMs placed there."""
-        vcpus, memory = self.session.execute(
-            select(func.coalesce(func.sum(VmRow.vcpus), 0), func.coalesce(func.sum(VmRow.memory_mib), 0)).where(
-                VmRow.host == host
-            )
-        ).one()
-        # Disk is claimed by wherever the disk lives, deallocated or not.
-        disk = self.session.execute(
-            select(func.coalesce(func.sum(VmRow.disk_bytes), 0)).where(VmRow.disk_host == host)
-        ).scalar_one()
-        return int(vcpus), int(memory), int(disk)
+        """(vCPUs, memory MiB, disk bytes) claimed on one host; see ``allocations``."""
+        return self.allocations().get(host, (0, 0, 0))
 
     def _row(self, name: str) -> VmRow | None:
         return self.session.scalars(select(VmRow).where(VmRow.name == name)).first()
@@ -392,6 +404,11 @@ class NetworkRepo:
 
     def used_addresses(self, network: str) -> set[str]:
         return set(self.session.scalars(select(AddressRow.ip).where(AddressRow.network == network)))
+
+    def set_last_allocated(self, network: str, ip: str) -> None:
+        row = self.session.get(NetworkRow, network)
+        if row is not None:
+            row.last_allocated = ip
 
     def macs(self, network: str) -> set[str]:
         return set(self.session.scalars(select(AddressRow.mac).where(AddressRow.network == network)))

@@ -84,6 +84,7 @@ class NetworkRow(Base):
     gateway: Mapped[str | None] = mapped_column(String(64), nullable=True)
     dhcp_hosts_dir: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_allocated: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AddressRow(Base):
@@ -138,6 +139,10 @@ class VmRow(Base):
     disks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     nics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     availability_set: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    max_size: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    max_vcpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    moving_to: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class OperationRow(Base):

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from flexvm.api import schemas
 from flexvm.api.deps import accepted, named, platform
+from flexvm.compute.drain import MovesPlan
 from flexvm.compute.hosts import HostChanges, HostRequest
 from flexvm.model.units import MIB, parse_bytes
 from flexvm.platform import Platform
@@ -74,3 +77,26 @@ def remove_host(name: str, p: Platform = Depends(platform)) -> Response:
 @router.post("/{name}/probe", response_model=schemas.HostOut)
 def probe_host(name: str, p: Platform = Depends(platform)) -> schemas.HostOut:
     return schemas.HostOut.model_validate(p.hosts.reprobe(named("name", name)))
+
+
+def moves_out(plan: MovesPlan) -> schemas.MovesPlanOut:
+    return schemas.MovesPlanOut(**{**dataclasses.asdict(plan), "moves": [dataclasses.asdict(m) for m in plan.moves]})
+
+
+@router.post(
+    "/{name}/drain",
+    status_code=202,
+    response_model=schemas.OperationOut,
+    responses={200: {"model": schemas.MovesPlanOut, "description": "the plan (dry run)"}},
+)
+def drain_host(name: str, body: schemas.DrainRequest, p: Platform = Depends(platform)) -> JSONResponse:
+    named("name", name)
+    if body.dry_run:
+        return JSONResponse(moves_out(p.drains.plan_drain(name, body.parallel)).model_dump(mode="json"))
+    return accepted(p.drains.drain(name, body.parallel))
+
+
+@router.post("/{name}/undrain", response_model=schemas.HostDetail)
+def undrain_host(name: str, p: Platform = Depends(platform)) -> schemas.HostDetail:
+    p.drains.undrain(named("name", name))
+    return _detail(p, name)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
@@ -27,6 +29,7 @@ def create_vm(body: schemas.VmCreate, p: Platform = Depends(platform)) -> JSONRe
             host=body.host,
             availability_set=body.availability_set,
             policy=body.policy,
+            max_size=body.max_size,
         )
     )
 
@@ -71,3 +74,33 @@ def resize_disk(name: str, body: schemas.DiskResize, p: Platform = Depends(platf
 def console(name: str, offset: int = Query(0, ge=0), p: Platform = Depends(platform)) -> schemas.ConsoleOut:
     chunk = p.vms.console(named("name", name), offset)
     return schemas.ConsoleOut(text=chunk.text, next_offset=chunk.next_offset)
+
+
+@router.post(
+    "/{name}/resize",
+    status_code=202,
+    response_model=schemas.OperationOut,
+    responses={200: {"model": schemas.ResizePlanOut, "description": "the plan (dry run)"}},
+)
+def resize_vm(name: str, body: schemas.ResizeRequest, p: Platform = Depends(platform)) -> JSONResponse:
+    named("name", name)
+    if body.dry_run:
+        plan = p.resizer.plan(name, body.size, allow_restart=body.allow_restart, force=body.force)
+        return JSONResponse(schemas.ResizePlanOut(**dataclasses.asdict(plan)).model_dump(mode="json"))
+    return accepted(p.resizer.resize(name, body.size, allow_restart=body.allow_restart, force=body.force))
+
+
+@router.post(
+    "/{name}/migrate",
+    status_code=202,
+    response_model=schemas.OperationOut,
+    responses={200: {"model": schemas.MovePlanOut, "description": "the plan (dry run)"}},
+)
+def migrate_vm(name: str, body: schemas.MigrateRequest, p: Platform = Depends(platform)) -> JSONResponse:
+    named("name", name)
+    if body.to is not None:
+        named("to", body.to)
+    if body.dry_run:
+        plan = p.mover.plan(name, body.to, cold=body.cold)
+        return JSONResponse(schemas.MovePlanOut(**dataclasses.asdict(plan)).model_dump(mode="json"))
+    return accepted(p.mover.migrate(name, body.to, cold=body.cold))

@@ -37,16 +37,25 @@ def build_domain_xml(spec: GuestSpec, paths: PoolPaths) -> str:
     _sub(domain, "uuid", spec.uuid)
     metadata = _sub(domain, "metadata")
     ET.SubElement(metadata, f"{{{METADATA_NS}}}vm", id=spec.vm_id)
+    if has_memory_ceiling(spec):
+        # The ceiling for DIMM hot-plug. QEMU reserves guest address space for it (above 4 GiB),
+        # not memory; but a guest kernel that sees that hot-pluggable range above 4 GiB sets up a
+        # 64 MiB swiotlb bounce buffer, whatever the ceiling (unless booted with swiotlb=noforce).
+        _sub(domain, "maxMemory", str(max_memory_kib(spec)), slots=str(spec.memory_slots), unit="KiB")
     _sub(domain, "memory", str(spec.memory_mib * 1024), unit="KiB")
     _sub(domain, "currentMemory", str(spec.memory_mib * 1024), unit="KiB")
-    _sub(domain, "vcpu", str(spec.vcpus), placement="static")
+    if has_vcpu_ceiling(spec):
+        # vCPUs 0..vcpus-1 run from the start; the rest exist as hot-pluggable slots.
+        _sub(domain, "vcpu", str(max_vcpus(spec)), placement="static", current=str(spec.vcpus))
+    else:
+        _sub(domain, "vcpu", str(spec.vcpus), placement="static")
     _os_element(domain, spec, paths)
     features = _sub(domain, "features")
     # Without ACPI a guest's poweroff only halts, and the power button (graceful stop) does nothing.
+    # ACPI is also how the guest hears of hot-plugged (and unplugged) vCPUs and DIMMs.
     _sub(features, "acpi")
     _sub(features, "apic")
-    if spec.accelerator.domain_type == "kvm":
-        _sub(domain, "cpu", mode="host-model")
+    _cpu_element(domain, spec)
     _sub(domain, "clock", offset="utc")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")
@@ -63,6 +72,44 @@ def build_domain_xml(spec: GuestSpec, paths: PoolPaths) -> str:
     _sub(devices, "controller", type="usb", model="none")
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
+
+
+def has_vcpu_ceiling(spec: GuestSpec) -> bool:
+    return spec.max_vcpus is not None and spec.max_vcpus > spec.vcpus
+
+
+def has_memory_ceiling(spec: GuestSpec) -> bool:
+    return spec.max_memory_mib is not None and spec.max_memory_mib > spec.memory_mib and spec.memory_slots > 0
+
+
+def max_vcpus(spec: GuestSpec) -> int:
+    """The vCPU ceiling the domain is defined with (its vcpus when it has none)."""
+    return spec.max_vcpus if has_vcpu_ceiling(spec) and spec.max_vcpus is not None else spec.vcpus
+
+
+def max_memory_kib(spec: GuestSpec) -> int:
+    """The memory ceiling the domain is defined with (its memory when it has none)."""
+    if has_memory_ceiling(spec) and spec.max_memory_mib is not None:
+        return spec.max_memory_mib * 1024
+    return spec.memory_mib * 1024
+
+
+def _cpu_element(domain: ET.Element, spec: GuestSpec) -> None:
+    kvm = spec.accelerator.domain_type == "kvm"
+    if not kvm and not has_memory_ceiling(spec):
+        return
+    # KVM passes the host's CPU model; TCG keeps QEMU's default model (qemu64), so that its
+    # <cpu> element carries nothing but the NUMA cell.
+    cpu = _sub(domain, "cpu", mode="host-model") if kvm else _sub(domain, "cpu")
+    if has_memory_ceiling(spec):
+        # DIMMs are plugged into a NUMA node; libvirt refuses <maxMemory> without one ("At least
+        # one numa node has to be configured when enabling memory hotplug"). The one cell holds
+        # every vCPU up to the ceiling (QEMU warns about vCPUs outside any node) and the boot
+        # memory; DIMMs add to it.
+        numa = _sub(cpu, "numa")
+        last = max_vcpus(spec) - 1
+        cpus = "0" if last == 0 else f"0-{last}"  # libvirt's own spelling of a one-CPU range
+        _sub(numa, "cell", id="0", cpus=cpus, memory=str(spec.memory_mib * 1024), unit="KiB")
 
 
 def _os_element(domain: ET.Element, spec: GuestSpec, paths: PoolPaths) -> None:
@@ -118,3 +165,68 @@ def vm_id_from_xml(xml: str) -> str | None:
 def disk_sources(xml: str) -> list[str]:
     root = ET.fromstring(xml)
     return [s.get("file", "") for s in root.findall("devices/disk/source") if s.get("file")]
+
+
+# libvirt's memory units, as multiples of a byte (it writes KiB back, but a hand-made domain may not).
+_UNIT_BYTES = {
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+}
+
+
+def _kib(element: ET.Element) -> int:
+    unit = _UNIT_BYTES[element.get("unit", "KiB").lower()]
+    return int((element.text or "0").strip()) * unit // 1024
+
+
+def ceilings_from_xml(xml: str) -> tuple[int, int]:
+    """(max vCPUs, max memory in KiB) a domain may be hot-plugged up to.
+
+    Read from what ``XMLDesc`` gives: ``<vcpu>``'s text is the vCPU ceiling (``current=`` is what
+    is plugged); ``<maxMemory>`` is the memory ceiling, and without one it is ``<memory>`` (the
+    boot memory plus any DIMMs), as nothing more can be plugged.
+    """
+    root = ET.fromstring(xml)
+    vcpu = root.find("vcpu")
+    vcpus = int((vcpu.text or "0").strip()) if vcpu is not None else 0
+    ceiling = root.find("maxMemory")
+    if ceiling is None:
+        ceiling = root.find("memory")
+    return vcpus, (0 if ceiling is None else _kib(ceiling))
+
+
+def domain_type_from_xml(xml: str) -> str:
+    """The domain's type: "kvm", or "qemu" for TCG."""
+    return ET.fromstring(xml).get("type", "")
+
+
+def memory_slots(xml: str) -> tuple[int, int]:
+    """(slots for DIMMs, slots in use) of a domain's XML. DIMMs and NVDIMMs take a slot each
+    (virtio-mem devices, which flexvm does not make, take none)."""
+    root = ET.fromstring(xml)
+    ceiling = root.find("maxMemory")
+    slots = int(ceiling.get("slots", "0")) if ceiling is not None else 0
+    used = [m for m in root.findall("devices/memory") if m.get("model") in ("dimm", "nvdimm")]
+    return slots, len(used)
+
+
+def dimm_xml(size_mib: int, node: int = 0) -> str:
+    """The device XML of one DIMM of ``size_mib`` in NUMA node ``node``."""
+    memory = ET.Element("memory", model="dimm")
+    target = _sub(memory, "target")
+    _sub(target, "size", str(size_mib * 1024), unit="KiB")
+    _sub(target, "node", str(node))
+    ET.indent(memory)
+    return ET.tostring(memory, encoding="unicode")

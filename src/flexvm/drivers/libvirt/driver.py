@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flexvm.drivers.base import Driver
-from flexvm.drivers.libvirt import accel
+from flexvm.drivers.libvirt import accel, hotplug, migration
 from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
 from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, vm_id_from_xml
 from flexvm.drivers.libvirt.storage import IMAGE_POOL, INSTANCE_POOL, Storage
 from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
-from flexvm.model.guest import GuestInfo, GuestSpec, GuestState
+from flexvm.model.guest import (
+    GuestInfo,
+    GuestSpec,
+    GuestState,
+    MemoryStats,
+    MigrationProgress,
+    MigrationRequest,
+    MigrationResult,
+)
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
 
 _STATES = {
@@ -222,6 +232,69 @@ class LibvirtDriver(Driver):
     def console_read(self, log_volume: str, offset: int = 0) -> bytes:
         return self.storage.download(INSTANCE_POOL, log_volume, offset)
 
+    # --- change while running (hotplug.py does the work) --------------------------------
+    def set_vcpus(self, name: str, vcpus: int) -> None:
+        dom = self._domain(name)
+        with self.connection.translate(f"setting {name} to {vcpus} vCPUs"):
+            hotplug.set_vcpus(dom, vcpus)
+
+    def attach_memory(self, name: str, size_mib: int) -> None:
+        dom = self._domain(name)
+        with self.connection.translate(f"hot-plugging {size_mib} MiB into {name}"):
+            hotplug.attach_dimm(dom, size_mib)
+
+    def set_memory_target(self, name: str, memory_mib: int) -> None:
+        dom = self._domain(name)
+        with self.connection.translate(f"setting {name}'s balloon to {memory_mib} MiB"):
+            hotplug.set_balloon(dom, memory_mib)
+
+    def memory_stats(self, name: str) -> MemoryStats:
+        dom = self._domain(name)
+        with self.connection.translate(f"reading {name}'s memory statistics"):
+            return hotplug.memory_stats(dom)
+
+    # --- mobility (migration.py does the work) -------------------------------------------
+    def migrate(
+        self, name: str, request: MigrationRequest, progress: Callable[[MigrationProgress], None] | None = None
+    ) -> MigrationResult:
+        dom = self._domain(name)
+        return migration.migrate(self.connection, dom, request, progress)
+
+    def download_instance_volume(self, volume: str, target: Path) -> None:
+        try:
+            self.storage.download_to_file(INSTANCE_POOL, volume, target)
+        except FileNotFoundError as err:
+            raise HypervisorError(str(err)) from err
+
+    # --- snapshots -----------------------------------------------------------------------
+    def create_snapshot(self, name: str, snapshot: str) -> None:
+        dom = self._domain(name)
+        xml = ET.Element("domainsnapshot")
+        ET.SubElement(xml, "name").text = snapshot
+        with self.connection.translate(f"snapshotting {name} as {snapshot}"):
+            dom.snapshotCreateXML(ET.tostring(xml, encoding="unicode"), 0)
+
+    def list_snapshots(self, name: str) -> list[str]:
+        dom = self._domain(name)
+        with self.connection.translate(f"listing the snapshots of {name}"):
+            snapshots = dom.listAllSnapshots(0)
+            return [
+                s.getName()
+                for s in sorted(
+                    snapshots, key=lambda s: int(ET.fromstring(s.getXMLDesc(0)).findtext("creationTime") or 0)
+                )
+            ]
+
+    def revert_snapshot(self, name: str, snapshot: str) -> None:
+        dom = self._domain(name)
+        with self.connection.translate(f"reverting {name} to {snapshot}"):
+            dom.revertToSnapshot(dom.snapshotLookupByName(snapshot, 0), 0)
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        dom = self._domain(name)
+        with self.connection.translate(f"deleting snapshot {snapshot} of {name}"):
+            dom.snapshotLookupByName(snapshot, 0).delete(0)
+
     def close(self) -> None:
         self.connection.close()
 
@@ -245,8 +318,10 @@ class LibvirtDriver(Driver):
 
     @staticmethod
     def _info(dom: Any) -> GuestInfo:
-        state, _max_kib, memory_kib, vcpus, cpu_time = dom.info()
+        # info()'s second figure is the <memory> element: boot memory plus hot-plugged DIMMs.
+        state, plugged_kib, memory_kib, vcpus, cpu_time = dom.info()
         xml = dom.XMLDesc(0)
+        ceilings = domain_ceilings(xml)
         return GuestInfo(
             name=dom.name(),
             uuid=dom.UUIDString(),
@@ -257,7 +332,22 @@ class LibvirtDriver(Driver):
             vm_id=vm_id_from_xml(xml),
             persistent=bool(dom.isPersistent()),
             disks=disk_sources(xml),
+            max_vcpus=ceilings[0] or vcpus,
+            max_memory_kib=ceilings[1] or plugged_kib,
+            plugged_memory_kib=plugged_kib,
         )
+
+
+def domain_ceilings(xml: str) -> tuple[int, int]:
+    """(max vCPUs, max memory KiB) from a domain's XML: <vcpu> is the maximum (current= is what runs),
+    <maxMemory> the hot-plug ceiling; 0 where the domain has none."""
+    root = ET.fromstring(xml)
+    vcpu = root.findtext("vcpu")
+    max_memory = root.find("maxMemory")
+    kib = 0
+    if max_memory is not None and max_memory.text:
+        kib = int(max_memory.text) * {"KiB": 1, "MiB": 1024, "GiB": 1024 * 1024}.get(max_memory.get("unit", "KiB"), 1)
+    return (int(vcpu) if vcpu else 0), kib
 
 
 def error_is_not_running(err: Exception) -> bool:

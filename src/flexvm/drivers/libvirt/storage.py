@@ -142,6 +142,26 @@ class Storage:
             stream.finish()
             return b"".join(chunks)
 
+    def download_to_file(self, pool_name: str, volume: str, target: Path) -> None:
+        """Stream a whole volume into a local file (a failed copy removes the partial file)."""
+        vol = self.lookup(pool_name, volume, refresh=True)
+        if vol is None:
+            raise FileNotFoundError(f"volume {volume} is not on this host")
+        conn = self.connection.get()
+        try:
+            with self.connection.translate(f"downloading volume {volume}", conn), target.open("wb") as out:
+                stream = conn.newStream(0)
+                vol.download(stream, 0, 0, 0)
+                while True:
+                    data = stream.recv(CHUNK)
+                    if not data:
+                        break
+                    out.write(data)
+                stream.finish()
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+
     def delete(self, pool_name: str, volume: str) -> None:
         vol = self.lookup(pool_name, volume, refresh=True)
         if vol is not None:

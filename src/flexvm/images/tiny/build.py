@@ -41,7 +41,10 @@ from flexvm.errors import ImageError
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 GUEST_DIR = Path(__file__).with_name("guest")
-BASE_CMDLINE = "console=ttyS0 quiet panic=-1"
+# memhp_default_state=online: DIMMs plugged before boot (a hot-grown VM restarted) are online
+# before the balloon can inflate; without it such a guest runs out of memory while booting.
+# swiotlb=noforce: virtio needs no bounce buffer, and without this any <maxMemory> costs 64 MiB.
+BASE_CMDLINE = "console=ttyS0 quiet panic=-1 memhp_default_state=online swiotlb=noforce"
 DISK_SIZE_MIB = 64
 
 # Modules the guest needs, by module name; their dependencies are found in modules.dep.

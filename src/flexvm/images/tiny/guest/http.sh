@@ -3,12 +3,77 @@
 #   GET /                  the hostname
 #   GET /burn?seconds=N    keep one CPU busy N seconds (at most 120), then answer
 #   GET /info              name, cpus, mem_kib, disk_bytes, uptime, boots, ip as key=value lines
+#   GET /dirty?mib=N&seconds=S
+#                          keep rewriting N MiB (1-256) of memory for S seconds (at most 120),
+#                          then answer mib, seconds, passes as key=value lines: a guest that is
+#                          hard to live-migrate, for migration tests and benchmarks (the console
+#                          shows "flexvm: dirty mib=N seconds=S" when the rewriting begins)
+#   GET /note?text=WORD    store WORD (letters, digits, - and _; at most 64) on the disk, synced
+#   GET /note              the stored word (404 when there is none)
 . /usr/lib/flexvm/lib.sh
+
+DIRTY_MAX_MIB=256
+DIRTY_MAX_SECONDS=120
+DIRTY_SPARE_KIB=24576   # what the guest keeps for itself beyond the buffer it dirties
 
 reply() {  # status, body
     printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' \
         "$1" "${#2}" "$2"
     exit 0
+}
+
+# NUMBER: $1 as a whole number capped at $2, or a 400 answer naming the parameter ($3) and
+# its range ($4, default 0-$2).
+whole_number() {
+    case $1 in
+        ''|*[!0-9]*) reply "400 Bad Request" "$3 must be a whole number (${4:-0-$2})$NL" ;;
+    esac
+    NUMBER=${1#"${1%%[!0]*}"}                 # no leading zeros: $((010)) is octal
+    [ ${#NUMBER} -gt 3 ] && NUMBER=9999        # far too long for $(( )) is just "too many"
+    NUMBER=$((${NUMBER:-0} > $2 ? $2 : ${NUMBER:-0}))
+}
+
+# MEM_AVAILABLE_KIB: what the guest's kernel could hand out now without swapping.
+read_available() {
+    local key value rest
+    MEM_AVAILABLE_KIB=0
+    while read -r key value rest; do
+        if [ "$key" = MemAvailable: ]; then
+            MEM_AVAILABLE_KIB=$value
+            return
+        fi
+    done < /proc/meminfo
+}
+
+# Rewrite $1 MiB of memory over and over for $2 seconds; PASSES counts whole rewrites.
+# The buffer is a file on a tmpfs of its own (its pages are guest RAM, and filling it cannot
+# fill /run or /tmp). It holds random bytes, because a page of zeros migrates as a mere flag;
+# each pass has one dd read every page and write it back in place, which dirties all of them
+# (QEMU tracks writes, not changes of content) for the cost of a single fork. Filling the
+# buffer takes a while, so the console says when the rewriting starts ("flexvm: dirty ...").
+dirty_memory() {
+    local dir=$RUN/dirty.$$ end i=0
+    PASSES=0
+    mkdir -p "$dir" && mount -t tmpfs -o "size=$(($1 + 1))m,mode=0700" tmpfs "$dir" || return 1
+    if dd if=/dev/urandom of="$dir/chunk" bs=65536 count=16 2>/dev/null; then
+        while [ $i -lt "$1" ]; do
+            cat "$dir/chunk" || break
+            i=$((i + 1))
+        done > "$dir/buffer"
+    fi
+    rm -f "$dir/chunk"
+    if [ $i -eq "$1" ]; then
+        say "dirty mib=$1 seconds=$2"
+        read_centis
+        end=$((CENTIS + $2 * 100))
+        while dd if="$dir/buffer" of="$dir/buffer" bs=1048576 count="$1" conv=notrunc 2>/dev/null; do
+            PASSES=$((PASSES + 1))
+            read_centis
+            [ "$CENTIS" -ge "$end" ] && break
+        done
+    fi
+    umount "$dir" && rmdir "$dir"
+    [ "$PASSES" -gt 0 ]
 }
 
 read -r -t 10 method target version || exit 0
@@ -45,14 +110,54 @@ case $path in
             case $param in seconds=*) seconds=${param#seconds=} ;; esac
         done
         unset IFS
-        case $seconds in
-            ''|*[!0-9]*) reply "400 Bad Request" "seconds must be a whole number of seconds (0-120)$NL" ;;
-        esac
-        seconds=${seconds#"${seconds%%[!0]*}"}   # no leading zeros: $((010)) is octal
-        [ ${#seconds} -gt 3 ] && seconds=999       # far too long for $(( )) is just "too many"
-        seconds=$((${seconds:-0} > 120 ? 120 : ${seconds:-0}))
+        whole_number "$seconds" 120 seconds
+        seconds=$NUMBER
         burn "$seconds"
         reply "200 OK" "burned $seconds s$NL"
+        ;;
+    /dirty)
+        mib=
+        seconds=
+        IFS='&'
+        for param in $query; do
+            case $param in
+                mib=*) mib=${param#mib=} ;;
+                seconds=*) seconds=${param#seconds=} ;;
+            esac
+        done
+        unset IFS
+        whole_number "$mib" $DIRTY_MAX_MIB mib "1-$DIRTY_MAX_MIB"
+        mib=$NUMBER
+        [ "$mib" -gt 0 ] || reply "400 Bad Request" "mib must be a whole number (1-$DIRTY_MAX_MIB)$NL"
+        whole_number "$seconds" $DIRTY_MAX_SECONDS seconds
+        seconds=$NUMBER
+        read_available
+        if [ $((mib * 1024 + DIRTY_SPARE_KIB)) -gt "$MEM_AVAILABLE_KIB" ]; then
+            reply "507 Insufficient Storage" "not enough free memory to dirty $mib MiB: $((MEM_AVAILABLE_KIB / 1024)) MiB available$NL"
+        fi
+        dirty_memory "$mib" "$seconds" || reply "500 Internal Server Error" "could not dirty $mib MiB of memory$NL"
+        reply "200 OK" "mib=$mib${NL}seconds=$seconds${NL}passes=$PASSES$NL"
+        ;;
+    /note)
+        text=
+        IFS='&'
+        for param in $query; do
+            case $param in text=*) text=${param#text=} ;; esac
+        done
+        unset IFS
+        if [ -z "$query" ]; then
+            [ -r "$STATE/note" ] || reply "404 Not Found" "no note stored$NL"
+            read -r text < "$STATE/note"
+            reply "200 OK" "$text$NL"
+        fi
+        case $text in
+            ''|*[!A-Za-z0-9_-]*) reply "400 Bad Request" "text must be 1-64 letters, digits, - or _$NL" ;;
+        esac
+        [ ${#text} -le 64 ] || reply "400 Bad Request" "text must be 1-64 letters, digits, - or _$NL"
+        # Written whole then renamed, and synced: it is on the disk when the answer comes.
+        echo "$text" > "$STATE/note.new" && mv "$STATE/note.new" "$STATE/note" && sync \
+            || reply "500 Internal Server Error" "could not store the note$NL"
+        reply "200 OK" "stored $text$NL"
         ;;
     *)
         reply "404 Not Found" "no such path: $path$NL"
