@@ -78,6 +78,7 @@ class VmMover:
         self, name: str, to: str | None = None, *, cold: bool = False, excluded: frozenset[str] = frozenset()
     ) -> MovePlan:
         """Where the VM would go and how, without doing anything."""
+        self._refuse_snapshots(self.vms.get(name), cold)
         with self.db.session() as session:
             vm = VmRepo(session).get(name)
             image = ImageRepo(session).get(vm.image)
@@ -107,6 +108,21 @@ class VmMover:
         notes = self._notes(vm, placement.host, hosts.get(source) if source else None, mode)
         rejected = {k: v for k, v in placement.rejected.items() if k != source}
         return MovePlan(vm.name, source, placement.host.name, mode, estimate(vm, mode), rejected, notes)
+
+    def _refuse_snapshots(self, vm: Vm, cold: bool) -> None:
+        """libvirt cannot live-migrate a guest that has snapshots; say so before anything moves."""
+        if cold or vm.host is None or vm.power_state is not PowerState.RUNNING:
+            return
+        try:
+            snapshots = self.hosts.driver(vm.host).list_snapshots(vm.domain_name)
+        except FlexvmError:
+            return  # the host will say what is wrong when the move is tried
+        if snapshots:
+            raise InvalidState(
+                f"VM '{vm.name}' has snapshots ({', '.join(snapshots)}), and libvirt cannot move those live: "
+                "delete them, or move it with --cold",
+                details={"snapshots": snapshots},
+            )
 
     @staticmethod
     def _mode(vm: Vm, cold: bool) -> str:
@@ -145,6 +161,7 @@ class VmMover:
     # --- doing ---------------------------------------------------------------------------
     def migrate(self, name: str, to: str | None = None, *, cold: bool = False) -> Operation:
         """Move a VM: live if it runs (unless ``cold``), its files if it is stopped or deallocated."""
+        self._refuse_snapshots(self.vms.get(name), cold)
         with self.db.session() as session:
             vms = VmRepo(session)
             vm = vms.get(name)
