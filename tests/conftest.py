@@ -41,6 +41,7 @@ def fake_settings(tmp_path: Path, fake_uri: str) -> Settings:
 def platform(fake_settings: Settings) -> Iterator[Platform]:
     """A started platform whose only host is a fake one."""
     p = Platform.open(fake_settings, connect)
+    p.collect_metrics = False  # tests drive the collector by hand
     p.start()
     yield p
     p.close()

@@ -31,6 +31,9 @@ class Settings:
     health_seconds: float = 10.0  # how often every host is checked
     health_timeout: float = 5.0  # a host that takes longer to answer is down
     migration_timeout: float = 300.0  # a live migration not done by then is aborted (the guest stays)
+    metrics_interval: float = 15.0  # seconds between counter readings (at least 1)
+    metrics_raw_hours: float = 6.0  # raw samples kept this long; per-minute roll-ups after
+    metrics_rollup_days: float = 7.0
     ssh_keys: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -65,4 +68,7 @@ class Settings:
             health_seconds=float(env.get("FLEXVM_HEALTH_SECONDS", 10)),
             health_timeout=float(env.get("FLEXVM_HEALTH_TIMEOUT", 5)),
             migration_timeout=float(env.get("FLEXVM_MIGRATION_TIMEOUT", 300)),
+            metrics_interval=float(env.get("FLEXVM_METRICS_INTERVAL", 15)),
+            metrics_raw_hours=float(env.get("FLEXVM_METRICS_RAW_HOURS", 6)),
+            metrics_rollup_days=float(env.get("FLEXVM_METRICS_ROLLUP_DAYS", 7)),
         )

@@ -27,6 +27,9 @@ from flexvm.drivers import connect as default_connect
 from flexvm.drivers.base import Driver
 from flexvm.errors import FlexvmError
 from flexvm.images.store import ImageStore
+from flexvm.monitor.advisor import Advisor
+from flexvm.monitor.collector import MIN_INTERVAL, Collector, CollectorLoop, Retention
+from flexvm.monitor.query import MetricsQuery
 from flexvm.store.db import Database, open_database
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,14 @@ class Platform:
     resizer: ResizeService
     drains: DrainService
     files: VmFiles
+    collector: Collector
+    metrics: MetricsQuery
+    advisor: Advisor
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
+    _metrics_loop: CollectorLoop | None = None
+    collect_metrics: bool = True  # unit tests drive the collector by hand
 
     @classmethod
     def open(cls, settings: Settings, connect: Callable[[str], Driver] = default_connect) -> Platform:
@@ -93,6 +101,11 @@ class Platform:
         reconciler = Reconciler(db, hosts, vms, settings.health_timeout)
         health = HealthChecker(db, hosts, reconciler, settings.health_timeout)
         mover = VmMover(vms, settings.migration_timeout)
+        retention = Retention(settings.metrics_raw_hours * 3600, settings.metrics_rollup_days * 86400)
+        collector = Collector(
+            db, hosts, max(settings.metrics_interval, MIN_INTERVAL), settings.health_timeout, retention
+        )
+        query = MetricsQuery(db, retention.raw_seconds)
         return cls(
             settings,
             db,
@@ -111,6 +124,9 @@ class Platform:
             ResizeService(vms, mover),
             DrainService(db, hosts, mover, runner),
             VmFiles(vms),
+            collector,
+            query,
+            Advisor(db, query, sizes),
         )
 
     def start(self) -> ReconcileReport:
@@ -127,6 +143,9 @@ class Platform:
         self.last_report = self.reconciler.at_start()
         self._sync_thread = threading.Thread(target=self._sync_loop, name="flexvm-sync", daemon=True)
         self._sync_thread.start()
+        if self.collect_metrics:
+            self._metrics_loop = CollectorLoop(self.collector)
+            self._metrics_loop.start()
         return self.last_report
 
     def _sync_loop(self) -> None:
@@ -138,5 +157,7 @@ class Platform:
 
     def close(self) -> None:
         self._stop.set()
+        if self._metrics_loop is not None:
+            self._metrics_loop.stop()
         self.drivers.close()
         self.db.engine.dispose()

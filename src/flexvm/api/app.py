@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flexvm import __version__
@@ -19,6 +20,7 @@ from flexvm.api.routes import (
     capacity,
     hosts,
     images,
+    metrics,
     networks,
     operations,
     pool,
@@ -27,11 +29,13 @@ from flexvm.api.routes import (
     vms,
 )
 from flexvm.errors import FlexvmError, Unauthorized
+from flexvm.monitor.prometheus import exposition
 from flexvm.platform import Platform
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = {"/healthz", "/openapi.json"}
+# Prometheus scrapes without a token; what it reads is measurements, no secrets or controls.
+OPEN_PATHS = {"/healthz", "/openapi.json", "/metrics"}
 
 
 def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
@@ -41,8 +45,24 @@ def _error(status: int, code: str, message: str, details: dict[str, Any] | None 
 def create_app(platform: Platform, token: str) -> FastAPI:
     app = FastAPI(title="flexvm", version=__version__, description="Real VMs on your own hosts, Azure-style.")
     app.state.platform = platform
-    for module in (vms, vm_files, sizes, images, hosts, networks, availability_sets, capacity, pool, operations):
+    for module in (
+        vms,
+        vm_files,
+        sizes,
+        images,
+        hosts,
+        networks,
+        availability_sets,
+        capacity,
+        pool,
+        operations,
+        metrics,
+    ):
         app.include_router(module.router, prefix=PREFIX)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(exposition(platform.collector), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -362,3 +362,38 @@ class ImportRequest(Strict):
     file: str = Field(description="absolute path of an export, readable by the server")
     name: str | None = None
     size: str | None = None
+
+
+class SeriesOut(BaseModel):
+    kind: str
+    subject: str
+    metric: str
+    statistic: str
+    window_seconds: float
+    grain_seconds: float
+    source: str
+    summary: float | None
+    points: list[tuple[float, float]]
+    samples: int
+
+
+class LatestOut(BaseModel):
+    kind: str
+    subject: str
+    at: float
+    values: dict[str, float]
+    labels: dict[str, str]
+
+
+class AdviceOut(BaseModel):
+    kind: str
+    subject: str
+    message: str
+    evidence: dict[str, float]
+    command: str | None
+
+
+class AdvisorOut(BaseModel):
+    window: str
+    advice: list[AdviceOut]
+    not_enough_data: list[str]

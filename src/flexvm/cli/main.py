@@ -10,6 +10,7 @@ from flexvm.cli import output
 from flexvm.cli.catalog import image_app, size_app
 from flexvm.cli.hosts import host_app, operation_app
 from flexvm.cli.lab import app as lab_app
+from flexvm.cli.monitor import advisor, top, vm_metrics
 from flexvm.cli.pool import capacity, network_app, set_app
 from flexvm.cli.vm import app as vm_app
 from flexvm.config import Settings
@@ -30,6 +31,9 @@ app.add_typer(network_app, name="network")
 app.add_typer(set_app, name="availability-set")
 app.command("capacity")(capacity)
 app.add_typer(lab_app, name="lab")
+app.command("top")(top)
+app.command("advisor")(advisor)
+vm_app.command("metrics")(vm_metrics)
 
 
 @app.command("serve")

@@ -25,6 +25,7 @@ from flexvm.model.guest import (
     MigrationResult,
 )
 from flexvm.model.host import AcceleratorChoice, HostInfo
+from flexvm.model.metrics import HostReading
 
 
 class Driver(ABC):
@@ -137,6 +138,12 @@ class Driver(ABC):
     @abstractmethod
     def download_instance_volume(self, volume: str, target: Path) -> None:
         """Copy an instance-pool volume (e.g. a stopped guest's disk) to a local file."""
+
+    # --- measurements --------------------------------------------------------------------
+    @abstractmethod
+    def read_counters(self) -> HostReading:
+        """The host's CPU and memory counters and every guest's, in as few calls as the
+        hypervisor allows (the collector reads this every few seconds)."""
 
     # --- snapshots (internal to the guest's qcow2 disks) ---------------------------------
     @abstractmethod

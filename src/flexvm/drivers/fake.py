@@ -38,6 +38,7 @@ from flexvm.model.guest import (
     MigrationResult,
 )
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
+from flexvm.model.metrics import GuestCounters, HostCounters, HostReading
 from flexvm.model.units import GIB, MIB
 
 
@@ -56,6 +57,9 @@ class FakeGuest:
     dimms: int = 0
     used_mib: int = 64  # what the simulated guest uses; tests raise it to see a shrink refused
     snapshots: dict[str, tuple[GuestState, dict[str, bytes]]] = field(default_factory=dict)
+    cpu_load: float = 0.02  # share of each vCPU busy, for read_counters; tests raise it
+    disk_rate: float = 0.0  # bytes per second read and written
+    net_rate: float = 0.0  # bytes per second received and sent
 
     def __post_init__(self) -> None:
         self.vcpus = self.vcpus or self.spec.vcpus
@@ -386,6 +390,60 @@ class FakeDriver(Driver):
         if vol is None:
             raise HypervisorError(f"volume {volume} is not on {self.uri}")
         target.write_bytes(vol.data)
+
+    # --- measurements --------------------------------------------------------------------
+    def read_counters(self) -> HostReading:
+        """Counters that advance with (monotonic) time as the guests' simulated load says:
+        ``FakeGuest.cpu_load`` of its vCPUs busy, ``disk_rate``/``net_rate`` bytes per second."""
+        self._check("read_counters")
+        now = time.monotonic()
+        with self._lock:
+            guests = []
+            busy_ns = 0
+            for guest in self.host.guests.values():
+                self._settle(guest)
+                if guest.state is not GuestState.RUNNING:
+                    continue
+                up = now - guest.started_at
+                cpu_ns = int(up * 1e9 * guest.cpu_load * guest.vcpus)
+                busy_ns += cpu_ns
+                used = min(guest.used_mib, guest.memory_mib)
+                guests.append(
+                    GuestCounters(
+                        name=guest.spec.name,
+                        vm_id=guest.spec.vm_id,
+                        at=time.time(),
+                        running=True,
+                        vcpus=guest.vcpus,
+                        cpu_time_ns=cpu_ns,
+                        vcpu_time_ns=cpu_ns,
+                        vcpu_wait_ns=0,
+                        memory_kib=guest.memory_mib * 1024,
+                        memory_available_kib=guest.memory_mib * 1024,
+                        memory_unused_kib=(guest.memory_mib - used) * 1024,
+                        memory_usable_kib=(guest.memory_mib - used) * 1024,
+                        disk_read_bytes=int(up * guest.disk_rate),
+                        disk_write_bytes=int(up * guest.disk_rate),
+                        disk_read_ops=int(up * guest.disk_rate / 4096),
+                        disk_write_ops=int(up * guest.disk_rate / 4096),
+                        net_rx_bytes=int(up * guest.net_rate),
+                        net_tx_bytes=int(up * guest.net_rate),
+                        net_rx_packets=int(up * guest.net_rate / 1500),
+                        net_tx_packets=int(up * guest.net_rate / 1500),
+                        boot_id=f"{guest.boots}",
+                    )
+                )
+            total_ns = int(now * 1e9) * self.host.cpus
+            used_mib = sum(g.memory_mib for g in self.host.guests.values() if g.state is GuestState.RUNNING)
+            host = HostCounters(
+                at=time.time(),
+                cpus=self.host.cpus,
+                cpu_busy_ns=busy_ns,
+                cpu_total_ns=total_ns,
+                memory_total_kib=self.host.memory_mib * 1024,
+                memory_free_kib=max(self.host.memory_mib - used_mib, 0) * 1024,
+            )
+        return HostReading(host, tuple(guests))
 
     # --- snapshots -----------------------------------------------------------------------
     def create_snapshot(self, name: str, snapshot: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flexvm.store.db import UTCDateTime, utcnow
@@ -161,3 +161,30 @@ class OperationRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class MetricSampleRow(Base):
+    """One measured value. Times are Unix seconds (float): cheap to compare and to bucket."""
+
+    __tablename__ = "metric_samples"
+    __table_args__ = (Index("ix_metric_samples_series", "kind", "subject", "metric", "ts"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "vm" or "host"
+    subject: Mapped[str] = mapped_column(String(64))  # the VM's or host's name
+    metric: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class MetricRollupRow(Base):
+    """Per-minute average, minimum and maximum of one series, kept after the raw samples go."""
+
+    __tablename__ = "metric_rollups"
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minute: Mapped[float] = mapped_column(Float, primary_key=True)  # the minute's start, Unix seconds
+    avg: Mapped[float] = mapped_column(Float)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)

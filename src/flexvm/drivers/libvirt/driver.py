@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flexvm.drivers.base import Driver
-from flexvm.drivers.libvirt import accel, hotplug, migration
+from flexvm.drivers.libvirt import accel, hotplug, migration, stats
 from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
 from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, vm_id_from_xml
 from flexvm.drivers.libvirt.storage import IMAGE_POOL, INSTANCE_POOL, Storage
@@ -24,6 +24,7 @@ from flexvm.model.guest import (
     MigrationResult,
 )
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
+from flexvm.model.metrics import HostReading
 
 _STATES = {
     0: GuestState.OTHER,
@@ -265,6 +266,10 @@ class LibvirtDriver(Driver):
             self.storage.download_to_file(INSTANCE_POOL, volume, target)
         except FileNotFoundError as err:
             raise HypervisorError(str(err)) from err
+
+    # --- measurements (stats.py does the work) ------------------------------------------
+    def read_counters(self) -> HostReading:
+        return self.connection.call("reading counters", stats.read_counters)
 
     # --- snapshots -----------------------------------------------------------------------
     def create_snapshot(self, name: str, snapshot: str) -> None:

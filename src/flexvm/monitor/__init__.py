@@ -1,0 +1,1 @@
+"""Monitoring: counters read from hosts become rates, kept with roll-ups, shown and advised on."""
