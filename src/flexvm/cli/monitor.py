@@ -66,8 +66,12 @@ def render(latest: list[dict[str, Any]], sort: str) -> Table:
         caption=f"sorted by {sort} — keys: c cpu, m memory, n name, d disk, x net, q quit — "
         f"{time.strftime('%H:%M:%S')}",
     )
-    for heading in ("NAME", "SIZE", "CPU%", "MEM USED", "MEM%", "DISK R", "DISK W", "NET RX", "NET TX"):
-        grid.add_column(heading, justify="left" if heading in ("NAME", "SIZE") else "right")
+    # Names are never cut: on a narrow terminal the figures give way first.
+    longest = max([len(f"host {h['subject']}") for h in hosts] + [len(v["subject"]) + 2 for v in vms] + [4])
+    grid.add_column("NAME", no_wrap=True, min_width=longest)
+    grid.add_column("SIZE", no_wrap=True)
+    for heading in ("CPU%", "MEM USED", "MEM%", "DISK R", "DISK W", "NET RX", "NET TX"):
+        grid.add_column(heading, justify="right")
     for host in hosts:
         v = host["values"]
         grid.add_row(

@@ -60,6 +60,12 @@ class FakeGuest:
     cpu_load: float = 0.02  # share of each vCPU busy, for read_counters; tests raise it
     disk_rate: float = 0.0  # bytes per second read and written
     net_rate: float = 0.0  # bytes per second received and sent
+    # What read_counters has accumulated, and up to when (per boot).
+    cpu_ns: float = 0.0
+    disk_bytes: float = 0.0
+    net_bytes: float = 0.0
+    counted_at: float = 0.0
+    counted_boot: int = 0
 
     def __post_init__(self) -> None:
         self.vcpus = self.vcpus or self.spec.vcpus
@@ -404,8 +410,17 @@ class FakeDriver(Driver):
                 self._settle(guest)
                 if guest.state is not GuestState.RUNNING:
                     continue
-                up = now - guest.started_at
-                cpu_ns = int(up * 1e9 * guest.cpu_load * guest.vcpus)
+                # Counters accumulate at the load of the moment, so a changed load changes the rate
+                # from now on, never the past (a counter never jumps or goes back within a boot).
+                if guest.counted_boot != guest.boots:
+                    guest.counted_boot, guest.counted_at = guest.boots, guest.started_at
+                    guest.cpu_ns = guest.disk_bytes = guest.net_bytes = 0.0
+                elapsed = max(now - guest.counted_at, 0.0)
+                guest.counted_at = now
+                guest.cpu_ns += elapsed * 1e9 * guest.cpu_load * guest.vcpus
+                guest.disk_bytes += elapsed * guest.disk_rate
+                guest.net_bytes += elapsed * guest.net_rate
+                cpu_ns = int(guest.cpu_ns)
                 busy_ns += cpu_ns
                 used = min(guest.used_mib, guest.memory_mib)
                 guests.append(
@@ -422,15 +437,15 @@ class FakeDriver(Driver):
                         memory_available_kib=guest.memory_mib * 1024,
                         memory_unused_kib=(guest.memory_mib - used) * 1024,
                         memory_usable_kib=(guest.memory_mib - used) * 1024,
-                        disk_read_bytes=int(up * guest.disk_rate),
-                        disk_write_bytes=int(up * guest.disk_rate),
-                        disk_read_ops=int(up * guest.disk_rate / 4096),
-                        disk_write_ops=int(up * guest.disk_rate / 4096),
-                        net_rx_bytes=int(up * guest.net_rate),
-                        net_tx_bytes=int(up * guest.net_rate),
-                        net_rx_packets=int(up * guest.net_rate / 1500),
-                        net_tx_packets=int(up * guest.net_rate / 1500),
-                        boot_id=f"{guest.boots}",
+                        disk_read_bytes=int(guest.disk_bytes),
+                        disk_write_bytes=int(guest.disk_bytes),
+                        disk_read_ops=int(guest.disk_bytes / 4096),
+                        disk_write_ops=int(guest.disk_bytes / 4096),
+                        net_rx_bytes=int(guest.net_bytes),
+                        net_tx_bytes=int(guest.net_bytes),
+                        net_rx_packets=int(guest.net_bytes / 1500),
+                        net_tx_packets=int(guest.net_bytes / 1500),
+                        boot_id=f"{self.uri}#{guest.boots}",
                     )
                 )
             total_ns = int(now * 1e9) * self.host.cpus
