@@ -195,7 +195,12 @@ class ContractHost:
             self.driver.delete_instance_volume(volume)
 
     def wait_console(
-        self, guest: Guest, kind: str, *, timeout: float = BOOT_DEADLINE, nth: int = 1,
+        self,
+        guest: Guest,
+        kind: str,
+        *,
+        timeout: float = BOOT_DEADLINE,
+        nth: int = 1,
         match: Callable[[dict[str, str]], bool] = lambda f: True,
     ) -> dict[str, str]:
         """Wait for the ``nth`` console line ``flexvm: <kind>`` matching ``match``.

@@ -254,9 +254,7 @@ def test_online_disk_grow_reaches_the_guest(guests: GuestFactory) -> None:
     grown = guest.overlay_bytes + 32 * MIB
 
     host.driver.resize_instance_volume(guest.overlay, grown, guest=guest.name)
-    host.wait_console(
-        guest, "state", timeout=DISK_STATE_DEADLINE, match=lambda f: f.get("disk_bytes") == str(grown)
-    )
+    host.wait_console(guest, "state", timeout=DISK_STATE_DEADLINE, match=lambda f: f.get("disk_bytes") == str(grown))
     assert host.instance_volume_bytes(guest.overlay) == grown
     assert state_of(host.driver, guest.name) is GuestState.RUNNING
 
@@ -294,8 +292,12 @@ def test_shutdown_powers_off_and_a_restart_appends_to_the_console(guests: GuestF
     guest = guests.booted("cycle")
 
     driver.shutdown(guest.name)  # returns without waiting; the guest powers itself off
-    wait_for(f"{guest.name} to power off", lambda: state_of(driver, guest.name) is GuestState.SHUTOFF,
-             POWEROFF_DEADLINE, interval=0.2)
+    wait_for(
+        f"{guest.name} to power off",
+        lambda: state_of(driver, guest.name) is GuestState.SHUTOFF,
+        POWEROFF_DEADLINE,
+        interval=0.2,
+    )
     output = driver.console_read(guest.log)
     assert console_lines(output, "poweroff"), f"no 'flexvm: poweroff' on the console:\n{tail(output)}"
 
@@ -358,8 +360,9 @@ def test_refusals_are_flexvm_errors(contract_host: ContractHost, operation: str)
     assert type(caught.value).__module__ == "flexvm.errors"
 
 
-@pytest.mark.parametrize("method", ["host_info", "list_guests", "guest_info", "list_instance_volumes",
-                                    "has_image_volume", "console_read"])
+@pytest.mark.parametrize(
+    "method", ["host_info", "list_guests", "guest_info", "list_instance_volumes", "has_image_volume", "console_read"]
+)
 def test_an_unreachable_host_raises_unavailable_naming_its_uri(driver: Driver, method: str) -> None:
     unreachable = unreachable_driver(driver_kind(driver))
     calls = {
@@ -376,4 +379,3 @@ def test_an_unreachable_host_raises_unavailable_naming_its_uri(driver: Driver, m
     finally:
         unreachable.close()
     assert unreachable.uri in str(caught.value)
-

@@ -178,10 +178,7 @@ class DrainService:
 
     # --- rebalance -----------------------------------------------------------------------
     def plan_rebalance(self, threshold: float = 0.25, max_moves: int = 5) -> MovesPlan:
-        if not 0.0 < threshold < 1.0:
-            raise InvalidInput("threshold", f"must be between 0 and 1 (a share of memory), got {threshold}")
-        if not 1 <= max_moves <= 100:
-            raise InvalidInput("max_moves", f"must be between 1 and 100, got {max_moves}")
+        _check_rebalance(threshold, max_moves)
         with self.db.session() as session:
             return self._plan_rebalance(session, threshold, max_moves)
 
@@ -239,6 +236,7 @@ class DrainService:
         return None
 
     def rebalance(self, threshold: float = 0.25, max_moves: int = 5) -> Operation:
+        _check_rebalance(threshold, max_moves)
         with self.db.session() as session:
             plan = self._plan_rebalance(session, threshold, max_moves)
             if not plan.moves:
@@ -294,6 +292,13 @@ class DrainService:
                 details=result,
             )
         return result
+
+
+def _check_rebalance(threshold: float, max_moves: int) -> None:
+    if not 0.0 < threshold < 1.0:
+        raise InvalidInput("threshold", f"must be between 0 and 1 (a share of memory), got {threshold}")
+    if not 1 <= max_moves <= 100:
+        raise InvalidInput("max_moves", f"must be between 1 and 100, got {max_moves}")
 
 
 def _check_parallel(parallel: int) -> None:

@@ -311,6 +311,8 @@ class VmService:
             current = vms.by_id(vm.id)
             assert current is not None
             current.host = current.disk_host = None
+            # A fresh create may land on any network: its address is reserved anew wherever it goes.
+            current.nics = [Nic("user", nic.mac) for nic in current.nics[:1]]
             vms.save(current)
             session.flush()
             place_vm(session, current, image, excluded=excluded, policy=policy)

@@ -56,6 +56,7 @@ def build_request(
         excluded=excluded,
         requires=frozenset(image.requires),
         spread=spread_of(session, vm.availability_set, leaving=vm.name) if vm.availability_set else None,
+        network=next((nic.network for nic in vm.nics if nic.network != "user" and nic.ip), None),
     )
 
 

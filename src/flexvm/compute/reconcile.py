@@ -109,7 +109,7 @@ class Reconciler:
                 leftovers = LeftoverRepo(session)
                 for name in [vm.domain_name, *(d.name for d in vm.disks), vm.console_log]:
                     kind = "domain" if name == vm.domain_name else "volume"
-                    if stale is not None and not (kind == "domain" and not arrived):
+                    if stale is not None:  # a cold move may have defined it there already
                         leftovers.add(stale, kind, name, f"interrupted move of VM {vm.name}")
             outcomes.append(f"{vm.name} on {dest if arrived else source}")
         return outcomes
@@ -166,6 +166,12 @@ class Reconciler:
                 v.host = None  # release the claim
             if operation.kind == "vm.resize-disk" and "from" in operation.params:
                 v.disk_bytes = int(operation.params["from"])  # drop the claim of an unfinished grow
+            if operation.kind == "vm.resize" and "from_vcpus" in operation.params:
+                # The new size was claimed at request time: record the shape the guest really has.
+                v.vcpus = info.vcpus if running and info else int(operation.params["from_vcpus"])
+                v.memory_mib = info.memory_kib // 1024 if running and info else int(operation.params["from_memory_mib"])
+                if (v.vcpus, v.memory_mib) == (operation.params["from_vcpus"], operation.params["from_memory_mib"]):
+                    v.size = str(operation.params.get("from", v.size))
 
         self._change(vm, apply)
         return state.value
@@ -258,9 +264,7 @@ class Reconciler:
             operation.error = {"code": "Interrupted", "message": message, "details": {}}
         with self.db.session() as session:
             OperationRepo(session).save(operation)
-            if operation.target_kind == "vm":
-                repo = VmRepo(session)
-                vm = repo.find(operation.target_name)
-                if vm is not None and vm.active_operation_id == operation.id:
-                    vm.active_operation_id = None
-                    repo.save(vm)
+            repo = VmRepo(session)
+            for vm in repo.held_by(operation.id):  # a drain or rebalance holds several
+                vm.active_operation_id = None
+                repo.save(vm)

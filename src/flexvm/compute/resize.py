@@ -240,9 +240,11 @@ class ResizeService:
             before = dataclasses.replace(vm)
             if plan.destination is not None:
                 HostRepo(session).lock(plan.destination)
-                vm.moving_to = plan.destination  # room held there; the new size is recorded once it runs there
-            elif vm.host is not None:
-                vm.vcpus, vm.memory_mib = target.vcpus, target.memory_mib  # claim the new size here, now
+                vm.moving_to = plan.destination
+            if vm.host is not None:
+                # Claim the new size now: where it runs and, while it moves, where it goes (the
+                # source is held at the new size too until the move ends: briefly cautious, never short).
+                vm.vcpus, vm.memory_mib = target.vcpus, target.memory_mib
             operation = self.vms.runner.record(
                 session,
                 "vm.resize",
@@ -281,22 +283,40 @@ class ResizeService:
             raise
         return result
 
+    def _restore(self, vm: Vm, original: tuple[Any, ...]) -> None:
+        """A resize that failed: the record says the shape the guest really has (a vCPU plugged
+        before a DIMM failed stays counted), where it really runs, and nothing is held elsewhere."""
+        current = self.vms.get(vm.name)
+        size, vcpus, memory, max_size, max_vcpus, max_memory = original
+        host = current.host
+        info = None
+        if host is not None:
+            driver = self.vms.hosts.driver(host)
+            try:
+                info = driver.guest_info(vm.domain_name)
+            except FlexvmError:
+                info = None
+            self.vms.resync(driver, current)
+        live_vcpus = info.vcpus if info is not None and info.vcpus else vcpus
+        live_memory = info.memory_kib // 1024 if info is not None and info.memory_kib else memory
+        error = None
+        if (live_vcpus, live_memory) != (vcpus, memory):
+            error = (
+                f"a resize from {size} failed part way: the guest has {live_vcpus} vCPUs and "
+                f"{live_memory} MiB; resize it again to settle it"
+            )
+
+        def apply(v: Vm) -> None:
+            v.size, v.vcpus, v.memory_mib = size, live_vcpus, live_memory
+            v.max_size, v.max_vcpus, v.max_memory_mib = max_size, max_vcpus, max_memory
+            v.moving_to = None
+            v.error = error
+
+        self.vms.change_record(vm.id, apply)
+
     @staticmethod
     def _as_recorded(vm: Vm, original: tuple[Any, ...]) -> Vm:
         return dataclasses.replace(vm, size=original[0], vcpus=original[1], memory_mib=original[2])
-
-    def _restore(self, vm: Vm, original: tuple[Any, ...]) -> None:
-        """A resize that failed leaves the record at the size the guest still has."""
-        current = self.vms.get(vm.name)
-        if current.vcpus == original[1] and current.memory_mib == original[2] and current.size == original[0]:
-            return
-        size, vcpus, memory, max_size, max_vcpus, max_memory = original
-
-        def apply(v: Vm) -> None:
-            v.size, v.vcpus, v.memory_mib = size, vcpus, memory
-            v.max_size, v.max_vcpus, v.max_memory_mib = max_size, max_vcpus, max_memory
-
-        self.vms.change_record(vm.id, apply)
 
     def _hot(
         self, ctx: OperationContext, vm: Vm, image: Image, target: Size, original: tuple[Any, ...]

@@ -32,6 +32,12 @@ def excluded_host(snapshot: HostSnapshot, request: Request) -> str | None:
     return None
 
 
+def network(snapshot: HostSnapshot, request: Request) -> str | None:
+    if request.network is None or snapshot.host.network == request.network:
+        return None
+    return f"not on network {request.network} (the VM's address is there)"
+
+
 def _capacity(need: int, free: int, total: int, what: str, show: Callable[[int], str]) -> str | None:
     if need <= free:
         return None
@@ -96,6 +102,7 @@ DEFAULT_FILTERS: tuple[Filter, ...] = (
     pinned_host,
     excluded_host,
     host_state,
+    network,
     image_requirements,
     availability_set,
     vcpus,

@@ -27,6 +27,7 @@ class Request:
     excluded: frozenset[str] = frozenset()
     requires: frozenset[str] = frozenset()
     spread: SetSpread | None = None
+    network: str | None = None  # a VM that already has an address on a network must stay on it
 
     def describe(self) -> str:
         return f"{self.vcpus} vCPUs, {format_bytes(self.memory_mib * MIB)} memory, {format_bytes(self.disk_bytes)} disk"
