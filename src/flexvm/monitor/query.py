@@ -80,7 +80,7 @@ class MetricsQuery:
             raise InvalidInput("grain", f"too fine for that window: at most {MAX_POINTS} points")
         with self.db.session() as session:
             known = VmRepo(session).find(subject) if kind == "vm" else HostRepo(session).find(subject)
-            if known is None and subject not in MetricsRepo(session).subjects(kind):
+            if known is None and not MetricsRepo(session).has_subject(kind, subject):
                 raise NotFound("VM" if kind == "vm" else "host", subject)
             end = self.clock()
             start = end - window_s

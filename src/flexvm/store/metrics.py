@@ -127,6 +127,16 @@ class MetricsRepo:
         value = self.session.execute(select(func.min(MetricSampleRow.ts))).scalar()
         return None if value is None else float(value)
 
+    def has_subject(self, kind: str, subject: str) -> bool:
+        """Whether anything is stored about ``subject`` (one indexed lookup, not a scan)."""
+        for table in (MetricSampleRow, MetricRollupRow):
+            found = self.session.execute(
+                select(table.kind).where(table.kind == kind, table.subject == subject).limit(1)
+            ).first()
+            if found is not None:
+                return True
+        return False
+
     def subjects(self, kind: str) -> list[str]:
         query = select(MetricSampleRow.subject).where(MetricSampleRow.kind == kind).distinct()
         return sorted(self.session.scalars(query))
