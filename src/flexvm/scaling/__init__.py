@@ -1,0 +1,1 @@
+"""Scale sets: autoscale rules, their backtest, and the services that apply them."""
