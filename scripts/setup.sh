@@ -17,6 +17,7 @@ PACKAGES=(
     libvirt-dev pkg-config gcc python3-dev python3-venv   # to build libvirt-python
     busybox-static linux-image-cloud-amd64 e2fsprogs cpio # what the tiny image is built from
     iproute2 procps tmux curl
+    haproxy                                    # the load balancer in front of scale sets
 )
 
 missing=()
