@@ -42,6 +42,7 @@ def platform(fake_settings: Settings) -> Iterator[Platform]:
     """A started platform whose only host is a fake one."""
     p = Platform.open(fake_settings, connect)
     p.collect_metrics = False  # tests drive the collector by hand
+    p.run_scaling = False  # and the scaling loop
     p.start()
     yield p
     p.close()

@@ -34,6 +34,8 @@ class Settings:
     metrics_interval: float = 15.0  # seconds between counter readings (at least 1)
     metrics_raw_hours: float = 6.0  # raw samples kept this long; per-minute roll-ups after
     metrics_rollup_days: float = 7.0
+    scaling_seconds: float = 10.0  # how often scale sets are healed, autoscale evaluated, the LB checked
+    lb_bind: str = "127.0.0.1"  # where scale sets' load balancer frontends listen by default
     ssh_keys: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -48,6 +50,11 @@ class Settings:
     def server_file(self) -> Path:
         """Where the running server writes its URL, so the CLI finds it."""
         return self.home / "server.url"
+
+    @property
+    def lb_dir(self) -> Path:
+        """The load balancer's config, pid file and sockets."""
+        return self.home / "lb"
 
     @property
     def log_dir(self) -> Path:
@@ -71,4 +78,6 @@ class Settings:
             metrics_interval=float(env.get("FLEXVM_METRICS_INTERVAL", 15)),
             metrics_raw_hours=float(env.get("FLEXVM_METRICS_RAW_HOURS", 6)),
             metrics_rollup_days=float(env.get("FLEXVM_METRICS_ROLLUP_DAYS", 7)),
+            scaling_seconds=float(env.get("FLEXVM_SCALING_SECONDS", 10)),
+            lb_bind=env.get("FLEXVM_LB_BIND", "127.0.0.1"),
         )

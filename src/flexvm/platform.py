@@ -30,6 +30,12 @@ from flexvm.images.store import ImageStore
 from flexvm.monitor.advisor import Advisor
 from flexvm.monitor.collector import MIN_INTERVAL, Collector, CollectorLoop, Retention
 from flexvm.monitor.query import MetricsQuery
+from flexvm.scaling.autoscaler import AutoscaleService
+from flexvm.scaling.balancer import LoadBalancer, http_probe
+from flexvm.scaling.converge import Converger
+from flexvm.scaling.loop import ScalingLoop
+from flexvm.scaling.scalesets import ScaleSetService
+from flexvm.scaling.set_metrics import SetMetrics
 from flexvm.store.db import Database, open_database
 
 log = logging.getLogger(__name__)
@@ -80,14 +86,25 @@ class Platform:
     collector: Collector
     metrics: MetricsQuery
     advisor: Advisor
+    balancer: LoadBalancer
+    scale_sets: ScaleSetService
+    autoscale: AutoscaleService
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
     _metrics_loop: CollectorLoop | None = None
+    _scaling_loop: ScalingLoop | None = None
     collect_metrics: bool = True  # unit tests drive the collector by hand
+    run_scaling: bool = True  # unit tests drive the scaling loop by hand
 
     @classmethod
-    def open(cls, settings: Settings, connect: Callable[[str], Driver] = default_connect) -> Platform:
+    def open(
+        cls,
+        settings: Settings,
+        connect: Callable[[str], Driver] = default_connect,
+        balancer: LoadBalancer | None = None,
+        prober: Callable[[str, int, str], bool] = http_probe,
+    ) -> Platform:
         settings.home.mkdir(parents=True, exist_ok=True)
         db = open_database(settings.db_url)
         runner = OperationRunner(db)
@@ -106,6 +123,10 @@ class Platform:
             db, hosts, max(settings.metrics_interval, MIN_INTERVAL), settings.health_timeout, retention
         )
         query = MetricsQuery(db, retention.raw_seconds)
+        balancer = balancer or LoadBalancer(db, settings.lb_dir)
+        converger = Converger(db, runner, vms, balancer, prober, settings.ready_timeout)
+        scale_sets = ScaleSetService(db, runner, sizes, converger, settings)
+        collector.derived_sources.append(SetMetrics(db, collector, balancer))
         return cls(
             settings,
             db,
@@ -127,6 +148,9 @@ class Platform:
             collector,
             query,
             Advisor(db, query, sizes),
+            balancer,
+            scale_sets,
+            AutoscaleService(db, scale_sets, query),
         )
 
     def start(self) -> ReconcileReport:
@@ -146,6 +170,11 @@ class Platform:
         if self.collect_metrics:
             self._metrics_loop = CollectorLoop(self.collector)
             self._metrics_loop.start()
+        if self.run_scaling:
+            self._scaling_loop = ScalingLoop(
+                self.scale_sets, self.autoscale, self.balancer, self.settings.scaling_seconds
+            )
+            self._scaling_loop.start()
         return self.last_report
 
     def _sync_loop(self) -> None:
@@ -159,5 +188,7 @@ class Platform:
         self._stop.set()
         if self._metrics_loop is not None:
             self._metrics_loop.stop()
+        if self._scaling_loop is not None:
+            self._scaling_loop.stop()
         self.drivers.close()
         self.db.engine.dispose()

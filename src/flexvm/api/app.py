@@ -24,6 +24,7 @@ from flexvm.api.routes import (
     networks,
     operations,
     pool,
+    scalesets,
     sizes,
     vm_files,
     vms,
@@ -55,6 +56,7 @@ def create_app(platform: Platform, token: str) -> FastAPI:
         availability_sets,
         capacity,
         pool,
+        scalesets,
         operations,
         metrics,
     ):

@@ -397,3 +397,178 @@ class AdvisorOut(BaseModel):
     window: str
     advice: list[AdviceOut]
     not_enough_data: list[str]
+
+
+# --- scale sets and autoscale ----------------------------------------------------------------
+
+
+class ScaleSetCreate(Strict):
+    name: str
+    size: str
+    image: str
+    instances: StrictInt
+    lb_port: str | None = Field(
+        None, description="'FRONT:BACK' (e.g. '8080:80') or one port; no load balancer if unset"
+    )
+    lb_bind: str | None = Field(None, description="address the frontend listens on (default: the server's lb_bind)")
+    probe_path: str = Field("/", description="instances join the load balancer once GET of this answers 200")
+    fault_domains: StrictInt | None = None
+    user_data: str | None = None
+    scale_in_policy: Literal["default", "newest", "oldest"] = "default"
+    max_unavailable: StrictInt = Field(1, description="instances a rolling update may take down at once")
+
+
+class ScaleRequest(Strict):
+    instances: StrictInt
+
+
+class ScaleSetUpdate(Strict):
+    size: str | None = None
+    image: str | None = None
+    max_unavailable: StrictInt | None = None
+
+
+class AutoscaleProfileIn(Strict):
+    min: StrictInt
+    max: StrictInt
+    default: StrictInt = Field(description="the count kept at least while no metrics arrive")
+
+
+class AutoscaleRuleIn(Strict):
+    metric: str = Field(description="e.g. cpu_percent, requests_per_instance_per_s")
+    statistic: str = "avg"
+    grain: str = Field("1m", description="bucket length, e.g. 1m")
+    window: str = Field("5m", description="how far back the statistic looks, e.g. 5m")
+    operator: str = Field(description="gt, ge, lt, le, eq, ne (or >, <, Azure's GreaterThan...)")
+    threshold: float
+    action: Literal["increase", "decrease"]
+    count: StrictInt = Field(1, description="instances to add or remove")
+    cooldown: str = Field("5m", description="wait after a scale action before this rule may act again")
+
+
+class SimulateRequest(Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: StrictStr | float | None = Field(
+        None,
+        alias="from",
+        description="ISO 8601 time, unix seconds, or relative like '-1h' (default: an hour ago; "
+        "with synthetic: today's midnight, UTC)",
+    )
+    to: StrictStr | float | None = Field(None, description="like 'from' (default: now); a synthetic run is one day")
+    step: str = Field("15s", description="how often the rules are evaluated")
+    synthetic: bool = Field(False, description="replay a generated day of load instead of the recording")
+    rules: list[AutoscaleRuleIn] | None = Field(None, description="rules to try (default: the set's own)")
+    profile: AutoscaleProfileIn | None = Field(None, description="profile to try (default: the set's own)")
+    flap_guard: bool = True
+
+
+class LoadBalancerOut(BaseModel):
+    bind_address: str
+    port: int
+    backend_port: int
+    probe_path: str
+
+
+class AutoscaleProfileOut(BaseModel):
+    min: int
+    max: int
+    default: int
+
+
+class AutoscaleRuleOut(BaseModel):
+    id: str
+    metric: str
+    statistic: str
+    grain_seconds: float
+    window_seconds: float
+    operator: str
+    threshold: float
+    action: str
+    count: int
+    cooldown_seconds: float
+    description: str
+
+
+class AddedRuleOut(BaseModel):
+    rule: AutoscaleRuleOut
+    warnings: list[str] = Field(description="rules that work against each other (the rule was added)")
+
+
+class ScaleSetOut(BaseModel):
+    name: str
+    size: str
+    image: str
+    capacity: int
+    fault_domains: int
+    scale_in_policy: str
+    load_balancer: LoadBalancerOut | None
+    network: str | None
+    model_version: int
+    max_unavailable: int
+    active_operation_id: str | None
+    error: str | None
+    replaced: int
+    autoscale: AutoscaleProfileOut | None = Field(description="null while autoscale is off")
+    rules: list[AutoscaleRuleOut]
+    created_at: datetime
+    instances: dict[str, int] = Field(description="instance state -> how many (joining, serving, leaving)")
+
+
+class InstanceOut(BaseModel):
+    name: str
+    index: int
+    state: str
+    model_version: int
+    current_model: bool
+    host: str | None
+    ip: str | None
+    power_state: str | None
+    provisioning_state: str | None
+    lb_status: str | None
+    created_at: datetime
+
+
+class AutoscaleEventOut(BaseModel):
+    at: float = Field(description="unix seconds")
+    action: str
+    current: int
+    target: int
+    reason: str
+    rule_id: str | None
+    evidence: dict[str, float | None]
+
+
+class TimelineEntryOut(BaseModel):
+    at: float = Field(description="unix seconds")
+    current: int
+    count: int = Field(description="the count after this decision")
+    action: str
+    target: int
+    reason: str
+    rule_id: str | None
+
+
+class FlapOut(BaseModel):
+    first_at: float
+    first_from: int
+    first_to: int
+    second_at: float
+    second_from: int
+    second_to: int
+    kind: str
+
+
+class SimulationOut(BaseModel):
+    start: float
+    end: float
+    step_seconds: float
+    timeline: list[TimelineEntryOut]
+    max_count: int
+    min_count: int
+    actions: int
+    flaps: list[FlapOut]
+    flap_window_seconds: float
+    instance_minutes: float
+    recorded_instance_minutes: float
+    text: str = Field(description="the timeline as `flexvm autoscale simulate` prints it")

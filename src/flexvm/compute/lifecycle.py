@@ -47,7 +47,7 @@ from flexvm.model.sizes import Size
 from flexvm.model.units import format_bytes
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm, check_action
 from flexvm.store.db import Database, utcnow
-from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, LeftoverRepo, VmRepo
+from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, LeftoverRepo, NetworkRepo, VmRepo
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class VmService:
         policy: str = "best-fit",
         max_size: str | None = None,
         os_disk: OsDiskSource | None = None,
+        network: str | None = None,
     ) -> Operation:
         check_name("name", name)
         size = self.sizes.get(size_name)
@@ -145,6 +146,8 @@ class VmService:
                 HostRepo(session).get(host)
             if availability_set is not None:
                 AvailabilitySetRepo(session).get(availability_set)
+            if network is not None:
+                NetworkRepo(session).get(network)
             vms = VmRepo(session)
             if vms.find(name) is not None:
                 raise AlreadyExists("VM", name)
@@ -168,7 +171,9 @@ class VmService:
                 created_at=utcnow(),
                 user_data=user_data,
                 disks=disks,
-                nics=[Nic("user", guest_boot.mac_for(vm_id))],
+                # Placement puts the NIC on the chosen host's network; a network named here
+                # limits placement to hosts on it.
+                nics=[Nic(network or "user", guest_boot.mac_for(vm_id))],
                 availability_set=availability_set,
                 max_size=ceiling.name,
                 max_vcpus=ceiling.vcpus,

@@ -56,7 +56,9 @@ def build_request(
         excluded=excluded,
         requires=frozenset(image.requires),
         spread=spread_of(session, vm.availability_set, leaving=vm.name) if vm.availability_set else None,
-        network=next((nic.network for nic in vm.nics if nic.network != "user" and nic.ip), None),
+        # A NIC on a network ties the VM to hosts on it: its address lives there, or (a scale
+        # set's instance) the load balancer can only reach it there.
+        network=next((nic.network for nic in vm.nics if nic.network != "user"), None),
     )
 
 

@@ -75,5 +75,11 @@ HOST_METRICS: dict[str, str] = {
     "vcpus_allocated": "vCPUs claimed by VMs on the host",
     "memory_allocated_mib": "memory claimed by VMs on the host",
 }
+# What a scale set records besides the rule metrics (model/autoscale.py's SCALESET_METRICS).
+SCALESET_GAUGES: dict[str, str] = {
+    "instances": "instances the set has (joining and serving)",
+    "serving_instances": "instances serving behind the load balancer",
+    "healthy_backends": "backends the load balancer's own health checks see as up",
+}
 STATISTICS = ("avg", "min", "max")
 PERCENT_METRICS = {"cpu_percent", "cpu_wait_percent", "memory_used_percent"}

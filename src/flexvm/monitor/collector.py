@@ -24,6 +24,7 @@ from flexvm.monitor import rates
 from flexvm.store.db import Database
 from flexvm.store.metrics import MetricsRepo, Sample
 from flexvm.store.repositories import VmRepo
+from flexvm.store.scaling import ScaleSetRepo
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class Collector:
         self._lock = threading.Lock()
         self._rolled_up_to: float | None = None
         self.cpu_seconds_last = 0.0  # the collector's own cost, last round
+        # More samples derived after each round from what it read (scale sets' aggregates): a
+        # plug-in point, so monitoring needs to know nothing of the layers that use it.
+        self.derived_sources: list[Callable[[float], list[Sample]]] = []
+        self._scale_set_of: dict[str, str] = {}
 
     # --- a round -------------------------------------------------------------------------
     def collect(self) -> int:
@@ -86,11 +91,17 @@ class Collector:
         with self.db.session() as session:
             vms = {vm.domain_name: vm for vm in VmRepo(session).list()}
             allocations = VmRepo(session).allocations()
+            self._scale_set_of = ScaleSetRepo(session).set_of_each_vm()
         samples = []
         for host in hosts:
             reading = readings.get(host.name)
             if reading is not None:
                 samples += self._host_samples(host, reading, vms, allocations.get(host.name, (0, 0, 0)))
+        for source in self.derived_sources:
+            try:
+                samples += source(self.clock())
+            except Exception:  # one bad source must not cost the round its VM and host samples
+                log.exception("a derived metrics source failed")
         with self.db.session() as session:
             stored = MetricsRepo(session).add(samples)
         self._maintain()
@@ -140,13 +151,22 @@ class Collector:
             if before is not None:
                 values.update(rates.guest_rates(before, guest))
             self._previous_guests[key] = guest
-            labels = {"vm": vm.name, "host": host.name, "size": vm.size, "scale_set": ""}
+            labels = {
+                "vm": vm.name,
+                "host": host.name,
+                "size": vm.size,
+                "scale_set": self._scale_set_of.get(vm.name, ""),
+            }
             samples += self._remember("vm", vm.name, guest.at, values, labels)
         for key in [k for k in self._previous_guests if k[0] == host.name and k not in seen]:
             del self._previous_guests[key]  # stopped or gone: its next reading starts afresh
             with self._lock:
                 self._latest.pop(("vm", key[1]), None)
         return samples
+
+    def remember(self, kind: str, subject: str, at: float, values: dict[str, float], labels: dict[str, str]) -> None:
+        """Keep a derived subject's newest values too (for /metrics and top)."""
+        self._remember(kind, subject, at, values, labels)
 
     def _remember(
         self, kind: str, subject: str, at: float, values: dict[str, float], labels: dict[str, str]

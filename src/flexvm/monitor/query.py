@@ -7,15 +7,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from flexvm.errors import InvalidInput, NotFound
-from flexvm.model.metrics import HOST_METRICS, STATISTICS, VM_METRICS
+from flexvm.model.autoscale import SCALESET_METRICS
+from flexvm.model.metrics import HOST_METRICS, SCALESET_GAUGES, STATISTICS, VM_METRICS
 from flexvm.store.db import Database
 from flexvm.store.metrics import Bucket, MetricsRepo
 from flexvm.store.repositories import HostRepo, VmRepo
+from flexvm.store.scaling import ScaleSetRepo
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW = 30 * 86400
 MAX_POINTS = 2000
+CATALOGUES = {"vm": VM_METRICS, "host": HOST_METRICS, "scaleset": {**SCALESET_METRICS, **SCALESET_GAUGES}}
+SUBJECT_NAMES = {"vm": "VM", "host": "host", "scaleset": "scale set"}
 
 
 def parse_duration(text: str, field: str) -> float:
@@ -65,7 +71,9 @@ class MetricsQuery:
         statistic: str = "avg",
         grain: str | None = None,
     ) -> Series:
-        catalogue = VM_METRICS if kind == "vm" else HOST_METRICS
+        catalogue = CATALOGUES.get(kind)
+        if catalogue is None:
+            raise InvalidInput("kind", f"unknown kind '{kind}'; known: {', '.join(CATALOGUES)}")
         if metric not in catalogue:
             raise InvalidInput("metric", f"unknown {kind} metric '{metric}'; known: {', '.join(catalogue)}")
         if statistic not in STATISTICS:
@@ -79,9 +87,8 @@ class MetricsQuery:
         if window_s / grain_s > MAX_POINTS:
             raise InvalidInput("grain", f"too fine for that window: at most {MAX_POINTS} points")
         with self.db.session() as session:
-            known = VmRepo(session).find(subject) if kind == "vm" else HostRepo(session).find(subject)
-            if known is None and not MetricsRepo(session).has_subject(kind, subject):
-                raise NotFound("VM" if kind == "vm" else "host", subject)
+            if not _exists(session, kind, subject) and not MetricsRepo(session).has_subject(kind, subject):
+                raise NotFound(SUBJECT_NAMES[kind], subject)
             end = self.clock()
             start = end - window_s
             repo = MetricsRepo(session)
@@ -110,6 +117,14 @@ class MetricsQuery:
             if window / grain <= 120:
                 return float(grain)
         return 3600.0
+
+
+def _exists(session: Session, kind: str, subject: str) -> bool:
+    if kind == "vm":
+        return VmRepo(session).find(subject) is not None
+    if kind == "host":
+        return HostRepo(session).find(subject) is not None
+    return ScaleSetRepo(session).find(subject) is not None
 
 
 def _pick(bucket: Bucket, statistic: str) -> float:

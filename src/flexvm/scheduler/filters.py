@@ -35,7 +35,7 @@ def excluded_host(snapshot: HostSnapshot, request: Request) -> str | None:
 def network(snapshot: HostSnapshot, request: Request) -> str | None:
     if request.network is None or snapshot.host.network == request.network:
         return None
-    return f"not on network {request.network} (the VM's address is there)"
+    return f"not on network {request.network} (the VM's NIC is there)"
 
 
 def _capacity(need: int, free: int, total: int, what: str, show: Callable[[int], str]) -> str | None:

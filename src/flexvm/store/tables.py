@@ -188,3 +188,50 @@ class MetricRollupRow(Base):
     min: Mapped[float] = mapped_column(Float)
     max: Mapped[float] = mapped_column(Float)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class ScaleSetRow(Base):
+    __tablename__ = "scale_sets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(64))
+    capacity: Mapped[int] = mapped_column(Integer)
+    fault_domains: Mapped[int] = mapped_column(Integer)
+    scale_in_policy: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    load_balancer: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    network: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_version: Mapped[int] = mapped_column(Integer, default=1)
+    max_unavailable: Mapped[int] = mapped_column(Integer, default=1)
+    next_index: Mapped[int] = mapped_column(Integer, default=0)
+    active_operation_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    replaced: Mapped[int] = mapped_column(Integer, default=0)
+    autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    rules: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    last_scale_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_scale_rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ScaleSetInstanceRow(Base):
+    __tablename__ = "scale_set_instances"
+    vm_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scale_set: Mapped[str] = mapped_column(String(64), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AutoscaleEventRow(Base):
+    __tablename__ = "autoscale_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scale_set: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    action: Mapped[str] = mapped_column(String(16))
+    current: Mapped[int] = mapped_column(Integer)
+    target: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    rule_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

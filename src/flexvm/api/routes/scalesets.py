@@ -1,0 +1,344 @@
+"""Scale sets and their autoscale: the set's operations, its profile and rules, history and backtest."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+
+from flexvm.api import schemas
+from flexvm.api.deps import accepted, named, platform
+from flexvm.errors import InvalidInput
+from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule
+from flexvm.model.scaleset import ScaleSet
+from flexvm.monitor.query import parse_duration
+from flexvm.platform import Platform
+from flexvm.scaling.autoscaler import profile_of, rules_of
+from flexvm.scaling.backtest import Backtest, render_timeline
+from flexvm.scaling.scalesets import ScaleSetSpec
+
+router = APIRouter(prefix="/scalesets", tags=["scale sets"])
+
+# The model's field names, as this API (and the CLI's options) call them.
+API_FIELDS = {
+    "min_count": "min",
+    "max_count": "max",
+    "default_count": "default",
+    "grain_seconds": "grain",
+    "window_seconds": "window",
+    "cooldown_seconds": "cooldown",
+    "direction": "action",
+}
+MAX_HISTORY = 1000
+
+
+@contextmanager
+def api_fields(prefix: str = "") -> Iterator[None]:
+    """Bad input named in the request's words: 'min', not the model's 'min_count'."""
+    try:
+        yield
+    except InvalidInput as err:
+        field = API_FIELDS.get(err.field, err.field)
+        if not prefix and field == err.field:
+            raise
+        message = err.message.removeprefix(f"{err.field}: ")
+        raise InvalidInput(f"{prefix}{field}", message, details=err.details | {"field": f"{prefix}{field}"}) from err
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+
+def rule_out(rule: AutoscaleRule) -> schemas.AutoscaleRuleOut:
+    return schemas.AutoscaleRuleOut(
+        id=rule.id,
+        metric=rule.metric,
+        statistic=rule.statistic,
+        grain_seconds=rule.grain_seconds,
+        window_seconds=rule.window_seconds,
+        operator=rule.operator.value,
+        threshold=rule.threshold,
+        action=rule.direction.value,
+        count=rule.count,
+        cooldown_seconds=rule.cooldown_seconds,
+        description=rule.describe(),
+    )
+
+
+def profile_out(profile: AutoscaleProfile) -> schemas.AutoscaleProfileOut:
+    return schemas.AutoscaleProfileOut(min=profile.min_count, max=profile.max_count, default=profile.default_count)
+
+
+def set_out(p: Platform, scale_set: ScaleSet) -> schemas.ScaleSetOut:
+    lb = scale_set.load_balancer
+    profile = profile_of(scale_set)
+    states = Counter(view.instance.state.value for view in p.scale_sets.instances(scale_set.name))
+    return schemas.ScaleSetOut(
+        name=scale_set.name,
+        size=scale_set.size,
+        image=scale_set.image,
+        capacity=scale_set.capacity,
+        fault_domains=scale_set.fault_domains,
+        scale_in_policy=scale_set.scale_in_policy.value,
+        load_balancer=(
+            schemas.LoadBalancerOut(
+                bind_address=lb.bind_address, port=lb.port, backend_port=lb.backend_port, probe_path=lb.probe_path
+            )
+            if lb
+            else None
+        ),
+        network=scale_set.network,
+        model_version=scale_set.model_version,
+        max_unavailable=scale_set.max_unavailable,
+        active_operation_id=scale_set.active_operation_id,
+        error=scale_set.error,
+        replaced=scale_set.replaced,
+        autoscale=profile_out(profile) if profile else None,
+        rules=[rule_out(rule) for rule in rules_of(scale_set)],
+        created_at=scale_set.created_at,
+        instances=dict(sorted(states.items())),
+    )
+
+
+def rule_in(body: schemas.AutoscaleRuleIn, prefix: str = "") -> AutoscaleRule:
+    with api_fields(prefix):
+        rule = AutoscaleRule(
+            metric=body.metric,
+            statistic=body.statistic,
+            grain_seconds=parse_duration(body.grain, "grain"),
+            window_seconds=parse_duration(body.window, "window"),
+            operator=body.operator,  # type: ignore[arg-type]  # parsed (and refused) by the rule itself
+            threshold=body.threshold,
+            direction=body.action,  # type: ignore[arg-type]
+            count=body.count,
+            cooldown_seconds=_cooldown(body.cooldown),
+        )
+        rule.check()
+    return rule
+
+
+def _cooldown(text: str) -> float:
+    """A cooldown may be zero ('0s'), which parse_duration refuses for windows."""
+    if re.fullmatch(r"\s*0+(\.0*)?\s*[smhd]?\s*", text or ""):
+        return 0.0
+    return parse_duration(text, "cooldown")
+
+
+def profile_in(body: schemas.AutoscaleProfileIn, prefix: str = "") -> AutoscaleProfile:
+    profile = AutoscaleProfile(body.min, body.max, body.default)
+    with api_fields(prefix):
+        profile.check()
+    return profile
+
+
+def parse_time(value: str | float | None, field: str, default: float, now: float) -> float:
+    """Unix seconds, an ISO 8601 time (UTC unless it says otherwise), 'now', or relative: '-1h'."""
+    if value is None:
+        return default
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        if text.lower() == "now":
+            return now
+        if text.startswith("-"):
+            return now - parse_duration(text[1:], field)
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise InvalidInput(
+                    field, f"'{value}' is not a time; use ISO 8601 (2024-05-01T12:00:00Z), unix seconds, or '-1h'"
+                ) from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp()
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInput(field, f"'{value}' is not a time")
+    return seconds
+
+
+def simulation_out(backtest: Backtest, start: float, end: float, step: float) -> schemas.SimulationOut:
+    return schemas.SimulationOut(
+        start=start,
+        end=end,
+        step_seconds=step,
+        timeline=[
+            schemas.TimelineEntryOut(
+                at=at,
+                current=decision.current,
+                count=count,
+                action=decision.action,
+                target=decision.target,
+                reason=decision.reason,
+                rule_id=decision.rule_id,
+            )
+            for at, count, decision in backtest.timeline
+        ],
+        max_count=backtest.max_count,
+        min_count=backtest.min_count,
+        actions=backtest.actions,
+        flaps=[
+            schemas.FlapOut(
+                first_at=f.first_at,
+                first_from=f.first_from,
+                first_to=f.first_to,
+                second_at=f.second_at,
+                second_from=f.second_from,
+                second_to=f.second_to,
+                kind=f.kind,
+            )
+            for f in backtest.flaps
+        ],
+        flap_window_seconds=backtest.flap_window,
+        instance_minutes=backtest.instance_minutes,
+        recorded_instance_minutes=backtest.recorded_instance_minutes,
+        text=render_timeline(backtest),
+    )
+
+
+# --- the set ---------------------------------------------------------------------------------
+
+
+@router.get("", response_model=list[schemas.ScaleSetOut])
+def list_sets(p: Platform = Depends(platform)) -> list[schemas.ScaleSetOut]:
+    return [set_out(p, s) for s in p.scale_sets.list()]
+
+
+@router.post("", status_code=202, response_model=schemas.OperationOut)
+def create_set(body: schemas.ScaleSetCreate, p: Platform = Depends(platform)) -> JSONResponse:
+    spec = ScaleSetSpec(
+        name=body.name,
+        size=body.size,
+        image=body.image,
+        instances=body.instances,
+        lb_port=body.lb_port,
+        lb_bind=body.lb_bind,
+        probe_path=body.probe_path,
+        fault_domains=body.fault_domains,
+        user_data=body.user_data,
+        scale_in_policy=body.scale_in_policy,
+        max_unavailable=body.max_unavailable,
+    )
+    return accepted(p.scale_sets.create(spec))
+
+
+@router.get("/{name}", response_model=schemas.ScaleSetOut)
+def show_set(name: str, p: Platform = Depends(platform)) -> schemas.ScaleSetOut:
+    return set_out(p, p.scale_sets.get(named("name", name)))
+
+
+@router.delete("/{name}", status_code=202, response_model=schemas.OperationOut)
+def delete_set(name: str, p: Platform = Depends(platform)) -> JSONResponse:
+    return accepted(p.scale_sets.delete(named("name", name)))
+
+
+@router.post("/{name}/scale", status_code=202, response_model=schemas.OperationOut)
+def scale_set(name: str, body: schemas.ScaleRequest, p: Platform = Depends(platform)) -> JSONResponse:
+    return accepted(p.scale_sets.scale(named("name", name), body.instances))
+
+
+@router.post("/{name}/update", status_code=202, response_model=schemas.OperationOut)
+def update_set(name: str, body: schemas.ScaleSetUpdate, p: Platform = Depends(platform)) -> JSONResponse:
+    operation = p.scale_sets.update_model(
+        named("name", name), size=body.size, image=body.image, max_unavailable=body.max_unavailable
+    )
+    return accepted(operation)
+
+
+@router.get("/{name}/instances", response_model=list[schemas.InstanceOut])
+def list_instances(name: str, p: Platform = Depends(platform)) -> list[schemas.InstanceOut]:
+    return [schemas.InstanceOut(**view.to_dict()) for view in p.scale_sets.instances(named("name", name))]
+
+
+# --- autoscale -------------------------------------------------------------------------------
+
+
+@router.put("/{name}/autoscale", response_model=schemas.AutoscaleProfileOut)
+def set_profile(
+    name: str, body: schemas.AutoscaleProfileIn, p: Platform = Depends(platform)
+) -> schemas.AutoscaleProfileOut:
+    named("name", name)
+    with api_fields():
+        profile = p.autoscale.set_profile(name, body.min, body.max, body.default)
+    return profile_out(profile)
+
+
+@router.delete("/{name}/autoscale", status_code=204)
+def disable(name: str, p: Platform = Depends(platform)) -> Response:
+    p.autoscale.disable(named("name", name))
+    return Response(status_code=204)
+
+
+@router.get("/{name}/autoscale/rules", response_model=list[schemas.AutoscaleRuleOut])
+def list_rules(name: str, p: Platform = Depends(platform)) -> list[schemas.AutoscaleRuleOut]:
+    return [rule_out(rule) for rule in p.autoscale.rules(named("name", name))]
+
+
+@router.post("/{name}/autoscale/rules", status_code=201, response_model=schemas.AddedRuleOut)
+def add_rule(name: str, body: schemas.AutoscaleRuleIn, p: Platform = Depends(platform)) -> schemas.AddedRuleOut:
+    named("name", name)
+    added = p.autoscale.add_rule(name, rule_in(body))
+    return schemas.AddedRuleOut(rule=rule_out(added.rule), warnings=added.warnings)
+
+
+@router.delete("/{name}/autoscale/rules/{rule_id}", status_code=204)
+def remove_rule(name: str, rule_id: str, p: Platform = Depends(platform)) -> Response:
+    p.autoscale.remove_rule(named("name", name), rule_id)
+    return Response(status_code=204)
+
+
+@router.get("/{name}/autoscale/history", response_model=list[schemas.AutoscaleEventOut])
+def history(
+    name: str, limit: int = Query(50, ge=1, le=MAX_HISTORY), p: Platform = Depends(platform)
+) -> list[schemas.AutoscaleEventOut]:
+    return [
+        schemas.AutoscaleEventOut(
+            at=event.at,
+            action=event.action,
+            current=event.current,
+            target=event.target,
+            reason=event.reason,
+            rule_id=event.rule_id,
+            evidence=event.evidence,
+        )
+        for event in p.autoscale.history(named("name", name), limit)
+    ]
+
+
+@router.post("/{name}/autoscale/simulate", response_model=schemas.SimulationOut)
+def simulate(name: str, body: schemas.SimulateRequest, p: Platform = Depends(platform)) -> schemas.SimulationOut:
+    named("name", name)
+    now = time.time()
+    step = parse_duration(body.step, "step")
+    if body.synthetic:
+        midnight = math.floor(now / 86400) * 86400  # the synthetic day starts at a midnight, UTC
+        start = parse_time(body.start, "from", midnight, now)
+        end = start + 86400
+    else:
+        start = parse_time(body.start, "from", now - 3600, now)
+        end = parse_time(body.to, "to", now, now)
+        if end <= start:
+            raise InvalidInput("to", "must be after 'from'")
+    rules = [rule_in(r, f"rules.{i}.") for i, r in enumerate(body.rules)] if body.rules is not None else None
+    profile = profile_in(body.profile, "profile.") if body.profile is not None else None
+    with api_fields():
+        backtest = p.autoscale.simulate(
+            name,
+            start,
+            end,
+            rules=rules,
+            profile=profile,
+            step=step,
+            synthetic=body.synthetic,
+            flap_guard=body.flap_guard,
+        )
+    return simulation_out(backtest, start, end, step)

@@ -1,0 +1,252 @@
+"""Autoscale: a set's profile and rules, evaluated on its recorded series, acted on, and recorded.
+
+Every evaluation that acts, and every one a rule wanted but something held back (range, cooldown,
+the flap guard), becomes an event with its reason: `flexvm autoscale history` reads them. The
+backtest replays the same series against the same engine.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flexvm.errors import InvalidInput
+from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule, Decision, contradictions
+from flexvm.model.scaleset import AutoscaleEvent, ScaleSet
+from flexvm.monitor.query import MAX_POINTS, MetricsQuery
+from flexvm.scaling.backtest import Backtest, simulate, synthetic_day
+from flexvm.scaling.rules import evaluate
+from flexvm.scaling.scalesets import ScaleSetService
+from flexvm.store.db import Database
+from flexvm.store.metrics import MetricsRepo
+from flexvm.store.scaling import ScaleSetRepo
+
+log = logging.getLogger(__name__)
+
+HELD_REPEAT_SECONDS = 60.0  # the same held reason is recorded again only after this long
+MAX_RULES = 20
+
+
+@dataclass
+class AddedRule:
+    rule: AutoscaleRule
+    warnings: list[str]
+
+
+def profile_of(scale_set: ScaleSet) -> AutoscaleProfile | None:
+    raw = scale_set.autoscale
+    if not raw or not raw.get("enabled", True):
+        return None
+    return AutoscaleProfile(raw["min"], raw["max"], raw["default"])
+
+
+def rules_of(scale_set: ScaleSet) -> list[AutoscaleRule]:
+    return [AutoscaleRule(**raw) for raw in scale_set.rules]
+
+
+def rule_to_dict(rule: AutoscaleRule) -> dict[str, Any]:
+    values = dataclasses.asdict(rule)
+    values["operator"] = rule.operator.value
+    values["direction"] = rule.direction.value
+    return values
+
+
+class AutoscaleService:
+    def __init__(
+        self,
+        db: Database,
+        scale_sets: ScaleSetService,
+        query: MetricsQuery,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.scale_sets = scale_sets
+        self.query = query
+        self.clock = clock
+
+    # --- settings ----------------------------------------------------------------------------
+    def set_profile(self, name: str, min_count: int, max_count: int, default_count: int) -> AutoscaleProfile:
+        profile = AutoscaleProfile(min_count, max_count, default_count)
+        profile.check()
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            scale_set.autoscale = {"min": min_count, "max": max_count, "default": default_count, "enabled": True}
+            sets.save(scale_set)
+        return profile
+
+    def disable(self, name: str) -> None:
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            if scale_set.autoscale:
+                scale_set.autoscale = {**scale_set.autoscale, "enabled": False}
+            sets.save(scale_set)
+
+    def add_rule(self, name: str, rule: AutoscaleRule) -> AddedRule:
+        rule.check()
+        if rule.window_seconds / rule.grain_seconds > MAX_POINTS:
+            raise InvalidInput("grain_seconds", f"too fine for the window: at most {MAX_POINTS} grains per window")
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            rules = rules_of(scale_set)
+            if len(rules) >= MAX_RULES:
+                raise InvalidInput("rule", f"a scale set has at most {MAX_RULES} rules")
+            used = {r.id for r in rules}
+            rule.id = next(f"r{n}" for n in range(1, MAX_RULES + 2) if f"r{n}" not in used)
+            scale_set.rules = [*scale_set.rules, rule_to_dict(rule)]
+            sets.save(scale_set)
+        return AddedRule(rule, contradictions([*rules, rule], typical_count=max(2, scale_set.capacity)))
+
+    def remove_rule(self, name: str, rule_id: str) -> None:
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            kept = [r for r in scale_set.rules if r.get("id") != rule_id]
+            if len(kept) == len(scale_set.rules):
+                known = ", ".join(r.get("id", "?") for r in scale_set.rules) or "none"
+                raise InvalidInput("rule_id", f"scale set '{name}' has no rule '{rule_id}'; its rules: {known}")
+            scale_set.rules = kept
+            sets.save(scale_set)
+
+    def rules(self, name: str) -> builtins.list[AutoscaleRule]:
+        return rules_of(self.scale_sets.get(name))
+
+    def history(self, name: str, limit: int = 50) -> builtins.list[AutoscaleEvent]:
+        with self.db.session() as session:
+            ScaleSetRepo(session).get(name)
+            return ScaleSetRepo(session).events(name, limit)
+
+    # --- evaluating --------------------------------------------------------------------------
+    def evaluate(self, name: str) -> Decision | None:
+        """One evaluation; acts on the set when a rule says so. None: autoscale is off for it."""
+        scale_set = self.scale_sets.get(name)
+        profile = profile_of(scale_set)
+        if profile is None:
+            return None
+        rules = rules_of(scale_set)
+        cooldowns = {r.id: r.cooldown_seconds for r in rules}
+        now = self.clock()
+        decision = evaluate(
+            profile,
+            rules,
+            scale_set.capacity,
+            lambda rule: self.value(name, rule),
+            now,
+            scale_set.last_scale_at,
+            cooldowns.get(scale_set.last_scale_rule or ""),
+        )
+        if decision.action in ("increase", "decrease"):
+            self._act(name, decision, now)
+        elif decision.action == "held":
+            self._record_held(name, decision, now)
+        return decision
+
+    def value(self, name: str, rule: AutoscaleRule) -> float | None:
+        series = self.query.series(
+            "scaleset",
+            name,
+            rule.metric,
+            window=f"{rule.window_seconds:g}s",
+            statistic=rule.statistic,
+            grain=f"{rule.grain_seconds:g}s",
+        )
+        return series.summary()
+
+    def _act(self, name: str, decision: Decision, now: float) -> None:
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            scale_set.capacity = decision.target
+            scale_set.last_scale_at = now
+            scale_set.last_scale_rule = decision.rule_id
+            sets.save(scale_set)
+            sets.add_event(self._event(name, decision, now, decision.action))
+            sets.forget_old_events(name)
+        log.info("autoscale %s: %d -> %d: %s", name, decision.current, decision.target, decision.reason)
+        self.scale_sets.heal(name, now=True)  # starts the converge now, unless one is already running
+
+    def _record_held(self, name: str, decision: Decision, now: float) -> None:
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            last = sets.events(name, 1)
+            repeated = last and last[0].action == "held" and last[0].rule_id == decision.rule_id
+            if repeated and now - last[0].at < HELD_REPEAT_SECONDS:
+                return  # "cooldown: 40 s left" every pass would bury the history
+            sets.add_event(self._event(name, decision, now, "held"))
+            sets.forget_old_events(name)
+
+    @staticmethod
+    def _event(name: str, decision: Decision, now: float, action: str) -> AutoscaleEvent:
+        return AutoscaleEvent(
+            None,
+            name,
+            now,
+            action,
+            decision.current,
+            decision.target,
+            decision.reason,
+            decision.rule_id,
+            dict(decision.evidence),
+        )
+
+    # --- backtest ----------------------------------------------------------------------------
+    def simulate(
+        self,
+        name: str,
+        start: float,
+        end: float,
+        *,
+        rules: builtins.list[AutoscaleRule] | None = None,
+        profile: AutoscaleProfile | None = None,
+        step: float = 15.0,
+        synthetic: bool = False,
+        flap_guard: bool = True,
+    ) -> Backtest:
+        """Replay the set's recorded series from ``start`` to ``end`` against its rules (or the
+        ones given). ``synthetic``: a generated day of load instead of the recording."""
+        scale_set = self.scale_sets.get(name)
+        rules = rules if rules is not None else rules_of(scale_set)
+        profile = profile or profile_of(scale_set)
+        if profile is None:
+            raise InvalidInput("profile", f"scale set '{name}' has no autoscale profile; give one or set it first")
+        if not rules:
+            raise InvalidInput("rules", f"scale set '{name}' has no autoscale rules; give a rules file or add some")
+        for rule in rules:
+            rule.check()
+        if synthetic:
+            # Fine enough that every rule's window holds several points.
+            fine = max(1.0, min([60.0, *(r.grain_seconds for r in rules)]))
+            recorded, instances = synthetic_day(start, step=fine)
+            end = start + 86400
+        else:
+            recorded, instances = self._recorded(name, {r.metric for r in rules}, start, end, step)
+        return simulate(profile, rules, recorded, instances, start, end, step, flap_guard=flap_guard)
+
+    def _recorded(
+        self, name: str, metrics: set[str], start: float, end: float, step: float
+    ) -> tuple[dict[str, builtins.list[tuple[float, float]]], builtins.list[tuple[float, float]]]:
+        if end <= start:
+            raise InvalidInput("to", "must be after the start ('from')")
+        grain = max(step, 1.0)
+        with self.db.session() as session:
+            ScaleSetRepo(session).get(name)
+            repo = MetricsRepo(session)
+
+            def points(metric: str) -> builtins.list[tuple[float, float]]:
+                buckets = repo.raw_buckets("scaleset", name, metric, start, end, grain)
+                if not buckets:
+                    buckets = repo.rollup_buckets("scaleset", name, metric, start, end, max(60.0, grain - grain % 60))
+                return [(b.start, b.avg) for b in buckets]
+
+            recorded = {metric: points(metric) for metric in metrics}
+            instances = points("instances")
+        if not instances or not any(recorded.values()):
+            raise InvalidInput("from", f"no recorded metrics for scale set '{name}' between those times")
+        return recorded, instances

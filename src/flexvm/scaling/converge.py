@@ -1,0 +1,387 @@
+"""Bring a scale set's instances to its record: as many as its capacity, all of its current model,
+each serving behind the load balancer — replacing the ones that fail to come up.
+
+Growing: reserve names, create the VMs (each its own vm.create operation, in parallel), wait for
+them to boot, probe each on its backend port, and only then add it to the load balancer. Shrinking:
+mark the victims leaving, drain them in the load balancer (no new requests; the ones in flight
+finish), reload it without them, then delete the VMs — so scaling in never fails a request.
+A rolling model update is growing by a batch of new-model instances, then shrinking the old.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from flexvm.compute.lifecycle import VmService
+from flexvm.compute.operations import OperationContext, OperationRunner
+from flexvm.errors import FlexvmError, OperationFailed
+from flexvm.model.operation import OperationStatus
+from flexvm.model.scaleset import Instance, InstanceState, ScaleSet
+from flexvm.model.vm import ProvisioningState, Vm
+from flexvm.scaling.victims import Candidate, choose_victims
+from flexvm.store.db import Database, utcnow
+from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, VmRepo
+from flexvm.store.scaling import ScaleSetRepo
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 50  # a bound on one converge: each round grows, shrinks or replaces something
+MAX_FAILED_ROUNDS = 3  # rounds in a row in which no instance came up: give up and say why
+DRAIN_TIMEOUT = 30.0  # seconds an instance's requests in flight get to finish before it is deleted
+PROBE_INTERVAL = 0.5
+
+
+class Balancer(Protocol):
+    """What converging needs from the load balancer (scaling/balancer.py; a recorder in unit tests)."""
+
+    def sync(self) -> None:
+        """Make the load balancer serve exactly the sets' serving instances."""
+
+    def drain(self, scale_set: str, vm_name: str, timeout: float) -> bool:
+        """Stop sending new requests to one instance; wait until those in flight are done."""
+
+    def statuses(self, scale_set: str) -> dict[str, str]:
+        """Each backend's state as the load balancer sees it (UP, DOWN, DRAIN...)."""
+
+
+Prober = Callable[[str, int, str], bool]  # (address, port, path) -> answered 200
+
+
+@dataclass
+class SetView:
+    scale_set: ScaleSet
+    instances: list[Instance]
+    vms: dict[str, Vm]
+
+    @property
+    def staying(self) -> list[Instance]:
+        return [i for i in self.instances if i.state != InstanceState.LEAVING]
+
+    def outdated(self) -> list[Instance]:
+        return [i for i in self.staying if i.model_version != self.scale_set.model_version]
+
+    def broken(self) -> list[Instance]:
+        """Instances whose VM is gone or failed: they will never serve."""
+        return [
+            i
+            for i in self.instances
+            if i.vm_name not in self.vms or self.vms[i.vm_name].provisioning_state == ProvisioningState.FAILED
+        ]
+
+
+class Converger:
+    def __init__(
+        self,
+        db: Database,
+        runner: OperationRunner,
+        vms: VmService,
+        balancer: Balancer,
+        prober: Prober,
+        ready_timeout: float,
+    ) -> None:
+        self.db = db
+        self.runner = runner
+        self.vms = vms
+        self.balancer = balancer
+        self.prober = prober
+        self.ready_timeout = ready_timeout
+        self._failures: dict[str, tuple[int, float]] = {}  # set -> (converges failed in a row, when)
+
+    # --- reading -----------------------------------------------------------------------------
+    def look(self, session: Session, name: str) -> SetView:
+        sets = ScaleSetRepo(session)
+        instances = sets.instances(name)
+        wanted = {i.vm_name for i in instances}
+        vms = {vm.name: vm for vm in VmRepo(session).list() if vm.name in wanted}
+        return SetView(sets.get(name), instances, vms)
+
+    def needs_work(self, session: Session, scale_set: ScaleSet) -> bool:
+        view = self.look(session, scale_set.name)
+        return (
+            len(view.staying) != scale_set.capacity
+            or bool(view.outdated())
+            or bool(view.broken())
+            or any(i.state != InstanceState.SERVING for i in view.instances)
+        )
+
+    def _view(self, name: str) -> SetView:
+        with self.db.session() as session:
+            return self.look(session, name)
+
+    # --- converge ----------------------------------------------------------------------------
+    def converge(self, ctx: OperationContext, name: str) -> dict[str, Any]:
+        try:
+            result = self._converge(ctx, name)
+        except BaseException:
+            count, _ = self._failures.get(name, (0, 0.0))
+            self._failures[name] = (count + 1, time.monotonic())
+            raise
+        finally:
+            self._release(name, ctx.operation.id)
+        self._failures.pop(name, None)
+        return result
+
+    def backing_off(self, name: str) -> bool:
+        """After a failed converge, healing waits 30 s, doubling with each failure up to 10 min,
+        so a set that cannot be satisfied (no room, an image that never boots) is retried, not
+        hammered."""
+        count, at = self._failures.get(name, (0, 0.0))
+        return count > 0 and time.monotonic() - at < min(600.0, 30.0 * 2 ** (count - 1))
+
+    def _converge(self, ctx: OperationContext, name: str) -> dict[str, Any]:
+        failed_rounds = 0
+        for _ in range(MAX_ROUNDS):
+            view = self._view(name)
+            target = view.scale_set.capacity
+            if view.broken():
+                self._replace(ctx, name, view.broken(), "it failed or vanished")
+                continue
+            stranded = [i for i in view.instances if i.state == InstanceState.JOINING]
+            if stranded:  # left joining by a server that stopped mid-way: admit or replace
+                self._admit_all(ctx, name, [i.vm_name for i in stranded])
+                continue
+            leaving = [i.vm_name for i in view.instances if i.state == InstanceState.LEAVING]
+            staying = view.staying
+            if leaving:
+                self._remove(ctx, name, leaving)
+            elif len(staying) < target:
+                came_up = self._grow(ctx, name, target - len(staying))
+                failed_rounds = 0 if came_up else failed_rounds + 1
+                if failed_rounds >= MAX_FAILED_ROUNDS:
+                    raise OperationFailed(
+                        f"scale set {name}: no instance came up in {MAX_FAILED_ROUNDS} attempts in a row; "
+                        f"last: {self._view(name).scale_set.error}"
+                    )
+            elif len(staying) > target:
+                self._shrink(ctx, name, len(staying) - target)
+            elif view.outdated():
+                self._roll(ctx, name, view)
+            else:
+                break
+        view = self._view(name)
+        ctx.progress(100, f"{len(view.staying)} instances serving")
+        return {"instances": [i.vm_name for i in view.staying], "replaced": view.scale_set.replaced}
+
+    def _release(self, name: str, operation_id: str) -> None:
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.find(name)
+            if scale_set is not None and scale_set.active_operation_id == operation_id:
+                scale_set.active_operation_id = None
+                sets.save(scale_set)
+
+    # --- growing -----------------------------------------------------------------------------
+    def _grow(self, ctx: OperationContext, name: str, count: int) -> int:
+        """Create ``count`` instances of the current model; how many came up and serve."""
+        names, scale_set = self._reserve(name, count)
+        ctx.progress(ctx.operation.progress, f"creating {', '.join(names)}")
+        operations: dict[str, str] = {}
+        refusal: FlexvmError | None = None
+        for vm_name in names:
+            try:
+                operations[vm_name] = self.vms.create(
+                    vm_name,
+                    scale_set.size,
+                    scale_set.image,
+                    user_data=scale_set.user_data,
+                    availability_set=scale_set.availability_set,
+                    network=scale_set.network,
+                ).id
+            except FlexvmError as err:  # no room, most likely: the rest would be refused too
+                refusal = err
+                self._forget(name, [n for n in names if n not in operations])
+                break
+        booted = []
+        for vm_name, operation_id in operations.items():
+            finished = self.runner.wait(operation_id, self.ready_timeout + 180)
+            if finished.status == OperationStatus.SUCCEEDED:
+                booted.append(vm_name)
+            else:
+                reason = (finished.error or {}).get("message", finished.message)
+                self._replace(ctx, name, [self._instance(vm_name)], f"its create failed: {reason}")
+        came_up = self._admit_all(ctx, name, booted)
+        if refusal is not None:
+            self._note_error(name, f"could not create more instances: {refusal.message}")
+            raise refusal
+        return came_up
+
+    def _reserve(self, name: str, count: int) -> tuple[list[str], ScaleSet]:
+        """Names for new instances, recorded as joining before any VM exists (a server that stops
+        now leaves records the next converge can settle, never unnamed VMs)."""
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            names = [scale_set.instance_name(scale_set.next_index + n) for n in range(count)]
+            for n, vm_name in enumerate(names):
+                sets.add_instance(
+                    Instance(
+                        vm_name,
+                        name,
+                        scale_set.next_index + n,
+                        scale_set.model_version,
+                        InstanceState.JOINING,
+                        utcnow(),
+                    )
+                )
+            scale_set.next_index += count
+            sets.save(scale_set)
+        return names, scale_set
+
+    def _admit_all(self, ctx: OperationContext, name: str, vm_names: list[str]) -> int:
+        admitted = 0
+        for vm_name in vm_names:
+            view = self._view(name)
+            vm = view.vms.get(vm_name)
+            if vm is None or vm.provisioning_state != ProvisioningState.SUCCEEDED:
+                if vm is not None and vm.provisioning_state == ProvisioningState.CREATING and vm.active_operation_id:
+                    self.runner.wait(vm.active_operation_id, self.ready_timeout + 180)
+                    continue  # the next round looks again
+                self._replace(ctx, name, [self._instance(vm_name)], "it never finished booting")
+                continue
+            problem = self._probe_until_ready(view.scale_set, vm)
+            if problem is not None:
+                self._replace(ctx, name, [self._instance(vm_name)], problem)
+                continue
+            self._set_state(vm_name, InstanceState.SERVING)
+            self.balancer.sync()
+            admitted += 1
+            ctx.progress(ctx.operation.progress, f"{vm_name} is serving")
+        return admitted
+
+    def _probe_until_ready(self, scale_set: ScaleSet, vm: Vm) -> str | None:
+        """None once the instance answers its probe; else why it is not fit to serve."""
+        lb = scale_set.load_balancer
+        if lb is None:
+            return None
+        ip = next((nic.ip for nic in vm.nics if nic.ip), None)
+        if ip is None:
+            return "it has no address the load balancer can reach"
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.prober(ip, lb.backend_port, lb.probe_path):
+                return None
+            time.sleep(PROBE_INTERVAL)
+        probe = f"GET http://{ip}:{lb.backend_port}{lb.probe_path}"
+        return f"its probe {probe} did not answer 200 in {self.ready_timeout:.0f} s"
+
+    # --- shrinking ---------------------------------------------------------------------------
+    def _shrink(self, ctx: OperationContext, name: str, count: int) -> None:
+        view = self._view(name)
+        victims = choose_victims(self._candidates(view), count, view.scale_set.scale_in_policy)
+        self._remove(ctx, name, victims)
+
+    def _candidates(self, view: SetView) -> list[Candidate]:
+        with self.db.session() as session:
+            domains = {h.name: h.fault_domain or h.name for h in HostRepo(session).list()}
+        candidates = []
+        for instance in view.staying:
+            vm = view.vms.get(instance.vm_name)
+            host = (vm.host or vm.disk_host) if vm else None
+            candidates.append(
+                Candidate(
+                    instance.vm_name,
+                    instance.index,
+                    domains.get(host or "", ""),
+                    instance.state,
+                    instance.model_version == view.scale_set.model_version,
+                )
+            )
+        return candidates
+
+    def _remove(self, ctx: OperationContext, name: str, vm_names: list[str]) -> None:
+        """Drain, take out of the load balancer, delete."""
+        for vm_name in vm_names:
+            self._set_state(vm_name, InstanceState.LEAVING)
+        ctx.progress(ctx.operation.progress, f"draining {', '.join(vm_names)}")
+        if self._view(name).scale_set.load_balancer is not None:
+            for vm_name in vm_names:
+                if not self.balancer.drain(name, vm_name, DRAIN_TIMEOUT):
+                    log.warning("%s: requests still in flight after %.0f s; deleting anyway", vm_name, DRAIN_TIMEOUT)
+        self.balancer.sync()
+        self._delete_vms(ctx, name, vm_names)
+
+    def _delete_vms(self, ctx: OperationContext, name: str, vm_names: list[str]) -> None:
+        operations = {}
+        for vm_name in vm_names:
+            try:
+                operations[vm_name] = self.vms.delete(vm_name).id
+            except FlexvmError as err:  # already gone is fine; busy is waited for below
+                if err.status != 404:
+                    raise
+        for vm_name, operation_id in operations.items():
+            finished = self.runner.wait(operation_id, 300)
+            if finished.status != OperationStatus.SUCCEEDED:
+                raise OperationFailed(f"could not delete instance {vm_name}: {finished.message}")
+        self._forget(name, vm_names)
+        ctx.progress(ctx.operation.progress, f"removed {', '.join(vm_names)}")
+
+    def _replace(self, ctx: OperationContext, name: str, instances: list[Instance], reason: str) -> None:
+        """Delete instances that will not serve; the next round creates replacements."""
+        names = [i.vm_name for i in instances]
+        log.warning("scale set %s: replacing %s: %s", name, ", ".join(names), reason)
+        for vm_name in names:
+            self._set_state(vm_name, InstanceState.LEAVING)
+        self.balancer.sync()
+        self._delete_vms(ctx, name, names)
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            scale_set.replaced += len(names)
+            scale_set.error = f"instance {', '.join(names)} replaced: {reason}"
+            sets.save(scale_set)
+
+    # --- rolling a new model -----------------------------------------------------------------
+    def _roll(self, ctx: OperationContext, name: str, view: SetView) -> None:
+        """Replace up to max_unavailable old-model instances: new ones first (so serving capacity
+        never drops), then the old ones drained and deleted."""
+        batch = sorted(view.outdated(), key=lambda i: i.index)[: view.scale_set.max_unavailable]
+        ctx.progress(ctx.operation.progress, f"rolling {', '.join(i.vm_name for i in batch)} onto the new model")
+        came_up = self._grow(ctx, name, len(batch))
+        if came_up == 0:
+            raise OperationFailed(f"scale set {name}: no new-model instance came up; the old ones were kept")
+        self._remove(ctx, name, [i.vm_name for i in batch[:came_up]])
+
+    # --- deleting the set --------------------------------------------------------------------
+    def delete(self, ctx: OperationContext, name: str) -> dict[str, Any]:
+        view = self._view(name)
+        names = [i.vm_name for i in view.instances]
+        if names:
+            self._remove(ctx, name, names)
+        with self.db.session() as session:
+            ScaleSetRepo(session).delete(name)
+            availability = AvailabilitySetRepo(session)
+            if name in {a.name for a in availability.list()}:
+                availability.delete(name)
+        self.balancer.sync()
+        return {"deleted": names}
+
+    # --- small record changes ----------------------------------------------------------------
+    def _instance(self, vm_name: str) -> Instance:
+        with self.db.session() as session:
+            found = ScaleSetRepo(session).instance_of(vm_name)
+        assert found is not None, vm_name
+        return found
+
+    def _set_state(self, vm_name: str, state: InstanceState) -> None:
+        with self.db.session() as session:
+            ScaleSetRepo(session).set_state(vm_name, state)
+
+    def _forget(self, name: str, vm_names: list[str]) -> None:
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            for vm_name in vm_names:
+                sets.remove_instance(vm_name)
+
+    def _note_error(self, name: str, message: str) -> None:
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.find(name)
+            if scale_set is not None:
+                scale_set.error = message
+                sets.save(scale_set)

@@ -1,0 +1,355 @@
+"""Scale sets: create, scale, update the model, delete — each an operation; the work is in converge.py.
+
+A scale set is a record (its model, its capacity) and instances that are ordinary VMs built from
+that model. Requests are checked here, in the transaction that records the operation; then
+``Converger`` brings the instances to the record. Autoscale changes the same capacity field.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from flexvm.capacity.planning import take_room
+from flexvm.compute.operations import OperationRunner
+from flexvm.compute.placing import pool_snapshots, spread_of
+from flexvm.compute.sizes import SizeService
+from flexvm.config import Settings
+from flexvm.errors import Busy, CapacityError, InvalidInput, NotFound
+from flexvm.images.cloudinit import MAX_USER_DATA
+from flexvm.model.availability import MAX_FAULT_DOMAINS, AvailabilitySet
+from flexvm.model.host import HostState
+from flexvm.model.image import Image
+from flexvm.model.names import check_name
+from flexvm.model.operation import Operation
+from flexvm.model.scaleset import MAX_INSTANCES, Instance, LoadBalancerSpec, ScaleInPolicy, ScaleSet
+from flexvm.model.vm import Vm
+from flexvm.scaling.converge import Converger
+from flexvm.scheduler.placement import choose
+from flexvm.scheduler.snapshot import HostSnapshot, Request, SetSpread
+from flexvm.store.db import Database, utcnow
+from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, VmRepo
+from flexvm.store.scaling import ScaleSetRepo
+
+MAX_SET_NAME = 58  # room for "-<index>" in a 64-character VM name
+
+
+@dataclass
+class ScaleSetSpec:
+    name: str
+    size: str
+    image: str
+    instances: int
+    lb_port: str | None = None  # "FRONT:BACK" or "PORT"
+    lb_bind: str | None = None
+    probe_path: str = "/"
+    fault_domains: int | None = None
+    user_data: str | None = None
+    scale_in_policy: str = "default"
+    max_unavailable: int = 1
+
+
+@dataclass
+class InstanceView:
+    """An instance as `scaleset instances` shows it: the set's view and the VM's."""
+
+    instance: Instance
+    vm: Vm | None
+    current_model: bool
+    lb_status: str | None = None  # what the load balancer says (UP, DOWN, DRAIN...), when it has one
+
+    def to_dict(self) -> dict[str, Any]:
+        vm = self.vm
+        return {
+            "name": self.instance.vm_name,
+            "index": self.instance.index,
+            "state": self.instance.state.value,
+            "model_version": self.instance.model_version,
+            "current_model": self.current_model,
+            "host": vm.host if vm else None,
+            "ip": next((n.ip for n in vm.nics if n.ip), None) if vm else None,
+            "power_state": vm.power_state.value if vm else None,
+            "provisioning_state": vm.provisioning_state.value if vm else None,
+            "lb_status": self.lb_status,
+            "created_at": self.instance.created_at.isoformat(),
+        }
+
+
+def parse_lb_port(text: str) -> tuple[int, int]:
+    """'8080:80' -> (8080, 80); '80' -> (80, 80)."""
+    parts = text.split(":")
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise InvalidInput("lb_port", f"'{text}' is not FRONT:BACK (e.g. 8080:80) or a single port")
+    front, back = int(parts[0]), int(parts[-1])
+    for port in (front, back):
+        if not 1 <= port <= 65535:
+            raise InvalidInput("lb_port", f"port {port} is outside 1-65535")
+    return front, back
+
+
+def check_instances(count: int, field: str = "instances") -> int:
+    if not isinstance(count, int) or not 0 <= count <= MAX_INSTANCES:
+        raise InvalidInput(field, f"must be a whole number from 0 to {MAX_INSTANCES} (got {count!r})")
+    return count
+
+
+class ScaleSetService:
+    def __init__(
+        self, db: Database, runner: OperationRunner, sizes: SizeService, converger: Converger, settings: Settings
+    ) -> None:
+        self.db = db
+        self.runner = runner
+        self.sizes = sizes
+        self.converger = converger
+        self.settings = settings
+
+    # --- reading -----------------------------------------------------------------------------
+    def list(self) -> builtins.list[ScaleSet]:
+        with self.db.session() as session:
+            return ScaleSetRepo(session).list()
+
+    def get(self, name: str) -> ScaleSet:
+        with self.db.session() as session:
+            return ScaleSetRepo(session).get(name)
+
+    def instances(self, name: str) -> builtins.list[InstanceView]:
+        with self.db.session() as session:
+            scale_set = ScaleSetRepo(session).get(name)
+            instances = ScaleSetRepo(session).instances(name)
+            vms = {vm.name: vm for vm in VmRepo(session).list()}
+        statuses = self.converger.balancer.statuses(name) if scale_set.load_balancer else {}
+        return [
+            InstanceView(i, vms.get(i.vm_name), i.model_version == scale_set.model_version, statuses.get(i.vm_name))
+            for i in instances
+        ]
+
+    # --- create ------------------------------------------------------------------------------
+    def create(self, spec: ScaleSetSpec) -> Operation:
+        scale_set = self._check_spec(spec)
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            if sets.find(spec.name) is not None:
+                raise InvalidInput("name", f"scale set '{spec.name}' already exists")
+            if spec.name in {a.name for a in AvailabilitySetRepo(session).list()}:
+                raise InvalidInput("name", f"'{spec.name}' is already an availability set's name; choose another")
+            image = ImageRepo(session).find(spec.image)
+            if image is None:
+                known = ", ".join(i.name for i in ImageRepo(session).list()) or "none"
+                raise InvalidInput("image", f"unknown image '{spec.image}'; known images: {known}")
+            if spec.user_data is not None and not image.cloud_init:
+                raise InvalidInput("user_data", f"image '{spec.image}' does not run cloud-init")
+            if scale_set.load_balancer is not None:
+                scale_set.network = self._network_for_balancer(session, scale_set.load_balancer)
+                self._check_front_port_free(sets.list(), scale_set.load_balancer)
+            scale_set.fault_domains = self._fault_domains(session, spec, scale_set.network)
+            self._check_room(session, scale_set, spec.instances, image, existing=False)
+            sets.add(scale_set)
+            AvailabilitySetRepo(session).add(AvailabilitySet(scale_set.name, scale_set.fault_domains, utcnow()))
+            operation = self._record(session, scale_set, "scaleset.create", {"instances": spec.instances})
+        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, spec.name))
+
+    def _check_spec(self, spec: ScaleSetSpec) -> ScaleSet:
+        check_name("name", spec.name)
+        if len(spec.name) > MAX_SET_NAME:
+            raise InvalidInput("name", f"at most {MAX_SET_NAME} characters (instances are named <set>-<index>)")
+        size = self.sizes.get(spec.size)
+        check_instances(spec.instances)
+        try:
+            policy = ScaleInPolicy(spec.scale_in_policy)
+        except ValueError:
+            known = ", ".join(p.value for p in ScaleInPolicy)
+            raise InvalidInput("scale_in_policy", f"unknown policy '{spec.scale_in_policy}'; known: {known}") from None
+        fault_domains = spec.fault_domains if spec.fault_domains is not None else 1  # settled in create()
+        if not 1 <= fault_domains <= MAX_FAULT_DOMAINS:
+            raise InvalidInput("fault_domains", f"must be between 1 and {MAX_FAULT_DOMAINS} (got {fault_domains})")
+        if not 1 <= spec.max_unavailable <= MAX_INSTANCES:
+            raise InvalidInput("max_unavailable", f"must be from 1 to {MAX_INSTANCES} (got {spec.max_unavailable})")
+        if spec.user_data is not None and len(spec.user_data.encode()) > MAX_USER_DATA:
+            raise InvalidInput("user_data", f"is {len(spec.user_data.encode())} bytes; the limit is {MAX_USER_DATA}")
+        return ScaleSet(
+            name=spec.name,
+            size=size.name,
+            image=spec.image,
+            capacity=spec.instances,
+            fault_domains=fault_domains,
+            scale_in_policy=policy,
+            created_at=utcnow(),
+            load_balancer=self._balancer_spec(spec) if spec.lb_port else None,
+            user_data=spec.user_data,
+            max_unavailable=spec.max_unavailable,
+        )
+
+    def _balancer_spec(self, spec: ScaleSetSpec) -> LoadBalancerSpec:
+        assert spec.lb_port is not None
+        front, back = parse_lb_port(spec.lb_port)
+        bind = spec.lb_bind or self.settings.lb_bind
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise InvalidInput("lb_bind", f"'{bind}' is not an IP address") from None
+        if not spec.probe_path.startswith("/") or any(c.isspace() for c in spec.probe_path):
+            raise InvalidInput("probe_path", f"'{spec.probe_path}' must start with / and contain no spaces")
+        return LoadBalancerSpec(bind, front, back, spec.probe_path)
+
+    @staticmethod
+    def _network_for_balancer(session: Any, balancer: LoadBalancerSpec) -> str:
+        """Instances behind a load balancer need addresses it can reach: a host network, not QEMU's
+        user-mode NAT (whose guests are unreachable from outside their own QEMU)."""
+        networks = sorted({h.network for h in HostRepo(session).list() if h.network and h.state == HostState.UP})
+        if not networks:
+            raise InvalidInput(
+                "lb_port",
+                "a load balancer needs instances on a host network it can reach, and no host that is up has one "
+                "(hosts on QEMU's user-mode network are unreachable from outside); try the lab: "
+                "`flexvm lab up --hosts 2`",
+            )
+        return networks[0]
+
+    @staticmethod
+    def _check_front_port_free(sets: builtins.list[ScaleSet], balancer: LoadBalancerSpec) -> None:
+        for other in sets:
+            lb = other.load_balancer
+            if lb and lb.port == balancer.port and lb.bind_address == balancer.bind_address:
+                raise InvalidInput(
+                    "lb_port", f"{balancer.bind_address}:{balancer.port} is already scale set '{other.name}''s frontend"
+                )
+
+    def _check_room(self, session: Any, scale_set: ScaleSet, extra: int, image: Image, *, existing: bool) -> None:
+        """Refuse a set the pool cannot hold, saying how many would fit: the instances placed on
+        paper one by one, as the scheduler will, spread over the set's fault domains."""
+        if extra <= 0:
+            return
+        size = self.sizes.get(scale_set.size)
+        pool = {s.host.name: s for s in pool_snapshots(session, lock=False)}
+        spread = spread_of(session, scale_set.availability_set) if existing else None
+        members = dict(spread.members_by_domain) if spread else {}
+        placed, why = 0, ""
+        for _ in range(extra):
+            request = Request(
+                size.vcpus,
+                size.memory_mib,
+                max(size.disk_bytes, image.virtual_size),
+                requires=frozenset(image.requires),
+                network=scale_set.network,
+                spread=SetSpread(scale_set.name, scale_set.fault_domains, dict(members)),
+            )
+            try:
+                chosen = choose(list(pool.values()), request).host.name
+            except CapacityError as err:
+                why = err.message
+                break
+            placed += 1
+            pool[chosen] = HostSnapshot(pool[chosen].host, take_room(pool[chosen].room, request))
+            domain = pool[chosen].fault_domain
+            members[domain] = members.get(domain, 0) + 1
+        if placed < extra:
+            raise CapacityError(
+                f"the pool can hold {placed} more {size.name} instance{'s' if placed != 1 else ''}, not {extra}: {why}",
+                details={"fits": placed, "requested": extra},
+            )
+
+    def _fault_domains(self, session: Any, spec: ScaleSetSpec, network: str | None) -> int:
+        """As many as the hosts that could hold instances offer (at most 3) unless given; more
+        than they offer would leave the spread rule unable to place a balanced set."""
+        hosts = [
+            h for h in HostRepo(session).list() if h.state == HostState.UP and (network is None or h.network == network)
+        ]
+        available = len({h.fault_domain or h.name for h in hosts})
+        if spec.fault_domains is None:
+            return max(1, min(3, available))
+        if spec.fault_domains > max(1, available):
+            raise InvalidInput(
+                "fault_domains",
+                f"{spec.fault_domains} asked, but the hosts that could hold instances offer {available} "
+                f"fault domain{'s' if available != 1 else ''}",
+            )
+        return spec.fault_domains
+
+    def _record(self, session: Any, scale_set: ScaleSet, kind: str, params: dict[str, Any]) -> Operation:
+        if scale_set.active_operation_id is not None:
+            raise Busy("scale set", scale_set.name, scale_set.active_operation_id)
+        operation = self.runner.record(session, kind, "scaleset", scale_set.name, params=params)
+        scale_set.active_operation_id = operation.id
+        ScaleSetRepo(session).save(scale_set)
+        return operation
+
+    # --- scale, update, delete ---------------------------------------------------------------
+    def scale(self, name: str, instances: int) -> Operation:
+        check_instances(instances)
+        with self.db.session() as session:
+            scale_set = ScaleSetRepo(session).lock(name)
+            profile = scale_set.autoscale
+            if profile and profile.get("enabled", True) and not profile["min"] <= instances <= profile["max"]:
+                raise InvalidInput(
+                    "instances",
+                    f"{instances} is outside the autoscale range {profile['min']}-{profile['max']}; "
+                    "change the range with `flexvm autoscale set` first",
+                )
+            image = ImageRepo(session).get(scale_set.image)
+            extra = instances - len([i for i in ScaleSetRepo(session).instances(name)])
+            self._check_room(session, scale_set, extra, image, existing=True)
+            scale_set.capacity = instances
+            operation = self._record(session, scale_set, "scaleset.scale", {"instances": instances})
+        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
+
+    def update_model(
+        self, name: str, *, size: str | None = None, image: str | None = None, max_unavailable: int | None = None
+    ) -> Operation:
+        """Change the model; the operation rolls the instances onto it, max_unavailable at a time."""
+        if size is None and image is None and max_unavailable is None:
+            raise InvalidInput("size", "give a new size, image or max_unavailable")
+        new_size = self.sizes.get(size).name if size else None
+        if max_unavailable is not None and max_unavailable < 1:
+            raise InvalidInput("max_unavailable", f"must be at least 1 (got {max_unavailable})")
+        with self.db.session() as session:
+            scale_set = ScaleSetRepo(session).lock(name)
+            if image is not None and ImageRepo(session).find(image) is None:
+                raise InvalidInput("image", f"unknown image '{image}'")
+            changed = (new_size or scale_set.size, image or scale_set.image) != (scale_set.size, scale_set.image)
+            scale_set.size = new_size or scale_set.size
+            scale_set.image = image or scale_set.image
+            scale_set.max_unavailable = max_unavailable or scale_set.max_unavailable
+            if changed:
+                scale_set.model_version += 1
+            operation = self._record(
+                session,
+                scale_set,
+                "scaleset.update",
+                {"size": scale_set.size, "image": scale_set.image, "model_version": scale_set.model_version},
+            )
+        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
+
+    def delete(self, name: str) -> Operation:
+        with self.db.session() as session:
+            scale_set = ScaleSetRepo(session).lock(name)
+            operation = self._record(session, scale_set, "scaleset.delete", {})
+        return self.runner.launch(operation, lambda ctx: self.converger.delete(ctx, name))
+
+    def heal(self, name: str, *, now: bool = False) -> Operation | None:
+        """Start a converge when the set drifted from its record (an instance died, the server was
+        restarted mid-scale, autoscale changed the capacity) and nothing is working on it. Unless
+        ``now``, not while backing off after failed converges."""
+        if not now and self.converger.backing_off(name):
+            return None
+        with self.db.session() as session:
+            scale_set = ScaleSetRepo(session).find(name)
+            if scale_set is None:
+                return None
+            if scale_set.active_operation_id is not None:
+                if scale_set.active_operation_id in self.runner.running():
+                    return None
+                scale_set.active_operation_id = None  # left by a server that stopped mid-way
+            if not self.converger.needs_work(session, scale_set):
+                ScaleSetRepo(session).save(scale_set)
+                return None
+            operation = self._record(session, scale_set, "scaleset.heal", {"instances": scale_set.capacity})
+        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
+
+    def require(self, name: str) -> ScaleSet:
+        with self.db.session() as session:
+            found = ScaleSetRepo(session).find(name)
+        if found is None:
+            raise NotFound("scale set", name)
+        return found
