@@ -92,6 +92,14 @@ class LoadBalancer:
             return {}
         return {s.server: s.status for s in self.haproxy.servers() if s.frontend == scale_set}
 
+    def wait_up(self, scale_set: str, vm_name: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.statuses(scale_set).get(vm_name) == "UP":
+                return True
+            time.sleep(0.2)
+        return False
+
     def keep_running(self) -> bool:
         """Start HAProxy again if it died (True when it had to). The loop calls this every pass."""
         with self._lock:
@@ -100,7 +108,7 @@ class LoadBalancer:
                 return False
             restarted = self.haproxy.ensure_running(frontends)
         if restarted:
-            log.warning("the load balancer was not running; started it again with %d frontends", len(frontends))
+            log.warning("the load balancer was not running; started it with %d frontends", len(frontends))
         return restarted
 
     def traffic(self) -> dict[str, SetTraffic]:

@@ -35,6 +35,7 @@ MAX_ROUNDS = 50  # a bound on one converge: each round grows, shrinks or replace
 MAX_FAILED_ROUNDS = 3  # rounds in a row in which no instance came up: give up and say why
 DRAIN_TIMEOUT = 30.0  # seconds an instance's requests in flight get to finish before it is deleted
 PROBE_INTERVAL = 0.5
+LB_UP_TIMEOUT = 30.0  # HAProxy needs two passing checks (about 1 s) after flexvm's own probe passed
 
 
 class Balancer(Protocol):
@@ -48,6 +49,9 @@ class Balancer(Protocol):
 
     def statuses(self, scale_set: str) -> dict[str, str]:
         """Each backend's state as the load balancer sees it (UP, DOWN, DRAIN...)."""
+
+    def wait_up(self, scale_set: str, vm_name: str, timeout: float) -> bool:
+        """Wait until the load balancer's own health checks have put the instance in rotation."""
 
 
 Prober = Callable[[str, int, str], bool]  # (address, port, path) -> answered 200
@@ -250,6 +254,8 @@ class Converger:
                 continue
             self._set_state(vm_name, InstanceState.SERVING)
             self.balancer.sync()
+            if view.scale_set.load_balancer is not None and not self.balancer.wait_up(name, vm_name, LB_UP_TIMEOUT):
+                log.warning("%s: the load balancer's checks have not passed after %.0f s", vm_name, LB_UP_TIMEOUT)
             admitted += 1
             ctx.progress(ctx.operation.progress, f"{vm_name} is serving")
         return admitted
