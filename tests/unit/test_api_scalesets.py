@@ -177,7 +177,9 @@ def test_rules_added_listed_refused_and_removed(api: TestClient, image: str) -> 
     assert rule["description"] == "scale out by 1 when avg cpu_percent over 5m (1m grain) > 70, cooldown 5m"
 
     # A scale-in rule whose range overlaps the scale-out one: added, with a warning.
-    clash = api.post("/v1/scalesets/web/autoscale/rules", json={**IN_RULE, "threshold": 80, "window": "10m"})
+    clash = api.post(
+        "/v1/scalesets/web/autoscale/rules", json={**IN_RULE, "threshold": 80, "window": "10m", "cooldown": "10m"}
+    )
     assert clash.status_code == 201, clash.text
     assert clash.json()["rule"]["id"] == "r2"
     [warning] = clash.json()["warnings"]

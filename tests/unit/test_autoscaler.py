@@ -124,6 +124,9 @@ def test_bad_profiles_and_rules_are_refused(web: ScalingPlatform) -> None:
     added = p.autoscale.add_rule("web", rule("decrease", "lt", 80))
     assert added.rule.id == "r3" and added.warnings
     assert [r.id for r in p.autoscale.rules("web")] == ["r1", "r2", "r3"]
+    # So is a rule that could act again on data measured before its own last action.
+    hasty = p.autoscale.add_rule("web", rule("increase", "gt", 90, window=120, cooldown=30))
+    assert any("r4: its cooldown (30s) is shorter than its window (2m)" in w for w in hasty.warnings), hasty.warnings
 
 
 def test_manual_scaling_stays_inside_the_autoscale_range(web: ScalingPlatform) -> None:

@@ -235,6 +235,16 @@ class Decision:
     evidence: dict[str, float | None] = field(default_factory=dict)  # each rule's value, by rule key
 
 
+# A rule acts only on data covering at least this share of its window: a 10-minute rule does not
+# scale a set in on the first 15 seconds measured (after a create, a restart, a gap).
+MIN_WINDOW_COVERAGE = 0.5
+
+
+def covers_window(oldest: float, now: float, rule: AutoscaleRule) -> bool:
+    """Whether data starting at ``oldest`` covers enough of ``rule``'s window ending ``now``."""
+    return now - oldest >= rule.window_seconds * MIN_WINDOW_COVERAGE
+
+
 def metric_range(metric: str) -> tuple[float, float]:
     """The values a metric can take: 0-100 for percents, 0 or more for rates."""
     return (0.0, 100.0) if metric in PERCENT else (0.0, math.inf)

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from flexvm.errors import InvalidInput
-from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule, Decision, contradictions
+from flexvm.model.autoscale import (
+    AutoscaleProfile,
+    AutoscaleRule,
+    Decision,
+    contradictions,
+    covers_window,
+    format_duration,
+)
 from flexvm.model.scaleset import AutoscaleEvent, ScaleSet
 from flexvm.monitor.query import MAX_POINTS, MetricsQuery
 from flexvm.scaling.backtest import Backtest, simulate, synthetic_day
@@ -102,7 +109,14 @@ class AutoscaleService:
             rule.id = next(f"r{n}" for n in range(1, MAX_RULES + 2) if f"r{n}" not in used)
             scale_set.rules = [*scale_set.rules, rule_to_dict(rule)]
             sets.save(scale_set)
-        return AddedRule(rule, contradictions([*rules, rule], typical_count=max(2, scale_set.capacity)))
+        warnings = contradictions([*rules, rule], typical_count=max(2, scale_set.capacity))
+        if rule.cooldown_seconds < rule.window_seconds:
+            warnings.append(
+                f"{rule.id}: its cooldown ({format_duration(rule.cooldown_seconds)}) is shorter than its window "
+                f"({format_duration(rule.window_seconds)}), so it may act again on measurements taken before its "
+                "last action; a cooldown at least as long as the window avoids that"
+            )
+        return AddedRule(rule, warnings)
 
     def remove_rule(self, name: str, rule_id: str) -> None:
         with self.db.session() as session:
@@ -149,6 +163,7 @@ class AutoscaleService:
         return decision
 
     def value(self, name: str, rule: AutoscaleRule) -> float | None:
+        """The rule's statistic over its window; None (no data) when too little of it is measured."""
         series = self.query.series(
             "scaleset",
             name,
@@ -157,6 +172,8 @@ class AutoscaleService:
             statistic=rule.statistic,
             grain=f"{rule.grain_seconds:g}s",
         )
+        if not series.points or not covers_window(series.points[0][0], self.clock(), rule):
+            return None
         return series.summary()
 
     def _act(self, name: str, decision: Decision, now: float) -> None:

@@ -22,7 +22,14 @@ import time
 from dataclasses import dataclass
 
 from flexvm.errors import InvalidInput
-from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule, Decision, format_number, rescale
+from flexvm.model.autoscale import (
+    AutoscaleProfile,
+    AutoscaleRule,
+    Decision,
+    covers_window,
+    format_number,
+    rescale,
+)
 from flexvm.scaling.rules import evaluate
 
 Points = list[tuple[float, float]]  # (timestamp, value), oldest first
@@ -103,6 +110,8 @@ class _Replay:
         times = self.times[rule.metric]
         low = bisect.bisect_left(times, now - rule.window_seconds)
         high = bisect.bisect_left(times, now)
+        if low >= high or not covers_window(times[low], now, rule):
+            return None
         buckets: dict[float, list[float]] = {}
         for t, value in points[low:high]:
             simulated = rescale(rule.metric, value, self.instances.at(t), self.serving(t))
