@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flexvm.errors import InvalidInput, NotFound
 from flexvm.model.autoscale import AutoscaleRule
 from flexvm.monitor.collector import Latest
+from flexvm.monitor.prometheus import exposition
 from flexvm.scaling.scalesets import ScaleSetSpec
 from flexvm.scaling.set_metrics import SetMetrics
 from flexvm.store.metrics import MetricsRepo, Sample
@@ -155,6 +157,10 @@ def test_set_metrics_average_serving_instances_and_derive_the_request_rate(web: 
     assert "requests_per_s" not in third  # a gap, never a negative rate
     assert isinstance(p.collector.latest()[0], Latest)
     assert any(item.kind == "scaleset" and item.subject == "web" for item in p.collector.latest())
+    # Exported for Prometheus with the set as label (parsed by prometheus-client's own parser).
+    families = {f.name: f for f in text_string_to_metric_families(exposition(p.collector).decode())}
+    [cpu] = families["flexvm_scaleset_cpu_percent"].samples
+    assert (cpu.labels, cpu.value) == ({"scale_set": "web"}, pytest.approx(60.0))
 
 
 def test_simulate_replays_recorded_metrics_and_a_synthetic_day(web: ScalingPlatform) -> None:
