@@ -255,3 +255,21 @@ def test_a_server_killed_during_scale_out_ends_at_the_intended_count_with_no_orp
     names = {i["name"] for i in instances(s)}
     assert lab_guests(s) == names, "every guest on the lab hosts is one of the set's instances"
     assert set(hostnames(pool.url, 12)) == names
+
+
+def test_a_rolling_update_moves_every_instance_to_the_new_model_without_failing_a_request(pool: Pool) -> None:
+    s = pool.server
+    before = {i["name"] for i in instances(s)}
+    light = Load(pool.url, "/", workers=2, max_seconds=400, max_requests=40000, pause=0.05).start()
+    try:
+        s.ok("scaleset", "update", SET, "--size", "Standard_B1s", "--max-unavailable", "1", timeout=400)
+    finally:
+        light.stop()
+    after = instances(s)
+    assert len(after) == 3 and not before & {i["name"] for i in after}, "every instance was replaced"
+    assert all(i["current_model"] and i["state"] == "serving" for i in after)
+    with s.api() as api:
+        assert {api.get(f"/vms/{i['name']}").json()["size"] for i in after} == {"Standard_B1s"}
+    assert sum(light.answers.values()) > 100
+    failed = light.failures
+    assert failed == [], f"{len(failed)} failed requests during the rolling update: {failed[:5]}"

@@ -61,10 +61,15 @@ def test_a_busy_set_grows_and_the_action_is_recorded_with_its_evidence(web: Scal
     assert p.scale_sets.get("web").capacity == 3
     operation_id = p.scale_sets.get("web").active_operation_id
     assert operation_id is not None  # the converge started at once
+    waiting = p.autoscale.evaluate("web")  # while it runs, autoscale waits for it
+    assert waiting is not None and waiting.action == "held" and "still changing to 3" in waiting.reason
     p.runner.wait(operation_id, 30)
     assert len(p.scale_sets.instances("web")) == 3
     events = p.autoscale.history("web")
-    assert [(e.action, e.current, e.target, e.rule_id) for e in events] == [("increase", 2, 3, "r1")]
+    assert [(e.action, e.current, e.target, e.rule_id) for e in events] == [
+        ("increase", 2, 3, "r1"),
+        ("held", 3, 3, None),
+    ]
     assert events[0].evidence["r1"] == pytest.approx(90.0)
 
 

@@ -144,9 +144,20 @@ class AutoscaleService:
         profile = profile_of(scale_set)
         if profile is None:
             return None
+        now = self.clock()
+        busy = scale_set.active_operation_id
+        if busy is not None and busy in self.scale_sets.runner.running():
+            # Decide on the set as it will be, not while instances are still coming or going.
+            waiting = Decision(
+                "held",
+                scale_set.capacity,
+                scale_set.capacity,
+                f"the set is still changing to {scale_set.capacity} instances (operation {busy[:8]}); autoscale waits",
+            )
+            self._record_held(name, waiting, now)
+            return waiting
         rules = rules_of(scale_set)
         cooldowns = {r.id: r.cooldown_seconds for r in rules}
-        now = self.clock()
         decision = evaluate(
             profile,
             rules,
