@@ -218,3 +218,12 @@ def test_a_killed_balancer_is_started_again_with_the_same_backends(web: ScalingP
     assert web.platform.balancer.keep_running() is True
     assert web.haproxy.restarts == 1 and web.haproxy.backends("web") == ["web-0", "web-1", "web-2"]
     assert web.platform.balancer.keep_running() is False
+
+
+def test_a_rolling_update_needs_room_for_its_first_batch(web: ScalingPlatform) -> None:
+    p = web.platform
+    with pytest.raises(CapacityError) as caught:  # no host has 32 GiB for even one new instance
+        p.scale_sets.update_model("web", size="Standard_D8s_v5")
+    assert "not 1" in caught.value.message
+    scale_set = p.scale_sets.get("web")
+    assert (scale_set.size, scale_set.model_version, scale_set.active_operation_id) == ("Standard_B1ls", 1, None)

@@ -24,7 +24,7 @@ from flexvm.model.host import HostState
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
-from flexvm.model.scaleset import MAX_INSTANCES, Instance, LoadBalancerSpec, ScaleInPolicy, ScaleSet
+from flexvm.model.scaleset import MAX_INSTANCES, Instance, InstanceState, LoadBalancerSpec, ScaleInPolicy, ScaleSet
 from flexvm.model.vm import Vm
 from flexvm.scaling.converge import Converger
 from flexvm.scheduler.placement import choose
@@ -288,7 +288,8 @@ class ScaleSetService:
                     "change the range with `flexvm autoscale set` first",
                 )
             image = ImageRepo(session).get(scale_set.image)
-            extra = instances - len([i for i in ScaleSetRepo(session).instances(name)])
+            staying = [i for i in ScaleSetRepo(session).instances(name) if i.state != InstanceState.LEAVING]
+            extra = instances - len(staying)
             self._check_room(session, scale_set, extra, image, existing=True)
             scale_set.capacity = instances
             operation = self._record(session, scale_set, "scaleset.scale", {"instances": instances})
@@ -313,6 +314,10 @@ class ScaleSetService:
             scale_set.max_unavailable = max_unavailable or scale_set.max_unavailable
             if changed:
                 scale_set.model_version += 1
+                # New instances join before old ones leave: a batch of them must fit beside the set.
+                staying = [i for i in ScaleSetRepo(session).instances(name) if i.state != InstanceState.LEAVING]
+                batch = min(scale_set.max_unavailable, len(staying))
+                self._check_room(session, scale_set, batch, ImageRepo(session).get(scale_set.image), existing=True)
             operation = self._record(
                 session,
                 scale_set,
