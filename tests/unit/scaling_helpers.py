@@ -15,7 +15,7 @@ from flexvm.drivers.fake import FakeDriver
 from flexvm.platform import Platform
 from flexvm.scaling.balancer import LoadBalancer
 from flexvm.scaling.haproxy import Frontend, FrontendStatus, ServerStatus
-from tests.unit.pool_helpers import add_host
+from tests.unit.pool_helpers import add_host, wait_for
 
 
 @dataclass
@@ -82,6 +82,18 @@ class Probe:
         return address not in self.failing
 
 
+def settle(platform: Platform, name: str, timeout: float = 30.0) -> None:
+    """Wait until no operation works on the set and it has as many instances as it wants (an
+    operation on the fake driver can finish before the test even looks for it)."""
+
+    def settled() -> bool:
+        scale_set = platform.scale_sets.get(name)
+        running = scale_set.active_operation_id in platform.runner.running()
+        return not running and len(platform.scale_sets.instances(name)) == scale_set.capacity
+
+    wait_for(settled, timeout, f"scale set {name} to settle")
+
+
 @dataclass
 class ScalingPlatform:
     platform: Platform
@@ -117,4 +129,4 @@ def scaling(tmp_path: Path) -> Iterator[ScalingPlatform]:
         platform.close()
 
 
-__all__ = ["FakeHAProxy", "LoadBalancer", "Probe", "ScalingPlatform", "scaling"]
+__all__ = ["FakeHAProxy", "LoadBalancer", "Probe", "ScalingPlatform", "scaling", "settle"]

@@ -3,6 +3,7 @@ capacity, record every action and hold-back, and the set's own series are derive
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from flexvm.monitor.prometheus import exposition
 from flexvm.scaling.scalesets import ScaleSetSpec
 from flexvm.scaling.set_metrics import SetMetrics
 from flexvm.store.metrics import MetricsRepo, Sample
+from flexvm.store.scaling import ScaleSetRepo
 from tests.unit.flex_helpers import quick_image
 from tests.unit.pool_helpers import run
-from tests.unit.scaling_helpers import ScalingPlatform, scaling  # noqa: F401 (a fixture)
+from tests.unit.scaling_helpers import ScalingPlatform, scaling, settle  # noqa: F401 (a fixture)
 
 
 def rule(direction: str, operator: str, threshold: float, **kw: float) -> AutoscaleRule:
@@ -73,11 +75,31 @@ def test_a_busy_set_grows_and_the_action_is_recorded_with_its_evidence(web: Scal
     assert events[0].evidence["r1"] == pytest.approx(90.0)
 
 
+def test_autoscale_waits_while_the_set_is_still_changing(web: ScalingPlatform) -> None:
+    p = web.platform
+    gate = threading.Event()
+    with p.db.session() as session:  # an operation on the set that runs until the test lets it end
+        sets = ScaleSetRepo(session)
+        scale_set = sets.lock("web")
+        operation = p.runner.record(session, "test.hold", "scaleset", "web")
+        scale_set.active_operation_id = operation.id
+        sets.save(scale_set)
+    p.runner.launch(operation, lambda ctx: {"released": gate.wait(10)})
+    record(web, "cpu_percent", 90.0)
+    waiting = p.autoscale.evaluate("web")
+    assert waiting is not None and waiting.action == "held" and "still changing to 2" in waiting.reason
+    assert p.scale_sets.get("web").capacity == 2
+    gate.set()
+    p.runner.wait(operation.id, 10)
+    acted = p.autoscale.evaluate("web")
+    assert acted is not None and (acted.action, acted.target) == ("increase", 3)
+
+
 def test_cooldown_holds_the_next_action_and_says_how_long_is_left(web: ScalingPlatform) -> None:
     p = web.platform
     record(web, "cpu_percent", 90.0)
     p.autoscale.evaluate("web")
-    p.runner.wait(p.scale_sets.get("web").active_operation_id or "", 30)
+    settle(p, "web")
     held = p.autoscale.evaluate("web")
     assert held is not None and held.action == "held" and "cooldown" in held.reason
     assert p.scale_sets.get("web").capacity == 3
@@ -90,11 +112,9 @@ def test_an_idle_set_shrinks_but_never_below_min(web: ScalingPlatform) -> None:
     record(web, "cpu_percent", 5.0)
     first = p.autoscale.evaluate("web")
     assert first is not None and (first.action, first.target) == ("decrease", 1)
-    p.runner.wait(p.scale_sets.get("web").active_operation_id or "", 30)
+    settle(p, "web")
     assert len(p.scale_sets.instances("web")) == 1
     with p.db.session() as session:  # long past the cooldown
-        from flexvm.store.scaling import ScaleSetRepo
-
         sets = ScaleSetRepo(session)
         scale_set = sets.get("web")
         scale_set.last_scale_at = time.time() - 3600
