@@ -103,7 +103,7 @@ def test_cooldown_holds_the_next_action_and_says_how_long_is_left(web: ScalingPl
     held = p.autoscale.evaluate("web")
     assert held is not None and held.action == "held" and "cooldown" in held.reason
     assert p.scale_sets.get("web").capacity == 3
-    p.autoscale.evaluate("web")  # the same hold again within a minute is not recorded twice
+    p.autoscale.evaluate("web")  # the same hold again within ten minutes is not recorded twice
     assert [e.action for e in p.autoscale.history("web")] == ["increase", "held"]
 
 

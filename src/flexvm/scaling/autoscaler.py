@@ -35,7 +35,7 @@ from flexvm.store.scaling import ScaleSetRepo
 
 log = logging.getLogger(__name__)
 
-HELD_REPEAT_SECONDS = 60.0  # the same held reason is recorded again only after this long
+HELD_REPEAT_SECONDS = 600.0  # a hold by the same rule is recorded again only after this long
 MAX_RULES = 20
 
 
