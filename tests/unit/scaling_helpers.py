@@ -12,6 +12,7 @@ import pytest
 from flexvm.config import Settings
 from flexvm.drivers import connect
 from flexvm.drivers.fake import FakeDriver
+from flexvm.errors import NotFound
 from flexvm.platform import Platform
 from flexvm.scaling.balancer import LoadBalancer
 from flexvm.scaling.haproxy import Frontend, FrontendStatus, ServerStatus
@@ -37,6 +38,8 @@ class FakeHAProxy:
         self.log.append(("apply", ",".join(b.name for f in frontends for b in f.backends)))
 
     def drain(self, frontend: str, server: str, timeout: float) -> bool:
+        if server not in self.backends(frontend):  # as HAProxy's runtime API answers
+            raise NotFound("server", f"{frontend}/{server}")
         self.draining.add(server)
         self.log.append(("drain", server))
         return True

@@ -4,6 +4,7 @@ rolling model updates, healing after the server stopped mid-way, and the bad-inp
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,62 @@ def test_a_rolling_update_needs_room_for_its_first_batch(web: ScalingPlatform) -
     assert "not 1" in caught.value.message
     scale_set = p.scale_sets.get("web")
     assert (scale_set.size, scale_set.model_version, scale_set.active_operation_id) == ("Standard_B1ls", 1, None)
+
+
+def test_a_delete_interrupted_by_a_stopped_server_is_finished_by_healing(web: ScalingPlatform) -> None:
+    p = web.platform
+    with p.db.session() as session:  # what delete() records before its operation does any work
+        sets = ScaleSetRepo(session)
+        scale_set = sets.get("web")
+        scale_set.deleting, scale_set.capacity = True, 0
+        scale_set.active_operation_id = "gone-with-the-old-server"
+        sets.save(scale_set)
+    operation = p.scale_sets.heal("web")
+    assert operation is not None and operation.kind == "scaleset.delete"  # not a regrowing converge
+    run(p, operation, timeout=30)
+    assert p.scale_sets.list() == [] and p.vms.list() == [] and web.haproxy.is_running is False
+
+
+def test_a_delete_while_a_scale_runs_waits_for_it_and_then_removes_everything(web: ScalingPlatform) -> None:
+    p = web.platform
+    scaling_up = p.scale_sets.scale("web", 5)
+    deleting = p.scale_sets.delete("web")
+    with pytest.raises(InvalidInput, match="being deleted"):
+        p.scale_sets.scale("web", 2)
+    run(p, deleting, timeout=60)
+    run(p, scaling_up, timeout=60)
+    assert p.scale_sets.list() == [] and p.vms.list() == [] and p.availability_sets.list() == []
+
+
+def test_an_instance_the_balancer_never_knew_does_not_block_removal(web: ScalingPlatform) -> None:
+    p = web.platform
+    run(p, p.vms.delete("web-1"))  # gone behind the set's back: HAProxy drops it at the next sync
+    p.balancer.sync()
+    run(p, p.scale_sets.delete("web"), timeout=30)
+    assert p.scale_sets.list() == [] and p.vms.list() == []
+
+
+def test_front_ports_that_would_clash_are_refused(web: ScalingPlatform) -> None:
+    p = web.platform
+    api_port = p.settings.port
+    for lb_port, bind, why in [
+        ("8080:80", "0.0.0.0", "already scale set 'web'"),  # a wildcard overlaps web's 127.0.0.1:8080
+        (f"{api_port}:80", "127.0.0.1", "flexvm API's own port"),
+    ]:
+        with pytest.raises(InvalidInput, match=why):
+            p.scale_sets.create(ScaleSetSpec("api", SIZE, "img", 1, lb_port=lb_port, lb_bind=bind))
+    with socket.socket() as taken:  # a port another program listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InvalidInput, match="in use by another program"):
+            p.scale_sets.create(ScaleSetSpec("api", SIZE, "img", 1, lb_port=f"{port}:80"))
+
+
+def test_a_set_of_an_operator_defined_size(scaling: ScalingPlatform, small_disk: Path) -> None:  # noqa: F811
+    p = scaling.platform
+    quick_image(p, small_disk)
+    p.sizes.create("Custom_small", 1, 384, 4 << 30)
+    run(p, p.scale_sets.create(ScaleSetSpec("web", "Custom_small", "img", 2)), timeout=30)
+    run(p, p.scale_sets.scale("web", 3), timeout=30)
+    assert {p.vms.get(n).size for n in names(scaling)} == {"Custom_small"}

@@ -57,6 +57,7 @@ class ScaleSet:
     max_unavailable: int = 1  # the rolling update's bound
     next_index: int = 0
     active_operation_id: str | None = None
+    deleting: bool = False  # a delete was asked for: healing finishes it instead of regrowing
     error: str | None = None  # the last thing that went wrong (an instance that never came up)
     replaced: int = 0  # instances replaced because they failed to come up
     # Autoscale: a profile (min/max/default) and rules, as plain dicts of AutoscaleRule fields.

@@ -28,7 +28,7 @@ from flexvm.model.scaleset import AutoscaleEvent, ScaleSet
 from flexvm.monitor.query import MAX_POINTS, MetricsQuery
 from flexvm.scaling.backtest import Backtest, simulate, synthetic_day
 from flexvm.scaling.rules import evaluate
-from flexvm.scaling.scalesets import ScaleSetService
+from flexvm.scaling.scalesets import ScaleSetService, operation_live
 from flexvm.store.db import Database
 from flexvm.store.metrics import MetricsRepo
 from flexvm.store.scaling import ScaleSetRepo
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HELD_REPEAT_SECONDS = 600.0  # a hold by the same rule is recorded again only after this long
 MAX_RULES = 20
+MAX_SIMULATED_STEPS = 200_000  # about 35 days at 15 s
 
 
 @dataclass
@@ -142,11 +143,11 @@ class AutoscaleService:
         """One evaluation; acts on the set when a rule says so. None: autoscale is off for it."""
         scale_set = self.scale_sets.get(name)
         profile = profile_of(scale_set)
-        if profile is None:
+        if profile is None or scale_set.deleting:
             return None
         now = self.clock()
         busy = scale_set.active_operation_id
-        if busy is not None and busy in self.scale_sets.runner.running():
+        if busy is not None and self._live(busy):
             # Decide on the set as it will be, not while instances are still coming or going.
             waiting = Decision(
                 "held",
@@ -173,6 +174,10 @@ class AutoscaleService:
             self._record_held(name, decision, now)
         return decision
 
+    def _live(self, operation_id: str) -> bool:
+        with self.db.session() as session:
+            return operation_live(session, operation_id)
+
     def value(self, name: str, rule: AutoscaleRule) -> float | None:
         """The rule's statistic over its window; None (no data) when too little of it is measured."""
         series = self.query.series(
@@ -191,6 +196,9 @@ class AutoscaleService:
         with self.db.session() as session:
             sets = ScaleSetRepo(session)
             scale_set = sets.lock(name)
+            changed = scale_set.capacity != decision.current or operation_live(session, scale_set.active_operation_id)
+            if changed or scale_set.deleting:
+                return  # someone scaled (or deleted) the set while we measured: theirs stands
             scale_set.capacity = decision.target
             scale_set.last_scale_at = now
             scale_set.last_scale_rule = decision.rule_id
@@ -248,6 +256,8 @@ class AutoscaleService:
             raise InvalidInput("rules", f"scale set '{name}' has no autoscale rules; give a rules file or add some")
         for rule in rules:
             rule.check()
+        if not synthetic and (end - start) / step > MAX_SIMULATED_STEPS:
+            raise InvalidInput("step", f"too fine for that span: at most {MAX_SIMULATED_STEPS:,} steps")
         if synthetic:
             # Fine enough that every rule's window holds several points.
             fine = max(1.0, min([60.0, *(r.grain_seconds for r in rules)]))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from flexvm.errors import NotFound
 from flexvm.model.scaleset import InstanceState
 from flexvm.scaling.haproxy import Backend, Frontend, HAProxy
 from flexvm.store.db import Database
@@ -82,10 +83,15 @@ class LoadBalancer:
             self.haproxy.apply(frontends)
 
     def drain(self, scale_set: str, vm_name: str, timeout: float) -> bool:
+        """True when the instance has no requests left; one HAProxy does not know (never added,
+        or already removed) has none."""
         with self._lock:
             if not self.haproxy.running():
                 return True
-        return self.haproxy.drain(scale_set, vm_name, timeout)
+        try:
+            return self.haproxy.drain(scale_set, vm_name, timeout)
+        except NotFound:
+            return True
 
     def statuses(self, scale_set: str) -> dict[str, str]:
         if not self.haproxy.running():
@@ -104,7 +110,9 @@ class LoadBalancer:
         """Start HAProxy again if it died (True when it had to). The loop calls this every pass."""
         with self._lock:
             frontends = self.frontends()
-            if not frontends:
+            if not frontends:  # the last set is gone: so is the need for a load balancer
+                if self.haproxy.running():
+                    self.haproxy.stop()
                 return False
             restarted = self.haproxy.ensure_running(frontends)
         if restarted:

@@ -10,6 +10,7 @@ A rolling model update is growing by a batch of new-model instances, then shrink
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from flexvm.compute.lifecycle import VmService
 from flexvm.compute.operations import OperationContext, OperationRunner
-from flexvm.errors import FlexvmError, OperationFailed
+from flexvm.errors import Busy, FlexvmError, NotFound, OperationFailed
 from flexvm.model.operation import OperationStatus
 from flexvm.model.scaleset import Instance, InstanceState, ScaleSet
 from flexvm.model.vm import ProvisioningState, Vm
@@ -31,7 +32,7 @@ from flexvm.store.scaling import ScaleSetRepo
 
 log = logging.getLogger(__name__)
 
-MAX_ROUNDS = 50  # a bound on one converge: each round grows, shrinks or replaces something
+BASE_ROUNDS = 20  # a bound on one converge (plus 3 per instance): each round grows, shrinks or replaces
 MAX_FAILED_ROUNDS = 3  # rounds in a row in which no instance came up: give up and say why
 DRAIN_TIMEOUT = 30.0  # seconds an instance's requests in flight get to finish before it is deleted
 PROBE_INTERVAL = 0.5
@@ -121,13 +122,18 @@ class Converger:
     # --- converge ----------------------------------------------------------------------------
     def converge(self, ctx: OperationContext, name: str) -> dict[str, Any]:
         try:
-            result = self._converge(ctx, name)
+            result = self._counting_failures(name, lambda: self._converge(ctx, name))
+        finally:
+            self._release(name, ctx.operation.id)
+        return result
+
+    def _counting_failures(self, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            result = work()
         except BaseException:
             count, _ = self._failures.get(name, (0, 0.0))
             self._failures[name] = (count + 1, time.monotonic())
             raise
-        finally:
-            self._release(name, ctx.operation.id)
         self._failures.pop(name, None)
         return result
 
@@ -140,7 +146,9 @@ class Converger:
 
     def _converge(self, ctx: OperationContext, name: str) -> dict[str, Any]:
         failed_rounds = 0
-        for _ in range(MAX_ROUNDS):
+        view = self._view(name)
+        rounds = BASE_ROUNDS + 3 * max(view.scale_set.capacity, len(view.instances))
+        for _ in range(rounds):
             view = self._view(name)
             target = view.scale_set.capacity
             if view.broken():
@@ -168,6 +176,8 @@ class Converger:
                 self._roll(ctx, name, view)
             else:
                 break
+        else:
+            raise OperationFailed(f"scale set {name} did not settle in {rounds} rounds; healing will carry on")
         view = self._view(name)
         ctx.progress(100, f"{len(view.staying)} instances serving")
         return {"instances": [i.vm_name for i in view.staying], "replaced": view.scale_set.replaced}
@@ -315,17 +325,24 @@ class Converger:
     def _delete_vms(self, ctx: OperationContext, name: str, vm_names: list[str]) -> None:
         operations = {}
         for vm_name in vm_names:
-            try:
-                operations[vm_name] = self.vms.delete(vm_name).id
-            except FlexvmError as err:  # already gone is fine; busy is waited for below
-                if err.status != 404:
-                    raise
+            with contextlib.suppress(NotFound):  # already gone
+                operations[vm_name] = self._delete_vm(vm_name)
         for vm_name, operation_id in operations.items():
             finished = self.runner.wait(operation_id, 300)
             if finished.status != OperationStatus.SUCCEEDED:
                 raise OperationFailed(f"could not delete instance {vm_name}: {finished.message}")
         self._forget(name, vm_names)
         ctx.progress(ctx.operation.progress, f"removed {', '.join(vm_names)}")
+
+    def _delete_vm(self, vm_name: str) -> str:
+        """Start the VM's delete, first waiting for an operation that holds it (a resize, a move)."""
+        try:
+            return self.vms.delete(vm_name).id
+        except Busy:
+            holder = self.vms.get(vm_name).active_operation_id
+            if holder is not None:
+                self.runner.wait(holder, 600)
+            return self.vms.delete(vm_name).id
 
     def _replace(self, ctx: OperationContext, name: str, instances: list[Instance], reason: str) -> None:
         """Delete instances that will not serve; the next round creates replacements."""
@@ -354,7 +371,17 @@ class Converger:
         self._remove(ctx, name, [i.vm_name for i in batch[:came_up]])
 
     # --- deleting the set --------------------------------------------------------------------
-    def delete(self, ctx: OperationContext, name: str) -> dict[str, Any]:
+    def delete(self, ctx: OperationContext, name: str, after: str | None = None) -> dict[str, Any]:
+        """Remove every instance, then the set. One that fails is finished by a later heal (the
+        set stays marked deleting), backing off like a failed converge."""
+        if after is not None:  # a converge was running: it sees capacity 0 and shrinks; then we go on
+            ctx.progress(0, f"waiting for operation {after[:8]} to finish")
+            self.runner.wait(after, 3600)
+        result = self._counting_failures(name, lambda: self._delete(ctx, name))
+        self._failures.pop(name, None)
+        return result
+
+    def _delete(self, ctx: OperationContext, name: str) -> dict[str, Any]:
         view = self._view(name)
         names = [i.vm_name for i in view.instances]
         if names:

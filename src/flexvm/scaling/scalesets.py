@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,13 @@ from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
 from flexvm.model.scaleset import MAX_INSTANCES, Instance, InstanceState, LoadBalancerSpec, ScaleInPolicy, ScaleSet
+from flexvm.model.sizes import Size
 from flexvm.model.vm import Vm
 from flexvm.scaling.converge import Converger
 from flexvm.scheduler.placement import choose
 from flexvm.scheduler.snapshot import HostSnapshot, Request, SetSpread
 from flexvm.store.db import Database, utcnow
-from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, VmRepo
+from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, OperationRepo, VmRepo
 from flexvm.store.scaling import ScaleSetRepo
 
 MAX_SET_NAME = 58  # room for "-<index>" in a 64-character VM name
@@ -75,6 +77,31 @@ class InstanceView:
             "lb_status": self.lb_status,
             "created_at": self.instance.created_at.isoformat(),
         }
+
+
+def operation_live(session: Any, operation_id: str | None) -> bool:
+    """Whether an operation is still pending or running, by its row: true for any server sharing
+    the database, and false for one a stopped server left (the reconciler closes those at start)."""
+    if operation_id is None:
+        return False
+    found = OperationRepo(session).find(operation_id)
+    return found is not None and not found.status.finished
+
+
+def _addresses_overlap(first: str, second: str) -> bool:
+    """Two binds clash on a port when they are the same address or either is a wildcard."""
+    wildcards = {"0.0.0.0", "::"}
+    return first == second or first in wildcards or second in wildcards
+
+
+def _port_free(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def parse_lb_port(text: str) -> tuple[int, int]:
@@ -128,6 +155,7 @@ class ScaleSetService:
     # --- create ------------------------------------------------------------------------------
     def create(self, spec: ScaleSetSpec) -> Operation:
         scale_set = self._check_spec(spec)
+        size = self.sizes.get(scale_set.size)  # before the session: a custom size reads the store
         with self.db.session() as session:
             sets = ScaleSetRepo(session)
             if sets.find(spec.name) is not None:
@@ -144,7 +172,7 @@ class ScaleSetService:
                 scale_set.network = self._network_for_balancer(session, scale_set.load_balancer)
                 self._check_front_port_free(sets.list(), scale_set.load_balancer)
             scale_set.fault_domains = self._fault_domains(session, spec, scale_set.network)
-            self._check_room(session, scale_set, spec.instances, image, existing=False)
+            self._check_room(session, scale_set, size, spec.instances, image, existing=False)
             sets.add(scale_set)
             AvailabilitySetRepo(session).add(AvailabilitySet(scale_set.name, scale_set.fault_domains, utcnow()))
             operation = self._record(session, scale_set, "scaleset.create", {"instances": spec.instances})
@@ -207,21 +235,25 @@ class ScaleSetService:
             )
         return networks[0]
 
-    @staticmethod
-    def _check_front_port_free(sets: builtins.list[ScaleSet], balancer: LoadBalancerSpec) -> None:
+    def _check_front_port_free(self, sets: builtins.list[ScaleSet], balancer: LoadBalancerSpec) -> None:
+        """A frontend that cannot bind would fail every reload, for every set: refuse it here."""
+        where = f"{balancer.bind_address}:{balancer.port}"
         for other in sets:
             lb = other.load_balancer
-            if lb and lb.port == balancer.port and lb.bind_address == balancer.bind_address:
-                raise InvalidInput(
-                    "lb_port", f"{balancer.bind_address}:{balancer.port} is already scale set '{other.name}''s frontend"
-                )
+            if lb and lb.port == balancer.port and _addresses_overlap(lb.bind_address, balancer.bind_address):
+                raise InvalidInput("lb_port", f"{where} is already scale set '{other.name}''s frontend")
+        if balancer.port == self.settings.port and _addresses_overlap(self.settings.listen_host, balancer.bind_address):
+            raise InvalidInput("lb_port", f"{where} is the flexvm API's own port")
+        if not _port_free(balancer.bind_address, balancer.port):
+            raise InvalidInput("lb_port", f"{where} is already in use by another program")
 
-    def _check_room(self, session: Any, scale_set: ScaleSet, extra: int, image: Image, *, existing: bool) -> None:
+    def _check_room(
+        self, session: Any, scale_set: ScaleSet, size: Size, extra: int, image: Image, *, existing: bool
+    ) -> None:
         """Refuse a set the pool cannot hold, saying how many would fit: the instances placed on
         paper one by one, as the scheduler will, spread over the set's fault domains."""
         if extra <= 0:
             return
-        size = self.sizes.get(scale_set.size)
         pool = {s.host.name: s for s in pool_snapshots(session, lock=False)}
         spread = spread_of(session, scale_set.availability_set) if existing else None
         members = dict(spread.members_by_domain) if spread else {}
@@ -268,7 +300,10 @@ class ScaleSetService:
         return spec.fault_domains
 
     def _record(self, session: Any, scale_set: ScaleSet, kind: str, params: dict[str, Any]) -> Operation:
-        if scale_set.active_operation_id is not None:
+        if scale_set.deleting:
+            raise InvalidInput("name", f"scale set '{scale_set.name}' is being deleted")
+        if operation_live(session, scale_set.active_operation_id):
+            assert scale_set.active_operation_id is not None
             raise Busy("scale set", scale_set.name, scale_set.active_operation_id)
         operation = self.runner.record(session, kind, "scaleset", scale_set.name, params=params)
         scale_set.active_operation_id = operation.id
@@ -278,6 +313,7 @@ class ScaleSetService:
     # --- scale, update, delete ---------------------------------------------------------------
     def scale(self, name: str, instances: int) -> Operation:
         check_instances(instances)
+        size = self.sizes.get(self.get(name).size)
         with self.db.session() as session:
             scale_set = ScaleSetRepo(session).lock(name)
             profile = scale_set.autoscale
@@ -290,7 +326,7 @@ class ScaleSetService:
             image = ImageRepo(session).get(scale_set.image)
             staying = [i for i in ScaleSetRepo(session).instances(name) if i.state != InstanceState.LEAVING]
             extra = instances - len(staying)
-            self._check_room(session, scale_set, extra, image, existing=True)
+            self._check_room(session, scale_set, size, extra, image, existing=True)
             scale_set.capacity = instances
             operation = self._record(session, scale_set, "scaleset.scale", {"instances": instances})
         return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
@@ -301,15 +337,20 @@ class ScaleSetService:
         """Change the model; the operation rolls the instances onto it, max_unavailable at a time."""
         if size is None and image is None and max_unavailable is None:
             raise InvalidInput("size", "give a new size, image or max_unavailable")
-        new_size = self.sizes.get(size).name if size else None
-        if max_unavailable is not None and max_unavailable < 1:
-            raise InvalidInput("max_unavailable", f"must be at least 1 (got {max_unavailable})")
+        current = self.get(name)
+        new_size = self.sizes.get(size or current.size)
+        if max_unavailable is not None and not 1 <= max_unavailable <= MAX_INSTANCES:
+            raise InvalidInput("max_unavailable", f"must be from 1 to {MAX_INSTANCES} (got {max_unavailable})")
         with self.db.session() as session:
             scale_set = ScaleSetRepo(session).lock(name)
-            if image is not None and ImageRepo(session).find(image) is None:
-                raise InvalidInput("image", f"unknown image '{image}'")
-            changed = (new_size or scale_set.size, image or scale_set.image) != (scale_set.size, scale_set.image)
-            scale_set.size = new_size or scale_set.size
+            if image is not None:
+                found = ImageRepo(session).find(image)
+                if found is None:
+                    raise InvalidInput("image", f"unknown image '{image}'")
+                if scale_set.user_data is not None and not found.cloud_init:
+                    raise InvalidInput("image", f"image '{image}' does not run cloud-init, and the set has user data")
+            changed = (new_size.name, image or scale_set.image) != (scale_set.size, scale_set.image)
+            scale_set.size = new_size.name
             scale_set.image = image or scale_set.image
             scale_set.max_unavailable = max_unavailable or scale_set.max_unavailable
             if changed:
@@ -317,7 +358,8 @@ class ScaleSetService:
                 # New instances join before old ones leave: a batch of them must fit beside the set.
                 staying = [i for i in ScaleSetRepo(session).instances(name) if i.state != InstanceState.LEAVING]
                 batch = min(scale_set.max_unavailable, len(staying))
-                self._check_room(session, scale_set, batch, ImageRepo(session).get(scale_set.image), existing=True)
+                image_now = ImageRepo(session).get(scale_set.image)
+                self._check_room(session, scale_set, new_size, batch, image_now, existing=True)
             operation = self._record(
                 session,
                 scale_set,
@@ -327,10 +369,20 @@ class ScaleSetService:
         return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
 
     def delete(self, name: str) -> Operation:
+        """Marked at once (so nothing regrows the set, even after a restart), then done by an
+        operation that first lets a running one finish."""
         with self.db.session() as session:
-            scale_set = ScaleSetRepo(session).lock(name)
-            operation = self._record(session, scale_set, "scaleset.delete", {})
-        return self.runner.launch(operation, lambda ctx: self.converger.delete(ctx, name))
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            running = scale_set.active_operation_id if operation_live(session, scale_set.active_operation_id) else None
+            if scale_set.deleting and running is not None:
+                raise Busy("scale set", name, running)
+            scale_set.deleting = True
+            scale_set.capacity = 0
+            operation = self.runner.record(session, "scaleset.delete", "scaleset", name)
+            scale_set.active_operation_id = operation.id
+            sets.save(scale_set)
+        return self.runner.launch(operation, lambda ctx: self.converger.delete(ctx, name, after=running))
 
     def heal(self, name: str, *, now: bool = False) -> Operation | None:
         """Start a converge when the set drifted from its record (an instance died, the server was
@@ -339,18 +391,25 @@ class ScaleSetService:
         if not now and self.converger.backing_off(name):
             return None
         with self.db.session() as session:
-            scale_set = ScaleSetRepo(session).find(name)
-            if scale_set is None:
+            sets = ScaleSetRepo(session)
+            if sets.find(name) is None:
                 return None
-            if scale_set.active_operation_id is not None:
-                if scale_set.active_operation_id in self.runner.running():
-                    return None
-                scale_set.active_operation_id = None  # left by a server that stopped mid-way
-            if not self.converger.needs_work(session, scale_set):
-                ScaleSetRepo(session).save(scale_set)
+            scale_set = sets.lock(name)
+            if operation_live(session, scale_set.active_operation_id):
                 return None
-            operation = self._record(session, scale_set, "scaleset.heal", {"instances": scale_set.capacity})
-        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
+            scale_set.active_operation_id = None  # left by a server that stopped mid-way, if any
+            if scale_set.deleting:  # a delete that was interrupted: finish it
+                operation = self.runner.record(session, "scaleset.delete", "scaleset", name)
+                scale_set.active_operation_id = operation.id
+                sets.save(scale_set)
+                work = lambda ctx: self.converger.delete(ctx, name)  # noqa: E731
+            elif self.converger.needs_work(session, scale_set):
+                operation = self._record(session, scale_set, "scaleset.heal", {"instances": scale_set.capacity})
+                work = lambda ctx: self.converger.converge(ctx, name)  # noqa: E731
+            else:
+                sets.save(scale_set)
+                return None
+        return self.runner.launch(operation, work)
 
     def require(self, name: str) -> ScaleSet:
         with self.db.session() as session:

@@ -206,6 +206,7 @@ class ScaleSetRow(Base):
     max_unavailable: Mapped[int] = mapped_column(Integer, default=1)
     next_index: Mapped[int] = mapped_column(Integer, default=0)
     active_operation_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     replaced: Mapped[int] = mapped_column(Integer, default=0)
     autoscale: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -286,7 +286,8 @@ def list_rules(name: str, p: Platform = Depends(platform)) -> list[schemas.Autos
 @router.post("/{name}/autoscale/rules", status_code=201, response_model=schemas.AddedRuleOut)
 def add_rule(name: str, body: schemas.AutoscaleRuleIn, p: Platform = Depends(platform)) -> schemas.AddedRuleOut:
     named("name", name)
-    added = p.autoscale.add_rule(name, rule_in(body))
+    with api_fields():
+        added = p.autoscale.add_rule(name, rule_in(body))
     return schemas.AddedRuleOut(rule=rule_out(added.rule), warnings=added.warnings)
 
 

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("max_unavailable", sa.Integer, nullable=False),
         sa.Column("next_index", sa.Integer, nullable=False),
         sa.Column("active_operation_id", sa.String(36), nullable=True),
+        sa.Column("deleting", sa.Boolean, nullable=False),
         sa.Column("error", sa.Text, nullable=True),
         sa.Column("replaced", sa.Integer, nullable=False),
         sa.Column("autoscale", sa.JSON, nullable=True),
