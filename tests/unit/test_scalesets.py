@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flexvm.errors import Busy, CapacityError, InvalidInput, NotFound
+from flexvm.errors import Busy, CapacityError, Conflict, InvalidInput, NotFound
 from flexvm.model.scaleset import Instance, InstanceState
 from flexvm.scaling.scalesets import ScaleSetSpec
 from flexvm.store.db import utcnow
@@ -287,3 +287,13 @@ def test_a_set_of_an_operator_defined_size(scaling: ScalingPlatform, small_disk:
     run(p, p.scale_sets.create(ScaleSetSpec("web", "Custom_small", "img", 2)), timeout=30)
     run(p, p.scale_sets.scale("web", 3), timeout=30)
     assert {p.vms.get(n).size for n in names(scaling)} == {"Custom_small"}
+
+
+def test_the_sets_own_availability_set_cannot_be_deleted_on_its_own(scaling: ScalingPlatform, small_disk: Path) -> None:  # noqa: F811
+    p = scaling.platform
+    quick_image(p, small_disk)
+    run(p, p.scale_sets.create(ScaleSetSpec("web", SIZE, "img", 0)), timeout=30)
+    with pytest.raises(Conflict, match="belongs to scale set 'web'"):
+        p.availability_sets.delete("web")
+    run(p, p.scale_sets.scale("web", 1), timeout=30)
+    assert names(scaling) == ["web-0"]

@@ -10,6 +10,7 @@ from flexvm.model.availability import MAX_FAULT_DOMAINS, AvailabilitySet
 from flexvm.model.names import check_name
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, VmRepo
+from flexvm.store.scaling import ScaleSetRepo
 
 
 @dataclass
@@ -52,6 +53,10 @@ class AvailabilitySetService:
 
     def delete(self, name: str) -> None:
         with self.db.session() as session:
+            if ScaleSetRepo(session).find(name) is not None:
+                raise Conflict(
+                    f"availability set '{name}' belongs to scale set '{name}'; it goes when the scale set is deleted"
+                )
             members = [vm.name for vm in VmRepo(session).in_set(name)]
             if members:
                 raise Conflict(
