@@ -141,6 +141,12 @@ class ScaleSetService:
         with self.db.session() as session:
             return ScaleSetRepo(session).get(name)
 
+    def members(self, name: str) -> builtins.list[Instance]:
+        """The set's own records of its instances (no VM or load-balancer lookups)."""
+        with self.db.session() as session:
+            ScaleSetRepo(session).get(name)
+            return ScaleSetRepo(session).instances(name)
+
     def instances(self, name: str) -> builtins.list[InstanceView]:
         with self.db.session() as session:
             scale_set = ScaleSetRepo(session).get(name)

@@ -78,7 +78,7 @@ def profile_out(profile: AutoscaleProfile) -> schemas.AutoscaleProfileOut:
 def set_out(p: Platform, scale_set: ScaleSet) -> schemas.ScaleSetOut:
     lb = scale_set.load_balancer
     profile = profile_of(scale_set)
-    states = Counter(view.instance.state.value for view in p.scale_sets.instances(scale_set.name))
+    states = Counter(instance.state.value for instance in p.scale_sets.members(scale_set.name))
     return schemas.ScaleSetOut(
         name=scale_set.name,
         size=scale_set.size,
