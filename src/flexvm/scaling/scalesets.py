@@ -18,7 +18,7 @@ from flexvm.compute.operations import OperationRunner
 from flexvm.compute.placing import pool_snapshots, spread_of
 from flexvm.compute.sizes import SizeService
 from flexvm.config import Settings
-from flexvm.errors import Busy, CapacityError, InvalidInput, NotFound
+from flexvm.errors import Busy, CapacityError, InvalidInput
 from flexvm.images.cloudinit import MAX_USER_DATA
 from flexvm.model.availability import MAX_FAULT_DOMAINS, AvailabilitySet
 from flexvm.model.host import HostState
@@ -416,10 +416,3 @@ class ScaleSetService:
                 sets.save(scale_set)
                 return None
         return self.runner.launch(operation, work)
-
-    def require(self, name: str) -> ScaleSet:
-        with self.db.session() as session:
-            found = ScaleSetRepo(session).find(name)
-        if found is None:
-            raise NotFound("scale set", name)
-        return found
