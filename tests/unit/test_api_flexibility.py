@@ -9,7 +9,6 @@ class and the field named for bad input.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from fastapi.testclient import TestClient
 from flexvm.config import Settings
 from flexvm.drivers.fake import FakeDriver
 from flexvm.platform import Platform
+from tests.unit.api_helpers import error_of, finished
 from tests.unit.flex_helpers import Gate, guest, make_vm, quick_image
 from tests.unit.pool_helpers import add_host, pool_settings
 
@@ -40,28 +40,6 @@ def a(platform: Platform, image: str) -> FakeDriver:
     add_host(platform, "b")
     make_vm(platform, "web1")
     return driver
-
-
-def error_of(response: Any, status: int, code: str, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code and body["error"]["message"]
-    if field is not None:
-        assert body["error"]["details"]["field"] == field, body
-    return body["error"]
-
-
-def finished(api: TestClient, response: Any, status: str = "succeeded") -> dict[str, Any]:
-    assert response.status_code == 202, response.text
-    location = response.headers["location"]
-    assert location == f"/v1/operations/{response.json()['id']}"
-    deadline = time.monotonic() + 15
-    while (operation := api.get(location).json())["status"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, f"operation still {operation['status']}"
-        time.sleep(0.01)
-    assert operation["status"] == status, operation["error"]
-    return operation
 
 
 def vm(api: TestClient, name: str = "web1") -> dict[str, Any]:

@@ -9,7 +9,6 @@ is Azure's shape {"error": {"code", "message", "details"}} with the field named 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +16,8 @@ from fastapi.testclient import TestClient
 
 from flexvm.model.units import GIB
 from flexvm.platform import Platform
+from tests.unit.api_helpers import error_of, finished
 from tests.unit.pool_helpers import fake_uri
-
-
-def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body["error"]
-
-
-def finished(api: TestClient, response: Any, status: str = "succeeded", timeout: float = 15.0) -> dict[str, Any]:
-    assert response.status_code == 202, response.text
-    location = response.headers["location"]
-    assert location == f"/v1/operations/{response.json()['id']}"
-    deadline = time.monotonic() + timeout
-    while True:
-        operation = api.get(location).json()
-        if operation["status"] in ("succeeded", "failed"):
-            break
-        assert time.monotonic() < deadline, f"operation still {operation['status']}"
-        time.sleep(0.01)
-    assert operation["status"] == status, operation["error"]
-    return operation
 
 
 def add_host(api: TestClient, name: str, **settings: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from flexvm.drivers.fake import FakeDriver
 from flexvm.platform import Platform
+from tests.unit.api_helpers import error_of, finished
 
 SET_KEYS = {
     "name", "size", "image", "capacity", "fault_domains", "scale_in_policy", "load_balancer", "network",
@@ -31,28 +32,6 @@ INSTANCE_KEYS = {
 }  # fmt: skip
 OUT_RULE = {"metric": "cpu_percent", "operator": "gt", "threshold": 70, "action": "increase"}
 IN_RULE = {"metric": "cpu_percent", "operator": "lt", "threshold": 30, "action": "decrease"}
-
-
-def error_of(response: Any, status: int, code: str, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code and body["error"]["message"]
-    if field is not None:
-        assert body["error"]["details"]["field"] == field, body
-    return body["error"]
-
-
-def finished(api: TestClient, response: Any, status: str = "succeeded") -> dict[str, Any]:
-    assert response.status_code == 202, response.text
-    location = response.headers["location"]
-    assert location == f"/v1/operations/{response.json()['id']}"
-    deadline = time.monotonic() + 30
-    while (operation := api.get(location).json())["status"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, operation
-        time.sleep(0.02)
-    assert operation["status"] == status, (operation["error"], operation["message"])
-    return operation
 
 
 def make_set(api: TestClient, name: str = "web", instances: int = 2, **extra: Any) -> dict[str, Any]:

@@ -24,24 +24,9 @@ from flexvm.model.autoscale import (
     rescale,
 )
 from flexvm.scaling.rules import evaluate
+from tests.unit.autoscale_helpers import rule
 
 NOW = 1_000_000.0
-
-
-def rule(
-    direction: str,
-    operator: str,
-    threshold: float,
-    *,
-    metric: str = "cpu_percent",
-    statistic: str = "avg",
-    count: int = 1,
-    cooldown: float = 300.0,
-    window: float = 300.0,
-    grain: float = 60.0,
-    id: str = "",
-) -> AutoscaleRule:
-    return AutoscaleRule(metric, statistic, grain, window, operator, threshold, direction, count, cooldown, id)
 
 
 def measured(values: dict[str, float | None]) -> Callable[[AutoscaleRule], float | None]:

@@ -9,28 +9,13 @@ from __future__ import annotations
 import pytest
 
 from flexvm.errors import InvalidInput
-from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule
+from flexvm.model.autoscale import AutoscaleProfile
 from flexvm.scaling.backtest import Flap, render_timeline, simulate, synthetic_day
+from tests.unit.autoscale_helpers import rule
 
 HOUR = 3600.0
 DAY = 86400.0
 PROFILE = AutoscaleProfile(min_count=1, max_count=10, default_count=2)
-
-
-def rule(
-    direction: str,
-    operator: str,
-    threshold: float,
-    *,
-    metric: str = "cpu_percent",
-    statistic: str = "avg",
-    window: float = 300.0,
-    grain: float = 60.0,
-    cooldown: float = 300.0,
-    count: int = 1,
-    id: str = "",
-) -> AutoscaleRule:
-    return AutoscaleRule(metric, statistic, grain, window, operator, threshold, direction, count, cooldown, id)
 
 
 def steady(value: float, *, every: float = 15.0, until: float = 1200.0) -> list[tuple[float, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -10,12 +11,21 @@ import typer
 from flexvm.cli import output
 from flexvm.cli.client import ApiClient
 from flexvm.config import Settings
+from flexvm.errors import InvalidInput
 
 OutputOpt = typer.Option(output.Format.table, "--output", "-o", help="table or json (the API's own shape)")
 
 
 def client() -> ApiClient:
     return ApiClient.from_settings(Settings.from_env())
+
+
+def read_user_data(path: Path) -> str:
+    """The text of a --user-data file, or an error naming the option and the file."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidInput("user_data", f"cannot read {path}: {err}") from err
 
 
 def finish(

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from flexvm.cli import output
 from flexvm.cli.client import ApiClient
-from flexvm.cli.common import OutputOpt, client, finish
+from flexvm.cli.common import OutputOpt, client, finish, read_user_data
 from flexvm.errors import InvalidInput
 
 scaleset_app = typer.Typer(
@@ -115,10 +115,7 @@ def create(
         "max_unavailable": max_unavailable,
     }
     if user_data is not None:
-        try:
-            body["user_data"] = user_data.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise InvalidInput("user_data", f"cannot read {user_data}: {err}") from err
+        body["user_data"] = read_user_data(user_data)
     api = client()
     _after(api, name, api.post("/scalesets", body), f"creating scale set {name}", no_wait, fmt)
 

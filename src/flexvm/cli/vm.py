@@ -9,8 +9,7 @@ from typing import Any
 import typer
 
 from flexvm.cli import output
-from flexvm.cli.common import OutputOpt, client, finish
-from flexvm.errors import InvalidInput
+from flexvm.cli.common import OutputOpt, client, finish, read_user_data
 
 app = typer.Typer(help="Create, run, change and remove VMs.", no_args_is_help=True)
 
@@ -88,10 +87,7 @@ def create(
         "max_size": max_size,
     }
     if user_data is not None:
-        try:
-            body["user_data"] = user_data.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise InvalidInput("user_data", f"cannot read {user_data}: {err}") from err
+        body["user_data"] = read_user_data(user_data)
     api = client()
     operation = api.post("/vms", body)
 
