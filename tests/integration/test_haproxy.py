@@ -239,6 +239,49 @@ def test_a_killed_haproxy_is_started_again_with_the_same_config(
     assert lb.ensure_running(config) is False
 
 
+def test_a_server_that_came_up_since_the_last_reload_is_up_at_once_after_a_kill(
+    lb: HAProxy, apps: Callable[[str], App], port: int
+) -> None:
+    a, b = apps("a"), apps("b")
+    lb.apply(frontend(port, a))
+    wait_up(lb, "a")
+    config = frontend(port, a, b)
+    lb.apply(config)  # b joins held DOWN, and the state file says so
+    wait_up(lb, "b")
+    lb.save_state()
+    os.kill(lb._master_pid() or 0, signal.SIGKILL)
+    wait_for(lambda: not lb.running(), 5, "haproxy gone")
+    assert lb.ensure_running(config) is True
+    assert statuses(lb) == {"a": "UP", "b": "UP"}  # not DOWN until two more checks pass
+
+
+def test_servers_drained_at_once_are_all_drained_and_remembered(
+    lb: HAProxy, apps: Callable[[str], App], port: int
+) -> None:
+    members = [apps(name) for name in ("a", "b", "c", "d", "e", "f")]
+    config = frontend(port, *members)
+    lb.apply(config)
+    wait_up(lb, *(m.name for m in members))
+    drained: list[bool | str] = []
+
+    def drain(name: str) -> None:
+        try:
+            drained.append(lb.drain("web", name, timeout=5))
+        except Exception as err:  # recorded, so the assertion below shows it
+            drained.append(f"{type(err).__name__}: {err}")
+
+    threads = [threading.Thread(target=drain, args=(m.name,)) for m in members[1:]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert drained == [True] * 5
+    os.kill(lb._master_pid() or 0, signal.SIGKILL)
+    wait_for(lambda: not lb.running(), 5, "haproxy gone")
+    lb.ensure_running(config)
+    assert statuses(lb) == {"a": "UP", **{m.name: "DRAIN" for m in members[1:]}}
+
+
 def test_a_refused_config_leaves_the_running_haproxy_alone(
     lb: HAProxy, apps: Callable[[str], App], port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@ platform whose load balancer drives it and whose probe answers as the test says.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class FakeHAProxy:
     draining: set[str] = field(default_factory=set)
     requests_total: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
+    state_saves: int = 0
 
     def apply(self, frontends: list[Frontend]) -> None:
         self.is_running = True
@@ -46,6 +48,9 @@ class FakeHAProxy:
 
     def running(self) -> bool:
         return self.is_running
+
+    def save_state(self) -> None:
+        self.state_saves += 1
 
     def ensure_running(self, frontends: list[Frontend]) -> bool:
         if self.is_running:
@@ -75,12 +80,18 @@ class FakeHAProxy:
 
 @dataclass
 class Probe:
-    """The instances' health as the test decides it: addresses in ``failing`` never answer."""
+    """The instances' health as the test decides it: addresses in ``failing`` never answer, and
+    while ``answering`` is clear every probe waits (up to 10 s), holding its operation mid-way."""
 
     failing: set[str] = field(default_factory=set)
     seen: list[str] = field(default_factory=list)
+    answering: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
 
     def __call__(self, address: str, port: int, path: str) -> bool:
+        self.answering.wait(10)
         self.seen.append(address)
         return address not in self.failing
 

@@ -196,9 +196,13 @@ def test_a_load_balancer_needs_hosts_on_a_network(platform, image: str) -> None:
 
 def test_one_operation_at_a_time_and_the_front_port_is_the_sets_own(web: ScalingPlatform) -> None:
     p = web.platform
+    web.probe.answering.clear()  # the scale-out stays running until the probe answers
     operation = p.scale_sets.scale("web", 4)
-    with pytest.raises(Busy):
-        p.scale_sets.scale("web", 5)
+    try:
+        with pytest.raises(Busy):
+            p.scale_sets.scale("web", 5)
+    finally:
+        web.probe.answering.set()
     run(p, operation, timeout=30)
     with pytest.raises(InvalidInput) as caught:
         p.scale_sets.create(ScaleSetSpec("api", SIZE, "img", 1, lb_port="8080:80"))
@@ -218,7 +222,9 @@ def test_a_killed_balancer_is_started_again_with_the_same_backends(web: ScalingP
     web.haproxy.is_running = False
     assert web.platform.balancer.keep_running() is True
     assert web.haproxy.restarts == 1 and web.haproxy.backends("web") == ["web-0", "web-1", "web-2"]
+    saves = web.haproxy.state_saves
     assert web.platform.balancer.keep_running() is False
+    assert web.haproxy.state_saves == saves + 1, "a running HAProxy's health is saved for its next restart"
 
 
 def test_a_rolling_update_needs_room_for_its_first_batch(web: ScalingPlatform) -> None:

@@ -7,6 +7,7 @@ connection. A HAProxy that was killed is started again from the same truth.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ import httpx
 
 from flexvm.errors import NotFound
 from flexvm.model.scaleset import InstanceState
-from flexvm.scaling.haproxy import Backend, Frontend, HAProxy
+from flexvm.scaling.haproxy import Backend, Frontend, HAProxy, LoadBalancerError
 from flexvm.store.db import Database
 from flexvm.store.repositories import VmRepo
 from flexvm.store.scaling import ScaleSetRepo
@@ -102,6 +103,8 @@ class LoadBalancer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.statuses(scale_set).get(vm_name) == "UP":
+                with contextlib.suppress(LoadBalancerError):  # gone meanwhile: keep_running restarts it
+                    self.haproxy.save_state()  # a HAProxy restarted from now on brings it back UP
                 return True
             time.sleep(0.2)
         return False
@@ -115,6 +118,11 @@ class LoadBalancer:
                     self.haproxy.stop()
                 return False
             restarted = self.haproxy.ensure_running(frontends)
+            if not restarted:
+                # Health seen since the last change (a server that went DOWN, or came back) is
+                # kept for the next restart too.
+                with contextlib.suppress(LoadBalancerError):
+                    self.haproxy.save_state()
         if restarted:
             log.warning("the load balancer was not running; started it with %d frontends", len(frontends))
         return restarted

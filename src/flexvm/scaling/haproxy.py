@@ -223,9 +223,16 @@ class HAProxy:
         return pid is not None and _pid_alive(pid) and self._worker_pid() is not None
 
     def _write_atomic(self, path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
+        # A temporary name of this writer's own: two writers sharing one would rename each other's.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+    def save_state(self) -> None:
+        """Record the running servers' states now, so a restart after a kill comes back with them
+        (a server admitted since the last reload would otherwise return DOWN until its checks pass)."""
+        with self._locked():
+            self._save_state()
 
     def _save_state(self, frontends: Sequence[Frontend] | None = None) -> None:
         """Dump the running servers' states into the state file (merged for ``frontends`` if given)."""
@@ -391,12 +398,14 @@ class HAProxy:
     def _set_state(self, frontend: str, server: str, state: str) -> None:
         check_name("frontend", frontend)
         check_name("server", server)
-        answer = self.runtime(f"set server be_{frontend}/{server} state {state}").strip()
-        if answer:
-            if "No such" in answer:
-                raise NotFound("load balancer server", f"{frontend}/{server}")
-            raise LoadBalancerError(f"HAProxy refused to set {frontend}/{server} to {state}: {answer}")
-        self._save_state()  # so a restart after a crash keeps it
+        # Locked: drains of several servers run at once, and each saves the whole state file.
+        with self._locked():
+            answer = self.runtime(f"set server be_{frontend}/{server} state {state}").strip()
+            if answer:
+                if "No such" in answer:
+                    raise NotFound("load balancer server", f"{frontend}/{server}")
+                raise LoadBalancerError(f"HAProxy refused to set {frontend}/{server} to {state}: {answer}")
+            self._save_state()  # so a restart after a crash keeps it
 
     def drain(self, frontend: str, server: str, timeout: float) -> bool:
         """Send ``server`` no new request; wait until its current ones finish. True if it emptied in time."""
