@@ -295,11 +295,16 @@ def test_a_set_of_an_operator_defined_size(scaling: ScalingPlatform, small_disk:
     assert {p.vms.get(n).size for n in names(scaling)} == {"Custom_small"}
 
 
-def test_the_sets_own_availability_set_cannot_be_deleted_on_its_own(scaling: ScalingPlatform, small_disk: Path) -> None:  # noqa: F811
+def test_the_sets_own_availability_set_is_the_sets_alone(scaling: ScalingPlatform, small_disk: Path) -> None:  # noqa: F811
     p = scaling.platform
     quick_image(p, small_disk)
     run(p, p.scale_sets.create(ScaleSetSpec("web", SIZE, "img", 0)), timeout=30)
     with pytest.raises(Conflict, match="belongs to scale set 'web'"):
         p.availability_sets.delete("web")
+    for intruder in ("other", "web-7"):  # named like an instance is not being one
+        with pytest.raises(InvalidInput, match="flexvm scaleset scale web") as caught:
+            p.vms.create(intruder, SIZE, "img", availability_set="web")
+        assert caught.value.field == "availability_set"
+    assert p.vms.list() == []
     run(p, p.scale_sets.scale("web", 1), timeout=30)
     assert names(scaling) == ["web-0"]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from flexvm.capacity.fit import Allocation, room_on, why_not
 from flexvm.compute import guest_boot
 from flexvm.compute.consoles import ConsoleArchive
@@ -48,6 +50,7 @@ from flexvm.model.units import format_bytes
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm, check_action
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, LeftoverRepo, NetworkRepo, VmRepo
+from flexvm.store.scaling import ScaleSetRepo
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,7 @@ class VmService:
                 HostRepo(session).get(host)
             if availability_set is not None:
                 AvailabilitySetRepo(session).get(availability_set)
+                _refuse_a_scale_sets_availability_set(session, availability_set, name)
             if network is not None:
                 NetworkRepo(session).get(network)
             vms = VmRepo(session)
@@ -701,3 +705,19 @@ def remove_guest_and_files(driver: Driver, vm: Vm) -> None:
     for disk in vm.disks:
         driver.delete_instance_volume(disk.name)
     driver.delete_instance_volume(vm.console_log)
+
+
+def _refuse_a_scale_sets_availability_set(session: Session, availability_set: str, vm_name: str) -> None:
+    """A scale set's availability set (named after the set) holds only its instances: another VM
+    there would skew its spread, and scale-in would never pick it."""
+    sets = ScaleSetRepo(session)
+    owner = sets.find(availability_set)
+    if owner is None:
+        return
+    instance = sets.instance_of(vm_name)
+    if instance is None or instance.scale_set != owner.name:
+        raise InvalidInput(
+            "availability_set",
+            f"availability set '{availability_set}' belongs to scale set '{owner.name}' and holds only its "
+            f"instances; add one with `flexvm scaleset scale {owner.name} --instances N`",
+        )
