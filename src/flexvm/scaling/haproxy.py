@@ -265,24 +265,32 @@ class HAProxy:
             running = self.running()
             if running and self.config_path.exists() and self.config_path.read_text() == text:
                 return
-            candidate = self.run_dir / f".{CONFIG_FILE}.new"
-            candidate.write_text(text)
-            try:
-                self._check_config(candidate)
-            except LoadBalancerError:
-                candidate.unlink(missing_ok=True)
-                raise
-            if running:
-                saved = self.runtime("show servers state")
-            else:
-                saved = self.state_path.read_text() if self.state_path.exists() else ""
-            self._write_atomic(self.state_path, merge_server_state(saved, frontends))
-            os.replace(candidate, self.config_path)
+            self._install(text, frontends, live_states=running)
             if running:
                 self._reload()
             else:
                 self._kill_leftovers()
                 self._start()
+
+    def _install(self, text: str, frontends: Sequence[Frontend], *, live_states: bool) -> None:
+        """Check ``text`` with ``haproxy -c``, then put it and the merged server states in place.
+
+        ``live_states``: the states come from the running worker; else from the last saved file.
+        A refused configuration raises ``LoadBalancerError`` with nothing in place changed.
+        """
+        candidate = self.run_dir / f".{CONFIG_FILE}.new"
+        candidate.write_text(text)
+        try:
+            self._check_config(candidate)
+        except LoadBalancerError:
+            candidate.unlink(missing_ok=True)
+            raise
+        if live_states:
+            saved = self.runtime("show servers state")
+        else:
+            saved = self.state_path.read_text() if self.state_path.exists() else ""
+        self._write_atomic(self.state_path, merge_server_state(saved, frontends))
+        os.replace(candidate, self.config_path)
 
     def ensure_running(self, frontends: Sequence[Frontend]) -> bool:
         """Start HAProxy again if it is gone (killed, crashed); True when it had to.
@@ -297,16 +305,7 @@ class HAProxy:
             if self.running():
                 return False
             self._kill_leftovers()
-            candidate = self.run_dir / f".{CONFIG_FILE}.new"
-            candidate.write_text(text)
-            try:
-                self._check_config(candidate)
-            except LoadBalancerError:
-                candidate.unlink(missing_ok=True)
-                raise
-            saved = self.state_path.read_text() if self.state_path.exists() else ""
-            self._write_atomic(self.state_path, merge_server_state(saved, frontends))
-            os.replace(candidate, self.config_path)
+            self._install(text, frontends, live_states=False)
             self._start()
         return True
 
