@@ -296,7 +296,7 @@ class HAProxy:
         """Start HAProxy again if it is gone (killed, crashed); True when it had to.
 
         It comes back with the configuration for ``frontends`` and the server states last saved (at
-        the last apply, drain or state change), so a server drained or in maintenance stays so.
+        the last apply, drain or scaling pass), so a drained server stays drained.
         """
         if self.running():
             return False
@@ -417,14 +417,6 @@ class HAProxy:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.1)
-
-    def set_maint(self, frontend: str, server: str) -> None:
-        """Take ``server`` out at once: no new request, checks paused (current requests still finish)."""
-        self._set_state(frontend, server, "maint")
-
-    def set_ready(self, frontend: str, server: str) -> None:
-        """Undo ``drain``/``set_maint``: the server takes requests again once its checks pass."""
-        self._set_state(frontend, server, "ready")
 
     # -- measurements -----------------------------------------------------------------------
 
