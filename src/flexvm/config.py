@@ -36,6 +36,11 @@ class Settings:
     metrics_rollup_days: float = 7.0
     scaling_seconds: float = 10.0  # how often scale sets are healed, autoscale evaluated, the LB checked
     lb_bind: str = "127.0.0.1"  # where scale sets' load balancer frontends listen by default
+    # Several servers on one database: an operation whose server stops renewing its lease for
+    # this long is taken over by another (and the leader role likewise).
+    lease_seconds: float = 15.0
+    takeover_poll_seconds: float = 1.0  # how often a server looks for operations to take over
+    crash_at: str = ""  # tests only: "kind:step:moment" where the server kills itself (kill -9)
     ssh_keys: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -80,4 +85,7 @@ class Settings:
             metrics_rollup_days=float(env.get("FLEXVM_METRICS_ROLLUP_DAYS", 7)),
             scaling_seconds=float(env.get("FLEXVM_SCALING_SECONDS", 10)),
             lb_bind=env.get("FLEXVM_LB_BIND", "127.0.0.1"),
+            lease_seconds=float(env.get("FLEXVM_LEASE_SECONDS", 15)),
+            takeover_poll_seconds=float(env.get("FLEXVM_TAKEOVER_POLL_SECONDS", 1)),
+            crash_at=env.get("FLEXVM_CRASH_AT", ""),
         )

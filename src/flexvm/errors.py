@@ -9,14 +9,18 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     ├── Conflict (409)                the request clashes with what exists
     │   ├── AlreadyExists (409)       a name is taken
     │   ├── Busy (409)                another operation holds the resource
-    │   └── InvalidState (409)        the resource is in the wrong state for this
+    │   ├── InvalidState (409)        the resource is in the wrong state for this
+    │   │   └── InvalidTransition (409)   a state machine refused a change (names both states)
+    │   └── LeaseLost (409)           another server holds the operation or the leader role now
     ├── CapacityError (409)           no host can hold it (details name each host's reason)
     ├── Unauthorized (401)            missing or wrong bearer token
     ├── ImageError (422)              an image file is corrupt, truncated or unusable
     ├── HypervisorError (502)         libvirt/QEMU refused or failed
     │   └── HypervisorUnavailable (503)   libvirtd cannot be reached
     ├── OperationFailed (500)         a long-running operation ended in failure
-    │   └── OperationTimeout (504)    it ran out of time (e.g. a guest never became ready)
+    │   ├── OperationTimeout (504)    it ran out of time (e.g. a guest never became ready)
+    │   ├── OperationCanceled (409)   someone canceled it; what it had done was undone
+    │   └── WorkflowDiverged (500)    a resumed operation took another path than its recorded steps
     └── ServerUnavailable (503)       the CLI cannot reach the flexvm server
 
 Library code raises these and chains the cause (``raise X(...) from err``); only the edges
@@ -85,6 +89,14 @@ class InvalidState(Conflict):
     code = "InvalidState"
 
 
+class InvalidTransition(InvalidState):
+    code = "InvalidTransition"
+
+
+class LeaseLost(Conflict):
+    code = "LeaseLost"
+
+
 class CapacityError(FlexvmError):
     status = 409
     code = "InsufficientCapacity"
@@ -120,6 +132,34 @@ class OperationTimeout(OperationFailed):
     code = "OperationTimeout"
 
 
+class OperationCanceled(OperationFailed):
+    status = 409
+    code = "Canceled"
+
+
+class WorkflowDiverged(OperationFailed):
+    code = "WorkflowDiverged"
+
+
 class ServerUnavailable(FlexvmError):
     status = 503
     code = "ServerUnavailable"
+
+
+def _all_classes(root: type[FlexvmError]) -> list[type[FlexvmError]]:
+    found = [root]
+    for sub in root.__subclasses__():
+        found.extend(_all_classes(sub))
+    return found
+
+
+def error_from_dict(data: dict[str, Any]) -> FlexvmError:
+    """The error a recorded ``to_dict()`` describes, as its own class again (by its code), so a
+    resumed operation sees a step's recorded failure exactly as the first run did."""
+    by_code = {cls.code: cls for cls in _all_classes(FlexvmError)}
+    cls = by_code.get(str(data.get("code")), FlexvmError)
+    err = cls.__new__(cls)
+    FlexvmError.__init__(err, str(data.get("message", "")), details=dict(data.get("details") or {}))
+    if isinstance(err, InvalidInput):
+        err.field = str(err.details.get("field", ""))
+    return err

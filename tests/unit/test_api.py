@@ -214,7 +214,16 @@ def test_create_answers_202_with_the_operation_and_polling_reaches_succeeded(api
     assert done["id"] == operation["id"]
     assert done["progress"] == 100
     assert done["duration_seconds"] is not None
-    assert [step["name"] for step in done["steps"]] == ["image", "os-disk", "define", "start", "wait-ready"]
+    assert [step["name"] for step in done["steps"]] == [
+        "claim",
+        "image",
+        "os-disk",
+        "define",
+        "start",
+        "booted",
+        "wait-ready",
+        "running",
+    ]
     assert done["result"]["boot_seconds"] >= 0
 
 

@@ -78,13 +78,14 @@ def test_a_busy_set_grows_and_the_action_is_recorded_with_its_evidence(web: Scal
 def test_autoscale_waits_while_the_set_is_still_changing(web: ScalingPlatform) -> None:
     p = web.platform
     gate = threading.Event()
+    p.engine.register("test.hold", lambda run: {"released": gate.wait(10)})
     with p.db.session() as session:  # an operation on the set that runs until the test lets it end
         sets = ScaleSetRepo(session)
         scale_set = sets.lock("web")
         operation = p.runner.record(session, "test.hold", "scaleset", "web")
         scale_set.active_operation_id = operation.id
         sets.save(scale_set)
-    p.runner.launch(operation, lambda ctx: {"released": gate.wait(10)})
+    p.runner.launch(operation)
     record(web, "cpu_percent", 90.0)
     waiting = p.autoscale.evaluate("web")
     assert waiting is not None and waiting.action == "held" and "still changing to 2" in waiting.reason

@@ -175,7 +175,7 @@ def test_the_installed_program_prints_errors_without_a_traceback(cli_env: str, i
 def test_a_failed_operation_exits_1_with_its_reason(
     flexvm: Cli, platform: Platform, fake_host: FakeDriver, image: str
 ) -> None:
-    platform.vms.settings = dataclasses.replace(platform.vms.settings, ready_timeout=1.0)
+    platform.booter.settings = dataclasses.replace(platform.booter.settings, ready_timeout=1.0)
     fake_host.host.ready_delay = None
     result = flexvm("vm", "create", "web1", "-s", "Standard_B1s", "-i", "img")
     assert_clean_error(result, "vm.create of web1 failed: VM 'web1' did not report ready within 1 s")

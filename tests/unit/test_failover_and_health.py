@@ -258,7 +258,7 @@ def test_a_host_in_maintenance_stays_in_maintenance(platform: Platform) -> None:
     a = add_host(platform, "a")
     with platform.db.session() as session:
         host = HostRepo(session).lock("a")
-        host.state = HostState.MAINTENANCE
+        host.set_state(HostState.MAINTENANCE)
         HostRepo(session).save(host)
     assert platform.health.check_all() == {"a": HostState.MAINTENANCE}
     a.host.reachable = False

@@ -42,7 +42,7 @@ def test_adding_a_fake_host_records_its_facts_and_accelerator(platform: Platform
     assert operation.kind == "host.add" and operation.target_name == "h2"
     done = run(platform, operation)
     assert done.result == {"accelerator": "tcg", "cpus": 6, "memory_mib": 12288}
-    assert [s.name for s in done.steps] == ["connect", "probe"]
+    assert [s.name for s in done.steps] == ["connect", "probe", "register"]
     host = platform.hosts.get("h2")
     assert (host.uri, host.state, host.state_reason) == (uri, HostState.UP, "")
     assert (host.cpus, host.memory_mib, host.disk_capacity_bytes) == (6, 12288, 250 * GIB)

@@ -45,8 +45,8 @@ STOP_TIMEOUT = 0.5
 @pytest.fixture(autouse=True)
 def quick_timeouts(platform: Platform) -> None:
     """Shorter readiness and stop timeouts than the shared fixture's, so waiting tests stay fast."""
-    platform.vms.settings = dataclasses.replace(
-        platform.vms.settings, ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT
+    platform.booter.settings = dataclasses.replace(
+        platform.booter.settings, ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT
     )
 
 
@@ -87,7 +87,16 @@ def failed_steps(operation: Operation) -> list[str]:
 
 def test_create_runs_the_guest_and_claims_its_size(platform: Platform, fake_host: FakeDriver, image: str) -> None:
     done = create(platform)
-    assert [s.name for s in done.steps] == ["image", "os-disk", "define", "start", "wait-ready"]
+    assert [s.name for s in done.steps] == [
+        "claim",
+        "image",
+        "os-disk",
+        "define",
+        "start",
+        "booted",
+        "wait-ready",
+        "running",
+    ]
     assert all(s.status == "done" for s in done.steps)
     assert done.progress == 100
     assert done.result["boot_seconds"] >= 0
@@ -276,7 +285,7 @@ def test_an_ignored_graceful_stop_is_forced_after_the_timeout(
     done = run(platform, platform.vms.stop("web1"))
     assert time.monotonic() - started >= STOP_TIMEOUT
     assert done.result == {"forced": True}
-    assert [s.name for s in done.steps] == ["shutdown", "power-off"]
+    assert [s.name for s in done.steps] == ["shutdown", "power-off", "stopped"]
     assert fake_host.host.guests["web1"].state is GuestState.SHUTOFF
     assert platform.vms.get("web1").power_state is PowerState.STOPPED
 
@@ -286,7 +295,7 @@ def test_a_forced_stop_pulls_the_power_at_once(platform: Platform, fake_host: Fa
     fake_host.host.ignores_shutdown = True
     done = run(platform, platform.vms.stop("web1", force=True))
     assert done.result == {"forced": True}
-    assert [s.name for s in done.steps] == ["power-off"]
+    assert [s.name for s in done.steps] == ["power-off", "stopped"]
     assert fake_host.host.guests["web1"].state is GuestState.SHUTOFF
 
 

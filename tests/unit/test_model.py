@@ -272,6 +272,10 @@ EXPECTED_ERRORS = {
     "HypervisorUnavailable": (503, "HypervisorUnavailable", "HypervisorError"),
     "OperationFailed": (500, "OperationFailed", "FlexvmError"),
     "OperationTimeout": (504, "OperationTimeout", "OperationFailed"),
+    "OperationCanceled": (409, "Canceled", "OperationFailed"),
+    "WorkflowDiverged": (500, "WorkflowDiverged", "OperationFailed"),
+    "InvalidTransition": (409, "InvalidTransition", "InvalidState"),
+    "LeaseLost": (409, "LeaseLost", "Conflict"),
     "ServerUnavailable": (503, "ServerUnavailable", "FlexvmError"),
 }
 

@@ -19,7 +19,7 @@ from sqlalchemy import UniqueConstraint, inspect, text
 from flexvm.errors import AlreadyExists, NotFound
 from flexvm.model.host import Accelerator, Host, HostState
 from flexvm.model.image import Image
-from flexvm.model.operation import Operation, OperationStatus, Step
+from flexvm.model.operation import Operation, OperationStatus, Step, StepStatus
 from flexvm.model.sizes import Size
 from flexvm.model.units import GIB
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
@@ -208,8 +208,16 @@ def make_operation(op_id: str, created: datetime, **changes: object) -> Operatio
         progress=40,
         message="starting",
         steps=[
-            Step("image", "done", "2024-03-01T10:00:00.000+00:00", "2024-03-01T10:00:01.000+00:00", "upload"),
-            Step("start", "running", "2024-03-01T10:00:02.000+00:00"),
+            Step(
+                "image",
+                StepStatus.DONE,
+                "2024-03-01T10:00:00.000+00:00",
+                "2024-03-01T10:00:01.000+00:00",
+                "upload",
+                output=True,
+                server="s1",
+            ),
+            Step("start", StepStatus.RUNNING, "2024-03-01T10:00:02.000+00:00", attempts=2),
         ],
         error=None,
         result={"image_uploaded": True, "guest": {"cpus": "1"}},
@@ -310,7 +318,7 @@ def test_vm_save_persists_changes_inside_json_lists(db: Database) -> None:
         vm = repo.get("web1")
         vm.nics[0].ip = "10.0.2.99"
         vm.disks[0].size_bytes = 8 * GIB
-        vm.power_state = PowerState.STOPPED
+        vm.set_power(PowerState.STOPPED)
         repo.save(vm)
     with db.session() as session:
         read = VmRepo(session).get("web1")
@@ -393,7 +401,7 @@ def test_operation_save_records_progress_steps_and_error(db: Database) -> None:
         created,
         status=OperationStatus.FAILED,
         finished_at=created + timedelta(seconds=9),
-        steps=[Step("start", "failed", "a", "b", "powering on")],
+        steps=[Step("start", StepStatus.FAILED, "a", "b", "powering on", error={"code": "X", "message": "no"})],
         error={"code": "HypervisorError", "message": "no", "details": {"step": "start"}},
         progress=40,
     )

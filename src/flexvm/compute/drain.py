@@ -10,21 +10,24 @@ emptiest until no host is fuller than another by more than a threshold, within a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from flexvm.capacity.planning import take_room
-from flexvm.compute.hosts import HostService
-from flexvm.compute.moving import MovePlan, VmMover, estimate
-from flexvm.compute.operations import OperationContext, OperationRunner
+from flexvm.compute.moving import MovePlan, VmMover, estimate, plan_from, plan_params
 from flexvm.compute.placing import build_request, pool_snapshots
-from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState
+from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState, OperationCanceled
 from flexvm.model.host import HostState
-from flexvm.model.operation import Operation
+from flexvm.model.operation import Operation, OperationStatus
 from flexvm.model.vm import PowerState, Vm
+from flexvm.operations.engine import Engine
+from flexvm.operations.run import Run
 from flexvm.scheduler.placement import HostSnapshot, Request, SetSpread, choose
 from flexvm.store.db import Database
 from flexvm.store.repositories import HostRepo, ImageRepo, VmRepo
@@ -106,11 +109,12 @@ def _give_back(room: Any, request: Request) -> Any:
 
 
 class DrainService:
-    def __init__(self, db: Database, hosts: HostService, mover: VmMover, runner: OperationRunner) -> None:
+    def __init__(self, db: Database, engine: Engine, mover: VmMover) -> None:
         self.db = db
-        self.hosts = hosts
+        self.engine = engine
         self.mover = mover
-        self.runner = runner
+        engine.register("host.drain", self._run_moves, cancelable=True)
+        engine.register("pool.rebalance", self._run_moves, cancelable=True)
 
     # --- drain ---------------------------------------------------------------------------
     def plan_drain(self, host: str, parallel: int = 1) -> MovesPlan:
@@ -151,18 +155,14 @@ class DrainService:
         with self.db.session() as session:
             hosts = HostRepo(session)
             record = hosts.lock(host)
-            record.state, record.state_reason = HostState.MAINTENANCE, "draining"
+            record.set_state(HostState.MAINTENANCE, "draining")
             hosts.save(record)
             plan = self._plan_drain(session, host, parallel)
-            operation = self.runner.record(
-                session,
-                "host.drain",
-                "host",
-                host,
-                params={"parallel": parallel, "moves": len(plan.moves), "stays": plan.stays},
+            operation = self.engine.record(
+                session, "host.drain", "host", host, params=_moves_params(plan, f"draining {host}")
             )
             self._hold(session, plan, operation.id)
-        return self.runner.launch(operation, lambda ctx: self._run_moves(ctx, plan, f"draining {host}"))
+        return self.engine.launch(operation)
 
     def undrain(self, host: str) -> None:
         with self.db.session() as session:
@@ -173,7 +173,7 @@ class DrainService:
             busy = [vm.name for vm in VmRepo(session).list() if vm.moving_to is not None and vm.host == host]
             if busy:
                 raise Conflict(f"host {host} is still draining ({', '.join(busy)} moving)")
-            record.state, record.state_reason = HostState.UP, ""
+            record.set_state(HostState.UP)
             hosts.save(record)
 
     # --- rebalance -----------------------------------------------------------------------
@@ -244,11 +244,10 @@ class DrainService:
                     "the pool is already balanced within the threshold; nothing to move",
                     details={"spread": plan.spread_before},
                 )
-            operation = self.runner.record(
-                session, "pool.rebalance", "pool", "pool", params={"threshold": threshold, "moves": len(plan.moves)}
-            )
+            params = {**_moves_params(plan, "rebalancing"), "threshold": threshold}
+            operation = self.engine.record(session, "pool.rebalance", "pool", "pool", params=params)
             self._hold(session, plan, operation.id)
-        return self.runner.launch(operation, lambda ctx: self._run_moves(ctx, plan, "rebalancing"))
+        return self.engine.launch(operation)
 
     # --- running the moves ---------------------------------------------------------------
     @staticmethod
@@ -260,38 +259,120 @@ class DrainService:
             vm.active_operation_id, vm.moving_to = operation_id, move.destination
             vms.save(vm)
 
-    def _run_moves(self, ctx: OperationContext, plan: MovesPlan, label: str) -> dict[str, Any]:
+    def _run_moves(self, run: Run) -> dict[str, Any]:
+        """Each move is an operation of its own (durable, resumable, cancelable on its own),
+        started ``parallel`` at a time; this one waits for them and sums up."""
+        moves = [plan_from(m) for m in run.params["moves"]]
+        parallel, label = int(run.params.get("parallel", 1)), run.params.get("label", "moving")
+        run.step("hold", lambda: None, undo=lambda _o: self._let_go(run.id), detail=f"{len(moves)} VMs held")
         done: dict[str, str] = {}
         failed: dict[str, str] = {}
-        total = max(len(plan.moves), 1)
-
-        def one(move: MovePlan) -> None:
-            try:
-                vm = self.mover.vms.get(move.vm)
-                with self.db.session() as session:
-                    image = ImageRepo(session).get(vm.image)
-                result = self.mover.move(ctx, vm, image, move)
-                done[move.vm] = f"{move.mode} to {move.destination}" + (
-                    f" ({result.get('downtime_ms')} ms down)" if result.get("downtime_ms") is not None else ""
-                )
-            except FlexvmError as err:
-                failed[move.vm] = err.message
-                self.mover.vms.update_record(self.mover.vms.get(move.vm).id, moving_to=None)
-            ctx.progress(
-                int(100 * (len(done) + len(failed)) / total), f"{label}: {len(done)} moved, {len(failed)} failed"
+        for number, first in enumerate(range(0, len(moves), parallel), start=1):
+            batch = moves[first : first + parallel]
+            children = self._start_batch(run, number, batch)
+            for child in children.values():
+                self.engine.ensure_running(child)
+            outcome = self._wait_batch(run, number, children)
+            for vm_name, (ok, what) in outcome.items():
+                (done if ok else failed)[vm_name] = what
+            run.progress(
+                int(100 * (len(done) + len(failed)) / max(len(moves), 1)),
+                f"{label}: {len(done)} moved, {len(failed)} failed",
             )
-
-        with ThreadPoolExecutor(max_workers=plan.parallel, thread_name_prefix="move") as pool:
-            list(pool.map(one, plan.moves))
-        result = {"moved": done, "failed": failed, "stayed": plan.stays}
+        result = {"moved": done, "failed": failed, "stayed": run.params.get("stays", {})}
         if failed:
-            ctx.result.update(result)
+            run.result.update(result)
             raise Conflict(
-                f"{len(failed)} of {len(plan.moves)} moves failed: "
-                + "; ".join(f"{k}: {v}" for k, v in failed.items()),
+                f"{len(failed)} of {len(moves)} moves failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()),
                 details=result,
             )
         return result
+
+    def _start_batch(self, run: Run, number: int, batch: list[MovePlan]) -> dict[str, str]:
+        def start(session: Session) -> dict[str, str]:
+            return self._start_moves(session, run.id, batch)
+
+        detail = ", ".join(f"{m.vm} to {m.destination}" for m in batch)
+        return dict(run.db_step(f"start-{number}", start, detail=detail))
+
+    def _wait_batch(self, run: Run, number: int, children: dict[str, str]) -> dict[str, Any]:
+        def wait() -> dict[str, Any]:
+            return {name: list(outcome) for name, outcome in self._wait(run, children).items()}
+
+        return dict(run.step(f"wait-{number}", wait, detail="waiting for the moves"))
+
+    def _start_moves(self, session: Session, parent: str, batch: list[MovePlan]) -> dict[str, str]:
+        """Record each move as its own operation, handing it the VM this one held."""
+        vms = VmRepo(session)
+        children = {}
+        for move in batch:
+            vm = vms.get(move.vm)
+            if vm.active_operation_id == parent:
+                vm.active_operation_id = None
+            operation = self.engine.record(
+                session,
+                f"vm.migrate-{move.mode}",
+                "vm",
+                vm.name,
+                vm=vm,
+                params={**plan_params(vm, move), "parent": parent},
+            )
+            children[vm.name] = operation.id
+        return children
+
+    def _wait(self, run: Run, children: dict[str, str]) -> dict[str, tuple[bool, str]]:
+        """Until every move of the batch ended; a cancel of this operation cancels them too."""
+        canceled = False
+        while True:
+            ops = {name: self.engine.get(op_id) for name, op_id in children.items()}
+            if all(op.status.finished for op in ops.values()):
+                break
+            if not canceled:
+                try:
+                    run.check_canceled()
+                except OperationCanceled:
+                    canceled = True
+                    for op in ops.values():
+                        if not op.status.finished and self.engine.cancelable(op.kind):
+                            with contextlib.suppress(FlexvmError):
+                                self.engine.cancel(op.id)
+            time.sleep(0.2)
+        if canceled:
+            raise OperationCanceled(f"operation {run.id} was canceled", details={"operation_id": run.id})
+        return {name: _outcome(op) for name, op in ops.items()}
+
+    def _let_go(self, operation_id: str) -> None:
+        """VMs this operation still held (their moves never started): free, their room let go."""
+        with self.db.session() as session:
+            vms = VmRepo(session)
+            for vm in vms.held_by(operation_id):
+                vm.moving_to = None
+                vm.active_operation_id = None
+                vms.save(vm)
+
+
+def _moves_params(plan: MovesPlan, label: str) -> dict[str, Any]:
+    return {
+        "host": plan.host,
+        "parallel": plan.parallel,
+        "label": label,
+        "moves": [
+            {"vm": m.vm, "from": m.source, "to": m.destination, "mode": m.mode, "estimate_seconds": m.estimate_seconds}
+            for m in plan.moves
+        ],
+        "stays": plan.stays,
+    }
+
+
+def _outcome(operation: Operation) -> tuple[bool, str]:
+    if operation.status is OperationStatus.SUCCEEDED:
+        result = operation.result
+        downtime = result.get("downtime_ms")
+        return True, f"{result.get('mode')} to {result.get('to')}" + (
+            f" ({downtime} ms down)" if downtime is not None else ""
+        )
+    message = (operation.error or {}).get("message", operation.status.value)
+    return False, f"{operation.status.value}: {message}"
 
 
 def _check_rebalance(threshold: float, max_moves: int) -> None:

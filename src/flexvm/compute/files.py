@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -19,14 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flexvm.compute.lifecycle import OsDiskSource, VmService
-from flexvm.compute.operations import OperationContext
-from flexvm.errors import AlreadyExists, ImageError, InvalidInput, InvalidState
+from flexvm.compute.hosts import HostService
+from flexvm.compute.images import ImageService, image_in, image_out
+from flexvm.compute.sizes import SizeService
+from flexvm.compute.vm_create import OsDiskSource, VmCreator
+from flexvm.compute.vm_records import VmRecords, check_usable, power_step
+from flexvm.errors import AlreadyExists, ImageError, InvalidInput, InvalidState, NotFound
+from flexvm.model.guest import GuestState
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
 from flexvm.model.vm import PowerState, Vm
-from flexvm.store.db import utcnow
+from flexvm.operations.engine import Engine
+from flexvm.operations.run import Run
+from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import ImageRepo, VmRepo
 
 EXPORT_FORMAT = "flexvm-vm-export/1"
@@ -45,53 +52,82 @@ class ExportManifest:
 
 
 class VmFiles:
-    def __init__(self, vms: VmService) -> None:
-        self.vms = vms
-        self.db = vms.db
-        self.runner = vms.runner
-        self.images = vms.images
+    def __init__(
+        self,
+        db: Database,
+        engine: Engine,
+        hosts: HostService,
+        sizes: SizeService,
+        images: ImageService,
+        records: VmRecords,
+        creator: VmCreator,
+        work_root: Path,
+    ) -> None:
+        self.db = db
+        self.engine = engine
+        self.hosts = hosts
+        self.sizes = sizes
+        self.images = images
+        self.records = records
+        self.creator = creator
+        self.work_root = work_root  # each operation's files in progress, kept across a restart
+        engine.register("vm.snapshot", self._snapshot_work)
+        engine.register("vm.revert", self._revert_work)
+        engine.register("vm.snapshot-delete", self._delete_snapshot_work)
+        engine.register("vm.capture", self._capture_work)
+        engine.register("vm.export", self._export_work)
 
     # --- snapshots -----------------------------------------------------------------------
     def snapshot(self, name: str, snapshot: str | None = None) -> Operation:
         snapshot = snapshot or f"snap-{utcnow().strftime('%Y%m%d-%H%M%S')}"
         check_name("snapshot", snapshot)
+        return self._on_vm(name, "vm.snapshot", {"snapshot": snapshot}, defined=True)
 
-        def work(ctx: OperationContext, vm: Vm) -> dict[str, Any]:
-            with ctx.step("snapshot", f"{snapshot} of {vm.name}" + (" with its memory" if vm.host else "")):
-                self._driver(vm).create_snapshot(vm.domain_name, snapshot)
-            return {"snapshot": snapshot}
+    def _snapshot_work(self, run: Run) -> dict[str, Any]:
+        vm, snapshot = self._vm(run), run.params["snapshot"]
+        driver = self._driver(vm)
 
-        return self._on_vm(name, "vm.snapshot", work, {"snapshot": snapshot}, defined=True)
+        def take() -> None:
+            if snapshot not in driver.list_snapshots(vm.domain_name):  # a re-run finds it taken
+                driver.create_snapshot(vm.domain_name, snapshot)
+
+        run.step("snapshot", take, detail=f"{snapshot} of {vm.name}" + (" with its memory" if vm.host else ""))
+        return {"snapshot": snapshot}
 
     def snapshots(self, name: str) -> list[str]:
-        vm = self.vms.get(name)
+        vm = self.records.get(name)
         if vm.host is None:
             return []
         return self._driver(vm).list_snapshots(vm.domain_name)
 
     def revert(self, name: str, snapshot: str) -> Operation:
         check_name("snapshot", snapshot)
+        return self._on_vm(name, "vm.revert", {"snapshot": snapshot}, defined=True)
 
-        def work(ctx: OperationContext, vm: Vm) -> dict[str, Any]:
-            driver = self._driver(vm)
-            with ctx.step("revert", f"{vm.name} back to {snapshot}"):
-                driver.revert_snapshot(vm.domain_name, snapshot)
-            info = driver.guest_info(vm.domain_name)
-            running = info is not None and info.state.value == "running"
-            self.vms.update_record(vm.id, power_state=PowerState.RUNNING if running else PowerState.STOPPED)
-            return {"snapshot": snapshot, "running": running}
-
-        return self._on_vm(name, "vm.revert", work, {"snapshot": snapshot}, defined=True)
+    def _revert_work(self, run: Run) -> dict[str, Any]:
+        vm, snapshot = self._vm(run), run.params["snapshot"]
+        driver = self._driver(vm)
+        run.step(
+            "revert", lambda: driver.revert_snapshot(vm.domain_name, snapshot), detail=f"{vm.name} back to {snapshot}"
+        )
+        running = bool(run.step("inspect", lambda: _runs(driver, vm), detail="whether it runs after the revert"))
+        power_step(run, "recorded", vm.id, PowerState.RUNNING if running else PowerState.STOPPED)
+        return {"snapshot": snapshot, "running": running}
 
     def delete_snapshot(self, name: str, snapshot: str) -> Operation:
         check_name("snapshot", snapshot)
+        return self._on_vm(name, "vm.snapshot-delete", {"snapshot": snapshot}, defined=True)
 
-        def work(ctx: OperationContext, vm: Vm) -> dict[str, Any]:
-            with ctx.step("delete", f"snapshot {snapshot} of {vm.name}"):
-                self._driver(vm).delete_snapshot(vm.domain_name, snapshot)
-            return {"snapshot": snapshot}
+    def _delete_snapshot_work(self, run: Run) -> dict[str, Any]:
+        vm, snapshot = self._vm(run), run.params["snapshot"]
+        driver = self._driver(vm)
 
-        return self._on_vm(name, "vm.snapshot-delete", work, {"snapshot": snapshot}, defined=True)
+        def delete() -> None:
+            if snapshot in driver.list_snapshots(vm.domain_name):
+                driver.delete_snapshot(vm.domain_name, snapshot)
+
+        run.step("delete", delete, detail=f"snapshot {snapshot} of {vm.name}")
+        return {"snapshot": snapshot}
 
     # --- capture and export --------------------------------------------------------------
     def capture(self, name: str, image_name: str) -> Operation:
@@ -100,69 +136,82 @@ class VmFiles:
         with self.db.session() as session:
             if ImageRepo(session).find(image_name) is not None:
                 raise AlreadyExists("image", image_name)
+        return self._on_vm(name, "vm.capture", {"image": image_name}, stopped=True)
 
-        def work(ctx: OperationContext, vm: Vm) -> dict[str, Any]:
-            base = self.images.get(vm.image)
-            with tempfile.TemporaryDirectory(prefix="flexvm-capture-") as tmp:
-                flat = self._flatten(ctx, vm, base, Path(tmp))
-                with ctx.step("import", f"storing it as image '{image_name}'"):
-                    image = self.images.store.import_image(
-                        image_name,
-                        flat,
-                        kernel=self._file(base.kernel_file),
-                        initrd=self._file(base.initrd_file),
-                        cmdline=base.cmdline,
-                        ready_marker=base.ready_marker,
-                        cloud_init=base.cloud_init,
-                        description=f"captured from VM {vm.name} (image {base.name})",
-                    )
-                    image.requires = list(base.requires)
-                    self.images.record(image)
-            return {"image": image_name, "sha256": image.sha256}
+    def _capture_work(self, run: Run) -> dict[str, Any]:
+        vm, image_name = self._vm(run), run.params["image"]
+        base = self.images.get(vm.image)
+        flat = self._flatten(run, vm, base)
 
-        return self._on_vm(name, "vm.capture", work, {"image": image_name}, stopped=True)
+        def store() -> dict[str, Any]:
+            self.images.store.discard_name(image_name)  # what an interrupted attempt published
+            image = self.images.store.import_image(
+                image_name,
+                flat,
+                kernel=self._file(base.kernel_file),
+                initrd=self._file(base.initrd_file),
+                cmdline=base.cmdline,
+                ready_marker=base.ready_marker,
+                cloud_init=base.cloud_init,
+                description=f"captured from VM {vm.name} (image {base.name})",
+            )
+            image.requires = list(base.requires)
+            return image_out(image)
+
+        out = run.step(
+            "import",
+            store,
+            undo=lambda o: self.images.store.delete_files(image_in(o)),
+            detail=f"storing it as image '{image_name}'",
+        )
+        run.db_step("register", lambda session: ImageRepo(session).add(image_in(out)), detail="recording the image")
+        run.step("tidy", lambda: self._tidy(run), detail="removing the working files")
+        return {"image": image_name, "sha256": out["sha256"]}
 
     def export(self, name: str, target: Path) -> Operation:
         """Write the VM to one file: manifest, flattened disk, kernel and initrd."""
         target = self._target_path(target)
+        return self._on_vm(name, "vm.export", {"file": str(target)}, stopped=True)
 
-        def work(ctx: OperationContext, vm: Vm) -> dict[str, Any]:
-            base = self.images.get(vm.image)
-            with tempfile.TemporaryDirectory(prefix="flexvm-export-") as tmp:
-                flat = self._flatten(ctx, vm, base, Path(tmp))
-                manifest = ExportManifest(
-                    name=vm.name,
-                    size=vm.size,
-                    disk_bytes=vm.disk_bytes,
-                    user_data=vm.user_data,
-                    exported_at=utcnow().isoformat(),
-                    image={
-                        "name": base.name,
-                        "sha256": base.sha256,
-                        "cmdline": base.cmdline,
-                        "ready_marker": base.ready_marker,
-                        "cloud_init": base.cloud_init,
-                        "requires": base.requires,
-                        "kernel": bool(base.kernel_file),
-                        "initrd": bool(base.initrd_file),
-                    },
-                )
-                with ctx.step("write", f"writing {target}"):
-                    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-                    try:
-                        with tarfile.open(partial, "w") as archive:
-                            _add_bytes(archive, MANIFEST, json.dumps(manifest.__dict__, indent=2).encode())
-                            archive.add(flat, arcname="disk.qcow2")
-                            if base.kernel_file:
-                                archive.add(self.images.store.path_of(base.kernel_file), arcname="kernel")
-                            if base.initrd_file:
-                                archive.add(self.images.store.path_of(base.initrd_file), arcname="initrd")
-                        partial.replace(target)
-                    finally:
-                        partial.unlink(missing_ok=True)
-            return {"file": str(target), "bytes": target.stat().st_size}
+    def _export_work(self, run: Run) -> dict[str, Any]:
+        vm, target = self._vm(run), Path(run.params["file"])
+        base = self.images.get(vm.image)
+        flat = self._flatten(run, vm, base)
+        manifest = ExportManifest(
+            name=vm.name,
+            size=vm.size,
+            disk_bytes=vm.disk_bytes,
+            user_data=vm.user_data,
+            exported_at=utcnow().isoformat(),
+            image={
+                "name": base.name,
+                "sha256": base.sha256,
+                "cmdline": base.cmdline,
+                "ready_marker": base.ready_marker,
+                "cloud_init": base.cloud_init,
+                "requires": base.requires,
+                "kernel": bool(base.kernel_file),
+                "initrd": bool(base.initrd_file),
+            },
+        )
 
-        return self._on_vm(name, "vm.export", work, {"file": str(target)}, stopped=True)
+        def write() -> None:
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+            try:
+                with tarfile.open(partial, "w") as archive:
+                    _add_bytes(archive, MANIFEST, json.dumps(manifest.__dict__, indent=2).encode())
+                    archive.add(flat, arcname="disk.qcow2")
+                    if base.kernel_file:
+                        archive.add(self.images.store.path_of(base.kernel_file), arcname="kernel")
+                    if base.initrd_file:
+                        archive.add(self.images.store.path_of(base.initrd_file), arcname="initrd")
+                partial.replace(target)  # a re-run replaces what an interrupted one wrote
+            finally:
+                partial.unlink(missing_ok=True)
+
+        run.step("write", write, undo=lambda _o: target.unlink(missing_ok=True), detail=f"writing {target}")
+        run.step("tidy", lambda: self._tidy(run), detail="removing the working files")
+        return {"file": str(target), "bytes": target.stat().st_size}
 
     def import_vm(self, source: Path, name: str | None = None, size: str | None = None) -> Operation:
         """Make a VM from an exported file; it starts from the disk exactly as exported."""
@@ -171,12 +220,12 @@ class VmFiles:
         manifest = read_manifest(source)
         name = check_name("name", name or manifest.name)
         size_name = size or manifest.size
-        self.vms.sizes.get(size_name)
+        self.sizes.get(size_name)
         with self.db.session() as session:
             if VmRepo(session).find(name) is not None:
                 raise AlreadyExists("VM", name)
         image = self._image_for(source, manifest, name)
-        return self.vms.create(
+        return self.creator.create(
             name,
             size_name,
             image.name,
@@ -212,36 +261,56 @@ class VmFiles:
 
     # --- helpers -------------------------------------------------------------------------
     def _on_vm(
-        self, name: str, kind: str, work: Any, params: dict[str, Any], *, stopped: bool = False, defined: bool = False
+        self, name: str, kind: str, params: dict[str, Any], *, stopped: bool = False, defined: bool = False
     ) -> Operation:
         with self.db.session() as session:
             vm = VmRepo(session).get(name)
-            self.vms.check_usable(vm)
+            check_usable(vm)
             if stopped and vm.power_state not in (PowerState.STOPPED, PowerState.DEALLOCATED):
                 raise InvalidState(f"VM '{name}' is {vm.power_state.value}; stop it first so its disk is consistent")
             if defined and vm.host is None:
                 raise InvalidState(f"VM '{name}' is deallocated; snapshots live with its definition: start it first")
-            operation = self.runner.record(session, kind, "vm", name, vm=vm, params=params)
-        return self.runner.launch(operation, lambda ctx: work(ctx, vm))
+            operation = self.engine.record(session, kind, "vm", name, vm=vm, params={"vm_id": vm.id, **params})
+        return self.engine.launch(operation)
+
+    def _vm(self, run: Run) -> Vm:
+        vm = self.records.by_id(run.params["vm_id"])
+        if vm is None:
+            raise NotFound("VM", run.operation.target_name)
+        return vm
 
     def _driver(self, vm: Vm) -> Any:
         host = vm.host or vm.disk_host
         if host is None:
             raise InvalidState(f"VM '{vm.name}' has no host")
-        return self.vms.hosts.driver(host)
+        return self.hosts.driver(host)
 
     def _file(self, stored: str | None) -> Path | None:
         return None if stored is None else self.images.store.path_of(stored)
 
-    def _flatten(self, ctx: OperationContext, vm: Vm, base: Image, folder: Path) -> Path:
-        """The VM's disk as one standalone qcow2: its overlay, fetched, on top of the stored image."""
+    def _folder(self, run: Run) -> Path:
+        return self.work_root / run.id
+
+    def _tidy(self, run: Run) -> None:
+        shutil.rmtree(self._folder(run), ignore_errors=True)
+
+    def _flatten(self, run: Run, vm: Vm, base: Image) -> Path:
+        """The VM's disk as one standalone qcow2: its overlay, fetched, on top of the stored image.
+        The files live in the operation's own folder, so a resumed run finds them."""
+        folder = self._folder(run)
         overlay, flat = folder / "overlay.qcow2", folder / "disk.qcow2"
-        with ctx.step("fetch", f"fetching the disk of {vm.name}"):
+
+        def fetch() -> None:
+            folder.mkdir(parents=True, exist_ok=True)
             self._driver(vm).download_instance_volume(vm.os_disk.name, overlay)
-        with ctx.step("flatten", "merging it with its image into one file"):
+
+        def merge() -> None:
             backing = self.images.store.path_of(base.disk_file)
             _run(["qemu-img", "rebase", "-u", "-F", base.format, "-b", str(backing), str(overlay)])
             _run(["qemu-img", "convert", "-O", "qcow2", str(overlay), str(flat)])
+
+        run.step("fetch", fetch, undo=lambda _o: self._tidy(run), detail=f"fetching the disk of {vm.name}")
+        run.step("flatten", merge, detail="merging it with its image into one file")
         return flat
 
     @staticmethod
@@ -288,3 +357,8 @@ def _run(argv: list[str]) -> None:
         raise ImageError(f"{argv[0]} {argv[1]} failed: {err.stderr.strip()}") from err
     except FileNotFoundError as err:
         raise ImageError("qemu-img is missing: install qemu-utils") from err
+
+
+def _runs(driver: Any, vm: Vm) -> bool:
+    info = driver.guest_info(vm.domain_name)
+    return info is not None and info.state is GuestState.RUNNING

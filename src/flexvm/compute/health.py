@@ -8,7 +8,9 @@ leave on it while it was unreachable (recorded as leftovers) is removed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 
 from flexvm.compute.hosts import HostService
 from flexvm.compute.reconcile import Reconciler
@@ -21,11 +23,20 @@ log = logging.getLogger(__name__)
 
 
 class HealthChecker:
-    def __init__(self, db: Database, hosts: HostService, reconciler: Reconciler, timeout: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hosts: HostService,
+        reconciler: Reconciler,
+        timeout: float,
+        guard: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self.db = db
         self.hosts = hosts
         self.reconciler = reconciler
         self.timeout = timeout
+        # The leader's fencing (operations.leader): the pool's threads write under it too.
+        self.guard = guard
 
     def check_all(self) -> dict[str, HostState]:
         """One round: every host in parallel, so a hung one delays nobody else."""
@@ -38,6 +49,10 @@ class HealthChecker:
         return states
 
     def _check(self, before: Host) -> HostState:
+        with self.guard():
+            return self._check_one(before)
+
+    def _check_one(self, before: Host) -> HostState:
         after = self.hosts.refresh(before.name, timeout=self.timeout)
         if after.state is not before.state:
             log.warning(

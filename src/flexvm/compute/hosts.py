@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from sqlalchemy.orm import Session
+
 from flexvm.capacity.fit import Allocation
-from flexvm.compute.operations import OperationContext, OperationRunner
 from flexvm.drivers.base import Driver
 from flexvm.errors import AlreadyExists, Conflict, FlexvmError, HypervisorUnavailable, InvalidInput
-from flexvm.model.host import Accelerator, Host, HostInfo, HostState
+from flexvm.model.host import Accelerator, AcceleratorChoice, Host, HostInfo, HostState
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
+from flexvm.operations.engine import Engine
+from flexvm.operations.run import Run
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import HostRepo, LeftoverRepo, NetworkRepo, VmRepo
 
@@ -175,12 +178,14 @@ class HostRequest:
 
 class HostService:
     def __init__(
-        self, db: Database, drivers: DriverPool, probe_kernel: ProbeKernel, runner: OperationRunner | None = None
+        self, db: Database, drivers: DriverPool, probe_kernel: ProbeKernel, engine: Engine | None = None
     ) -> None:
         self.db = db
         self.drivers = drivers
         self.probe_kernel = probe_kernel
-        self.runner = runner
+        self.engine = engine
+        if engine is not None:
+            engine.register("host.add", self._add_work)
 
     def driver(self, host_name: str) -> Driver:
         with self.db.session() as session:
@@ -218,7 +223,7 @@ class HostService:
         """Register a host: its facts come from libvirt, its accelerator from a probe. As an
         operation, because probing a host that cannot run KVM guests takes a while."""
         request.check()
-        assert self.runner is not None
+        assert self.engine is not None
         with self.db.session() as session:
             hosts = HostRepo(session)
             if hosts.find(request.name) is not None:
@@ -228,20 +233,31 @@ class HostService:
                 raise AlreadyExists("host with URI", f"{request.uri}' (registered as '{same_uri}")
             if request.network is not None:
                 NetworkRepo(session).get(request.network)
-            operation = self.runner.record(session, "host.add", "host", request.name, params={"uri": request.uri})
+            params = {"uri": request.uri, "settings": request.settings.given()}
+            operation = self.engine.record(session, "host.add", "host", request.name, params=params)
+        return self.engine.launch(operation)
 
-        def work(ctx: OperationContext) -> dict[str, object]:
-            with ctx.step("connect", f"reading facts from {request.uri}"):
-                driver = self.drivers.for_uri(request.uri)
-                info = driver.host_info()
-            with ctx.step("probe", "checking whether KVM really runs a guest here"):
-                choice = driver.probe_accelerator(self.probe_kernel())
-            host = request.to_host(info, choice.accelerator, choice.reason)
-            with self.db.session() as session:
+    def _add_work(self, run: Run) -> dict[str, object]:
+        request = HostRequest(
+            run.operation.target_name, run.params["uri"], HostChanges(**run.params.get("settings", {}))
+        )
+        driver = self.drivers.for_uri(request.uri)
+        info = run.step(
+            "connect", lambda: dataclasses.asdict(driver.host_info()), detail=f"reading facts from {request.uri}"
+        )
+        choice = run.step(
+            "probe",
+            lambda: _choice_out(driver.probe_accelerator(self.probe_kernel())),
+            detail="checking whether KVM really runs a guest here",
+        )
+        host = request.to_host(HostInfo(**info), Accelerator(choice["accelerator"]), choice["reason"])
+
+        def register(session: Session) -> None:
+            if HostRepo(session).find(host.name) is None:
                 HostRepo(session).add(host)
-            return {"accelerator": choice.accelerator.value, "cpus": info.cpus, "memory_mib": info.memory_mib}
 
-        return self.runner.launch(operation, work)
+        run.db_step("register", register, detail=f"registering host {host.name}")
+        return {"accelerator": choice["accelerator"], "cpus": info["cpus"], "memory_mib": info["memory_mib"]}
 
     def update(self, name: str, changes: HostChanges) -> Host:
         changes.check()
@@ -322,36 +338,40 @@ class HostService:
                 f"host {name} did not answer within {timeout} s",
             )
         except FlexvmError as err:
-            if host.state is not HostState.MAINTENANCE:
-                host.state = HostState.DOWN
-            host.state_reason = err.message
+            failure: str | None = err.message
         else:
+            failure = None
             host.cpus, host.memory_mib = info.cpus, info.memory_mib
             host.disk_capacity_bytes = info.disk_capacity_bytes
             host.libvirt_version, host.hypervisor_version = info.libvirt_version, info.hypervisor_version
             host.hostname, host.cpu_model = info.hostname, info.cpu_model
-            if host.state is HostState.DOWN:
-                host.state = HostState.UP
-            host.state_reason = ""
             host.last_seen = utcnow()
         with self.db.session() as session:
             current = HostRepo(session).find(name)
             if current is None:  # removed meanwhile
                 return host
             # Only the facts and health are ours to write; ratios may have changed meanwhile.
-            for field_name in (
-                "state",
-                "state_reason",
-                "cpus",
-                "memory_mib",
-                "disk_capacity_bytes",
-                "libvirt_version",
-                "hypervisor_version",
-                "hostname",
-                "cpu_model",
-                "last_seen",
-            ):
-                setattr(current, field_name, getattr(host, field_name))
+            if failure is not None:
+                if current.state is HostState.MAINTENANCE:
+                    current.state_reason = failure
+                else:
+                    current.set_state(HostState.DOWN, failure)
+            else:
+                for field_name in (
+                    "cpus",
+                    "memory_mib",
+                    "disk_capacity_bytes",
+                    "libvirt_version",
+                    "hypervisor_version",
+                    "hostname",
+                    "cpu_model",
+                    "last_seen",
+                ):
+                    setattr(current, field_name, getattr(host, field_name))
+                if current.state is HostState.DOWN:
+                    current.set_state(HostState.UP)
+                elif current.state is HostState.UP:
+                    current.state_reason = ""
             HostRepo(session).save(current)
             return current
 
@@ -387,3 +407,7 @@ def call_with_timeout(fn: Callable[[], T], timeout: float | None, message: str) 
     if error:
         raise error[0]
     return result[0]
+
+
+def _choice_out(choice: AcceleratorChoice) -> dict[str, str]:
+    return {"accelerator": choice.accelerator.value, "reason": choice.reason}

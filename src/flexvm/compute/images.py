@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import tempfile
 import threading
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from flexvm.compute.guest_boot import image_volume
-from flexvm.compute.operations import OperationContext, OperationRunner
 from flexvm.drivers.base import Driver
-from flexvm.errors import AlreadyExists, Conflict, FlexvmError, ImageError, InvalidInput
+from flexvm.errors import AlreadyExists, Busy, Conflict, FlexvmError, ImageError, InvalidInput
 from flexvm.images.store import ImageStore
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
+from flexvm.operations.engine import UNFINISHED, Engine
+from flexvm.operations.run import Run
 from flexvm.store.db import Database
-from flexvm.store.repositories import ImageRepo
+from flexvm.store.repositories import ImageRepo, OperationRepo
 
 TINY = "tiny"
 HOST_FEATURES = ("kvm", "tcg")  # what a host offers that an image may require: its accelerator
 
 
 class ImageService:
-    def __init__(self, db: Database, runner: OperationRunner, store: ImageStore) -> None:
+    def __init__(self, db: Database, engine: Engine, store: ImageStore) -> None:
         self.db = db
-        self.runner = runner
+        self.engine = engine
         self.store = store
+        engine.register("image.import", self._import_work)
+        engine.register("image.build", self._build_work)
         self._upload_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -60,56 +66,92 @@ class ImageService:
             raise InvalidInput(
                 "requires", f"unknown host feature(s) {', '.join(unknown)}; known: {', '.join(HOST_FEATURES)}"
             )
-
-        def work(ctx: OperationContext) -> dict[str, object]:
-            with ctx.step("import", f"checking and copying {disk.name}"):
-                image = self.store.import_image(
-                    name,
-                    disk,
-                    kernel=kernel,
-                    initrd=initrd,
-                    cmdline=cmdline,
-                    ready_marker=ready_marker,
-                    cloud_init=cloud_init,
-                    description=description,
-                    expected_sha256=sha256,
-                )
-            image.requires = needs
-            self.record(image)
-            return {"sha256": image.sha256, "virtual_size": image.virtual_size}
-
-        return self._submit("image.import", name, work, {"disk": str(disk)})
+        params = {
+            "disk": str(disk),
+            "kernel": str(kernel) if kernel else None,
+            "initrd": str(initrd) if initrd else None,
+            "cmdline": cmdline,
+            "ready_marker": ready_marker,
+            "cloud_init": cloud_init,
+            "description": description,
+            "sha256": sha256,
+            "requires": needs,
+        }
+        return self._submit("image.import", name, params)
 
     def build_tiny(self, name: str = TINY) -> Operation:
         check_name("name", name)
+        return self._submit("image.build", name, {"recipe": "tiny"})
 
-        def work(ctx: OperationContext) -> dict[str, object]:
+    def _import_work(self, run: Run) -> dict[str, object]:
+        name, p = run.operation.target_name, run.params
+
+        def store() -> dict[str, Any]:
+            self.store.discard_name(name)  # what an interrupted attempt published, unrecorded
+            image = self.store.import_image(
+                name,
+                Path(p["disk"]),
+                kernel=Path(p["kernel"]) if p.get("kernel") else None,
+                initrd=Path(p["initrd"]) if p.get("initrd") else None,
+                cmdline=p.get("cmdline"),
+                ready_marker=p.get("ready_marker"),
+                cloud_init=bool(p.get("cloud_init")),
+                description=p.get("description") or "",
+                expected_sha256=p.get("sha256"),
+            )
+            image.requires = list(p.get("requires") or [])
+            return image_out(image)
+
+        out = run.step("import", store, undo=self._unstore, detail=f"checking and copying {Path(p['disk']).name}")
+        self._register(run, out)
+        return {"sha256": out["sha256"], "virtual_size": out["virtual_size"]}
+
+    def _build_work(self, run: Run) -> dict[str, object]:
+        name = run.operation.target_name
+
+        def build() -> dict[str, Any]:
             from flexvm.images.tiny.build import build_tiny_image
 
+            self.store.discard_name(name)
             with tempfile.TemporaryDirectory(prefix="flexvm-tiny-") as tmp:
-                with ctx.step("build", "building kernel, initramfs and root disk from Debian packages"):
-                    tiny = build_tiny_image(Path(tmp))
-                with ctx.step("import", "checking and storing the image"):
-                    image = self.store.import_image(
-                        name,
-                        tiny.disk,
-                        kernel=tiny.kernel,
-                        initrd=tiny.initrd,
-                        cmdline=tiny.cmdline,
-                        ready_marker=tiny.ready_marker,
-                        description="flexvm's built-in test image: busybox, virtio, HTTP on port 80",
-                    )
-            self.record(image)
-            return {"sha256": image.sha256, "file_size": image.file_size}
+                tiny = build_tiny_image(Path(tmp))
+                image = self.store.import_image(
+                    name,
+                    tiny.disk,
+                    kernel=tiny.kernel,
+                    initrd=tiny.initrd,
+                    cmdline=tiny.cmdline,
+                    ready_marker=tiny.ready_marker,
+                    description="flexvm's built-in test image: busybox, virtio, HTTP on port 80",
+                )
+            return image_out(image)
 
-        return self._submit("image.build", name, work, {"recipe": "tiny"})
+        out = run.step(
+            "build", build, undo=self._unstore, detail="building kernel, initramfs and root disk from Debian packages"
+        )
+        self._register(run, out)
+        return {"sha256": out["sha256"], "file_size": out["file_size"]}
 
-    def _submit(self, kind: str, name: str, work: object, params: dict[str, object]) -> Operation:
+    def _unstore(self, out: dict[str, Any]) -> None:
+        self.store.delete_files(image_in(out))
+
+    def _register(self, run: Run, out: dict[str, Any]) -> None:
+        run.db_step("register", lambda session: ImageRepo(session).add(image_in(out)), detail="recording the image")
+
+    def _submit(self, kind: str, name: str, params: dict[str, Any]) -> Operation:
         with self.db.session() as session:
             if ImageRepo(session).find(name) is not None:
                 raise AlreadyExists("image", name)
-            operation = self.runner.record(session, kind, "image", name, params=params)
-        return self.runner.launch(operation, work)  # type: ignore[arg-type]
+            # The name is held by the operation making it: a second one would clash in the store.
+            making = [
+                op
+                for op in OperationRepo(session).list(limit=1000, target=name, statuses=UNFINISHED)
+                if op.target_kind == "image"
+            ]
+            if making:
+                raise Busy("image", name, making[0].id)
+            operation = self.engine.record(session, kind, "image", name, params=params)
+        return self.engine.launch(operation)
 
     def record(self, image: Image) -> None:
         try:
@@ -177,3 +219,14 @@ class ImageService:
     def _upload_lock(self, uri: str, prefix: str) -> threading.Lock:
         with self._locks_guard:
             return self._upload_locks.setdefault((uri, prefix), threading.Lock())
+
+
+def image_out(image: Image) -> dict[str, Any]:
+    """An image as a step records it (JSON)."""
+    out = dataclasses.asdict(image)
+    out["created_at"] = image.created_at.isoformat()
+    return out
+
+
+def image_in(out: dict[str, Any]) -> Image:
+    return Image(**{**out, "created_at": datetime.fromisoformat(out["created_at"])})

@@ -18,20 +18,36 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sqlalchemy.orm import Session
+
 from flexvm.compute import guest_boot
-from flexvm.compute.lifecycle import VmService, remove_guest_and_files
-from flexvm.compute.operations import OperationContext
+from flexvm.compute.booting import Booter, upload_seed
+from flexvm.compute.hosts import HostService
+from flexvm.compute.images import ImageService
 from flexvm.compute.placing import build_request, pool_snapshots
+from flexvm.compute.vm_records import (
+    VmRecords,
+    change_in,
+    check_usable,
+    leave_behind,
+    power_step,
+    remove_guest_and_files,
+    remove_volumes,
+)
+from flexvm.config import Settings
 from flexvm.drivers.base import Driver
-from flexvm.errors import FlexvmError, InvalidInput, InvalidState
+from flexvm.errors import FlexvmError, InvalidInput, InvalidState, NotFound, OperationTimeout
 from flexvm.model.guest import GuestState, MigrationProgress, MigrationRequest
 from flexvm.model.host import Host, HostState
 from flexvm.model.image import Image
 from flexvm.model.operation import Operation
 from flexvm.model.units import format_bytes
 from flexvm.model.vm import PowerState, Vm
+from flexvm.operations.engine import Engine
+from flexvm.operations.run import Run
 from flexvm.scheduler.placement import choose
-from flexvm.store.repositories import HostRepo, ImageRepo, LeftoverRepo, VmRepo
+from flexvm.store.db import Database
+from flexvm.store.repositories import HostRepo, ImageRepo, VmRepo
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +81,33 @@ def estimate(vm: Vm, mode: str) -> float:
 
 
 class VmMover:
-    def __init__(self, vms: VmService, migration_timeout: float) -> None:
-        self.vms = vms
-        self.db = vms.db
-        self.hosts = vms.hosts
-        self.images = vms.images
-        self.runner = vms.runner
-        self.migration_timeout = migration_timeout
+    def __init__(
+        self,
+        db: Database,
+        engine: Engine,
+        hosts: HostService,
+        images: ImageService,
+        records: VmRecords,
+        booter: Booter,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.engine = engine
+        self.hosts = hosts
+        self.images = images
+        self.records = records
+        self.booter = booter
+        self.settings = settings
+        self.migration_timeout = settings.migration_timeout
+        for mode in MODES:
+            engine.register(f"vm.migrate-{mode}", self._work, cancelable=True)
 
     # --- planning ------------------------------------------------------------------------
     def plan(
         self, name: str, to: str | None = None, *, cold: bool = False, excluded: frozenset[str] = frozenset()
     ) -> MovePlan:
         """Where the VM would go and how, without doing anything."""
-        self._refuse_snapshots(self.vms.get(name), cold)
+        self._refuse_snapshots(self.records.get(name), cold)
         with self.db.session() as session:
             vm = VmRepo(session).get(name)
             image = ImageRepo(session).get(vm.image)
@@ -161,61 +190,78 @@ class VmMover:
     # --- doing ---------------------------------------------------------------------------
     def migrate(self, name: str, to: str | None = None, *, cold: bool = False) -> Operation:
         """Move a VM: live if it runs (unless ``cold``), its files if it is stopped or deallocated."""
-        self._refuse_snapshots(self.vms.get(name), cold)
+        self._refuse_snapshots(self.records.get(name), cold)
         with self.db.session() as session:
             vms = VmRepo(session)
             vm = vms.get(name)
-            self.vms.check_usable(vm)
+            check_usable(vm)
             image = ImageRepo(session).get(vm.image)
             plan = self._plan(session, vm, image, to, cold=cold)
             HostRepo(session).lock(plan.destination)
             vm.moving_to = plan.destination  # the room on the destination is held from now on
-            operation = self.runner.record(
-                session,
-                f"vm.migrate-{plan.mode}",
-                "vm",
-                name,
-                vm=vm,
-                params={"from": plan.source, "to": plan.destination, "mode": plan.mode},
+            operation = self.engine.record(
+                session, f"vm.migrate-{plan.mode}", "vm", name, vm=vm, params=plan_params(vm, plan)
             )
-        return self.runner.launch(operation, lambda ctx: self.move(ctx, vm, image, plan))
+        return self.engine.launch(operation)
 
-    def move(self, ctx: OperationContext, vm: Vm, image: Image, plan: MovePlan) -> dict[str, Any]:
-        """The work of a move (also run by drain and resize, inside their own operations)."""
+    def _work(self, run: Run) -> dict[str, Any]:
+        vm = self.records.by_id(run.params["vm_id"])
+        if vm is None:
+            raise NotFound("VM", run.operation.target_name)
+        return self.move(run, vm, self.images.get(vm.image), plan_from(run.params))
+
+    def move(self, run: Run, vm: Vm, image: Image, plan: MovePlan) -> dict[str, Any]:
+        """The steps of a move (also run inside a resize that moves first).
+
+        The room on the destination was held with the request (``moving_to``); the first step
+        stands for that hold, and undoing it lets the room go."""
         assert plan.source is not None
         source, dest = self.hosts.driver(plan.source), self.hosts.driver(plan.destination)
-        started = time.monotonic()
-        try:
-            if plan.mode == "live":
-                result = self._live(ctx, vm, image, source, dest, plan)
-            else:
-                result = self._cold(ctx, vm, image, source, dest, plan)
-        except BaseException:
-            self.vms.update_record(vm.id, moving_to=None)
-            raise
+        outer = run.undo_mark()  # what the operation around the move may still undo after it
+        began: dict[str, Any] = run.step(
+            "hold",
+            lambda: {"at": time.time(), "to": plan.destination},
+            undo=lambda _out: self._let_go(vm),
+            detail=f"room held on {plan.destination}",
+        )
+        if plan.mode == "live":
+            result = self._live(run, vm, image, source, dest, plan, outer)
+        else:
+            result = self._cold(run, vm, image, source, dest, plan, outer)
         result.update(
             {
                 "from": plan.source,
                 "to": plan.destination,
                 "mode": plan.mode,
-                "total_seconds": round(time.monotonic() - started, 3),
+                "total_seconds": round(time.time() - began["at"], 3),
             }
         )
         return result
 
-    def _prepare_destination(self, ctx: OperationContext, vm: Vm, image: Image, dest: Driver, plan: MovePlan) -> None:
-        with ctx.step("image", f"making sure image '{image.name}' is on {plan.destination}"):
-            self.images.ensure_on_host(dest, image)
-        with ctx.step("prepare", f"an empty overlay for each disk on {plan.destination}"):
-            remove_volumes(dest, vm)  # a failed earlier attempt's
+    def _prepare_destination(self, run: Run, vm: Vm, image: Image, dest: Driver, plan: MovePlan) -> None:
+        run.step(
+            "image",
+            lambda: self.images.ensure_on_host(dest, image),
+            detail=f"making sure image '{image.name}' is on {plan.destination}",
+        )
+
+        def prepare() -> None:
+            remove_volumes(dest, vm)  # a failed earlier attempt's (a resumed move finds them empty)
             dest.create_overlay(vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes)
             if any(d.role == "seed" for d in vm.disks):
-                self.vms.upload_seed(dest, vm)
+                upload_seed(dest, vm, self.settings.ssh_keys)
+
+        run.step(
+            "prepare",
+            prepare,
+            undo=lambda _out: self._undo_destination(vm, dest, plan.destination),
+            detail=f"an empty overlay for each disk on {plan.destination}",
+        )
 
     def _live(
-        self, ctx: OperationContext, vm: Vm, image: Image, source: Driver, dest: Driver, plan: MovePlan
+        self, run: Run, vm: Vm, image: Image, source: Driver, dest: Driver, plan: MovePlan, outer: int
     ) -> dict[str, Any]:
-        self._prepare_destination(ctx, vm, image, dest, plan)
+        self._prepare_destination(run, vm, image, dest, plan)
         dest_host = self.hosts.get(plan.destination)
         request = MigrationRequest(
             dest_uri=dest_host.uri,
@@ -225,133 +271,178 @@ class VmMover:
         )
 
         def report(progress: MigrationProgress) -> None:
+            run.check_canceled()  # raising here aborts the migration: the guest stays where it was
             done = progress.memory_processed + progress.disk_processed
             total = max(progress.memory_total + progress.disk_total, 1)
             remaining = progress.memory_remaining + progress.disk_remaining
-            ctx.progress(
+            run.progress(
                 30 + int(60 * min(done / total, 1.0)),
                 f"{progress.phase}: {format_bytes(done)} sent, {format_bytes(remaining)} to go",
             )
 
-        try:
-            with ctx.step("migrate", f"live to {plan.destination}, disks copied"):
+        def migrate() -> dict[str, Any]:
+            if _runs_on(dest, vm):  # a resumed move: it had switched over before the server died
+                return {"downtime_ms": None, "note": "the guest already ran on the destination"}
+            _wait_for_running_migration(source, vm, self.migration_timeout)
+            if _runs_on(dest, vm):
+                return {"downtime_ms": None, "note": "a migration started before a restart finished it"}
+            try:
                 result = source.migrate(vm.domain_name, request, report)
-        except FlexvmError:
-            if self._runs_on(dest, vm):  # it switched over before the error: it lives there now
-                log.warning("migration of %s reported an error but the guest runs on %s", vm.name, plan.destination)
-                self._switch_record(vm, plan.destination)
-                self._forget_on_source(vm, source, plan.source or "")
-                return {"downtime_ms": None, "note": "the source failed after switch-over"}
-            self._undo_destination(vm, dest, plan.destination)
-            raise
-        self._switch_record(vm, plan.destination)
-        self._forget_on_source(vm, source, plan.source or "")
-        return {
-            "downtime_ms": result.downtime_ms,
-            "memory_bytes": result.memory_bytes,
-            "disk_bytes": result.disk_bytes,
-            "converged_by": result.converged_by,
-            "migration_seconds": round(result.total_seconds, 3),
-        }
+            except FlexvmError:
+                if _runs_on(dest, vm):  # it switched over before the error: it lives there now
+                    log.warning("migration of %s reported an error but the guest runs on %s", vm.name, plan.destination)
+                    return {"downtime_ms": None, "note": "the source failed after switch-over"}
+                raise
+            return {
+                "downtime_ms": result.downtime_ms,
+                "memory_bytes": result.memory_bytes,
+                "disk_bytes": result.disk_bytes,
+                "converged_by": result.converged_by,
+                "migration_seconds": round(result.total_seconds, 3),
+            }
+
+        moved = run.step("migrate", migrate, detail=f"live to {plan.destination}, disks copied")
+        self._switch(run, vm, source, plan, outer)
+        return dict(moved)
 
     def _cold(
-        self, ctx: OperationContext, vm: Vm, image: Image, source: Driver, dest: Driver, plan: MovePlan
+        self, run: Run, vm: Vm, image: Image, source: Driver, dest: Driver, plan: MovePlan, outer: int
     ) -> dict[str, Any]:
         was_running = vm.power_state in (PowerState.RUNNING, PowerState.STARTING)
         if was_running:
-            self.vms.update_record(vm.id, power_state=PowerState.STOPPING)
-            self.vms.power_off(ctx, source, vm, force=False)
-            self.vms.update_record(vm.id, power_state=PowerState.STOPPED)
-        try:
-            with ctx.step("image", f"making sure image '{image.name}' is on {plan.destination}"):
-                self.images.ensure_on_host(dest, image)
-            with (
-                ctx.step("copy", f"copying the disk of {vm.name} to {plan.destination}"),
-                tempfile.TemporaryDirectory(prefix="flexvm-move-") as tmp,
-            ):
+            power_step(run, "stopping", vm.id, PowerState.STOPPING)
+            self.booter.power_off(run, source, vm, force=False)
+            run.step(
+                "stopped-here",
+                lambda: None,
+                undo=lambda _out: self._restart_after_failed_move(run, vm, source),
+                detail=f"stopped on {plan.source}",
+            )
+            power_step(run, "stopped", vm.id, PowerState.STOPPED)
+        run.step(
+            "image",
+            lambda: self.images.ensure_on_host(dest, image),
+            detail=f"making sure image '{image.name}' is on {plan.destination}",
+        )
+
+        def copy() -> None:
+            with tempfile.TemporaryDirectory(prefix="flexvm-move-") as tmp:
                 remove_volumes(dest, vm)
                 local = Path(tmp) / vm.os_disk.name
                 source.download_instance_volume(vm.os_disk.name, local)
                 dest.upload_instance_volume(vm.os_disk.name, local)
                 if any(d.role == "seed" for d in vm.disks):
-                    self.vms.upload_seed(dest, vm)
-            if plan.mode == "cold":
-                host = self.hosts.get(plan.destination)
-                with ctx.step("define", f"defining the guest on {plan.destination}"):
+                    upload_seed(dest, vm, self.settings.ssh_keys)
+
+        run.step(
+            "copy",
+            copy,
+            undo=lambda _out: self._undo_destination(vm, dest, plan.destination),
+            detail=f"copying the disk of {vm.name} to {plan.destination}",
+        )
+        if plan.mode == "cold":
+            host = self.hosts.get(plan.destination)
+
+            def define() -> None:
+                if dest.guest_info(vm.domain_name) is None:
                     dest.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
-        except BaseException:
-            self._undo_destination(vm, dest, plan.destination)
-            if was_running:
-                self._restart_after_failed_move(ctx, vm, source)
-            raise
-        self._switch_record(vm, plan.destination)
-        self._forget_on_source(vm, source, plan.source or "")
+
+            run.step("define", define, detail=f"defining the guest on {plan.destination}")
+        self._switch(run, vm, source, plan, outer)
         if not was_running:
             return {"mode": plan.mode}
-        moved = self.vms.get(vm.name)
-        offset = guest_boot.console_length(dest, vm.console_log)
-        self.vms.update_record(vm.id, power_state=PowerState.STARTING)
-        with ctx.step("start", f"powering on at {plan.destination}"):
-            started = time.monotonic()
-            dest.start(vm.domain_name)
-        return {
-            "mode": plan.mode,
-            **self.vms.finish_boot(ctx, dest, moved, image, console_offset=offset, started=started, creating=False),
-        }
+        moved = self.records.get(vm.name)
+        power_step(run, "starting", vm.id, PowerState.STARTING)
+        return {"mode": plan.mode, **self.booter.boot(run, dest, moved, image, creating=False)}
 
-    def _restart_after_failed_move(self, ctx: OperationContext, vm: Vm, source: Driver) -> None:
+    def _let_go(self, vm: Vm) -> None:
+        """The room held on the destination is free again."""
+        self.records.change(vm.id, _clear_moving)
+
+    def _restart_after_failed_move(self, run: Run, vm: Vm, source: Driver) -> None:
         try:
-            with ctx.step("restart-here", "the move failed: starting the guest again where it was"):
+            if not _runs_on(source, vm):
                 source.start(vm.domain_name)
-            self.vms.update_record(vm.id, power_state=PowerState.RUNNING)
+            self.records.set_power(vm.id, PowerState.RUNNING, run.id)
         except FlexvmError as err:
             log.warning("could not restart %s after a failed move: %s", vm.name, err.message)
 
     # --- records and clean-up ------------------------------------------------------------
-    def _switch_record(self, vm: Vm, dest: str) -> None:
-        def apply(v: Vm) -> None:
-            v.host = dest if v.host is not None else None
-            v.disk_host = dest
-            v.moving_to = None
-            if v.host is not None and v.power_state is PowerState.UNKNOWN:
-                v.power_state = PowerState.RUNNING
+    def _switch(self, run: Run, vm: Vm, source: Driver, plan: MovePlan, outer: int) -> None:
+        """The record follows the guest to its new host; from here the move is not undone."""
 
-        self.vms.change_record(vm.id, apply)
+        def switch(session: Session) -> None:
+            def apply(v: Vm) -> None:
+                v.host = plan.destination if v.host is not None else None
+                v.disk_host = plan.destination
+                v.moving_to = None
+                if v.host is not None and v.power_state is PowerState.UNKNOWN:
+                    v.set_power(PowerState.RUNNING, run.id)
+
+            change_in(session, vm.id, apply)
+
+        run.db_step("switch", switch, detail=f"the record now says {plan.destination}")
+        run.pivot("moved", f"{vm.name} lives on {plan.destination}", keep=outer)
+        run.step(
+            "forget-source",
+            lambda: self._forget_on_source(vm, source, plan.source or ""),
+            detail=f"removing what {plan.source} kept (its console log archived first)",
+        )
 
     def _forget_on_source(self, vm: Vm, source: Driver, source_name: str) -> None:
         """Keep the source's console log, then remove the guest and its files there."""
         try:
-            self.vms.consoles.keep(vm.id, source, vm.console_log)
+            self.records.consoles.keep(vm.id, source, vm.console_log)
             remove_guest_and_files(source, vm)
         except FlexvmError as err:
-            self._leftovers(source_name, vm, f"move of VM {vm.name} away: {err.message}")
+            leave_behind(self.db, source_name, vm, f"move of VM {vm.name} away: {err.message}")
 
     def _undo_destination(self, vm: Vm, dest: Driver, dest_name: str) -> None:
         try:
-            if not self._runs_on(dest, vm):
+            if not _runs_on(dest, vm):
                 dest.destroy(vm.domain_name)
                 dest.undefine(vm.domain_name)
-            remove_volumes(dest, vm)
+                remove_volumes(dest, vm)
         except FlexvmError as err:
-            self._leftovers(dest_name, vm, f"failed move of VM {vm.name}: {err.message}")
-
-    def _leftovers(self, host: str, vm: Vm, reason: str) -> None:
-        with self.db.session() as session:
-            repo = LeftoverRepo(session)
-            repo.add(host, "domain", vm.domain_name, reason)
-            for volume in [d.name for d in vm.disks] + [vm.console_log]:
-                repo.add(host, "volume", volume, reason)
-
-    @staticmethod
-    def _runs_on(driver: Driver, vm: Vm) -> bool:
-        try:
-            info = driver.guest_info(vm.domain_name)
-        except FlexvmError:
-            return False
-        return info is not None and info.state is GuestState.RUNNING
+            leave_behind(self.db, dest_name, vm, f"failed move of VM {vm.name}: {err.message}")
 
 
-def remove_volumes(driver: Driver, vm: Vm) -> None:
-    for disk in vm.disks:
-        driver.delete_instance_volume(disk.name)
-    driver.delete_instance_volume(vm.console_log)
+MODES = ("live", "cold", "disk")
+
+
+def plan_params(vm: Vm, plan: MovePlan) -> dict[str, Any]:
+    """A move as an operation records it: enough to run (or resume) it."""
+    return {
+        "vm_id": vm.id,
+        "vm": plan.vm,
+        "from": plan.source,
+        "to": plan.destination,
+        "mode": plan.mode,
+        "estimate_seconds": plan.estimate_seconds,
+    }
+
+
+def plan_from(params: dict[str, Any]) -> MovePlan:
+    return MovePlan(params["vm"], params["from"], params["to"], params["mode"], params["estimate_seconds"])
+
+
+def _clear_moving(vm: Vm) -> None:
+    vm.moving_to = None
+
+
+def _runs_on(driver: Driver, vm: Vm) -> bool:
+    try:
+        info = driver.guest_info(vm.domain_name)
+    except FlexvmError:
+        return False
+    return info is not None and info.state is GuestState.RUNNING
+
+
+def _wait_for_running_migration(source: Driver, vm: Vm, timeout: float) -> None:
+    """A migration started by a server that died may still be running in libvirt: let it end
+    (in the guest's favour or not) before deciding whether to start one."""
+    deadline = time.monotonic() + timeout + 60
+    while source.migration_running(vm.domain_name):
+        if time.monotonic() > deadline:
+            raise OperationTimeout(f"a migration of {vm.name} started earlier is still running after {timeout:.0f} s")
+        time.sleep(0.5)

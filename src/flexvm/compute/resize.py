@@ -20,22 +20,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from flexvm.capacity.fit import Allocation, room_on, why_not
 from flexvm.compute import guest_boot
-from flexvm.compute.lifecycle import VmService
+from flexvm.compute.booting import Booter
+from flexvm.compute.hosts import HostService
+from flexvm.compute.images import ImageService
 from flexvm.compute.moving import MovePlan, VmMover, estimate
-from flexvm.compute.operations import OperationContext
 from flexvm.compute.placing import build_request, pool_snapshots
-from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState
+from flexvm.compute.sizes import SizeService
+from flexvm.compute.vm_records import VmRecords, change_in, check_usable, power_state_of, power_step
+from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState, NotFound
 from flexvm.model.host import Accelerator
 from flexvm.model.image import Image
 from flexvm.model.operation import Operation
 from flexvm.model.sizes import Size
 from flexvm.model.units import MIB, format_bytes
 from flexvm.model.vm import PowerState, Vm
+from flexvm.operations.engine import Engine
+from flexvm.operations.run import Run
 from flexvm.scheduler.placement import choose
+from flexvm.store.db import Database
 from flexvm.store.repositories import HostRepo, ImageRepo, VmRepo
 
+KIND = "vm.resize"
 DIMM_STEP_MIB = 128  # Linux onlines memory in 128 MiB blocks on x86_64
 GUEST_CONFIRM_SECONDS = 20.0
 
@@ -58,22 +67,38 @@ def _mib(value: int) -> str:
 
 
 class ResizeService:
-    def __init__(self, vms: VmService, mover: VmMover) -> None:
-        self.vms = vms
+    def __init__(
+        self,
+        db: Database,
+        engine: Engine,
+        hosts: HostService,
+        sizes: SizeService,
+        images: ImageService,
+        records: VmRecords,
+        booter: Booter,
+        mover: VmMover,
+    ) -> None:
+        self.engine = engine
+        self.hosts = hosts
+        self.sizes = sizes
+        self.images = images
+        self.records = records
+        self.booter = booter
+        engine.register(KIND, self._work)
         self.mover = mover
-        self.db = vms.db
+        self.db = db
 
     # --- planning ------------------------------------------------------------------------
     def plan(self, name: str, size_name: str, *, allow_restart: bool = False, force: bool = False) -> ResizePlan:
-        vm = self.vms.get(name)
+        vm = self.records.get(name)
         target = self._target(vm, size_name)
-        ceiling = self.vms.sizes.ceiling_for(target)
+        ceiling = self.sizes.ceiling_for(target)
         with self.db.session() as session:
             image = ImageRepo(session).get(vm.image)
             return self._plan(session, vm, image, target, ceiling, allow_restart=allow_restart, force=force)
 
     def _target(self, vm: Vm, size_name: str) -> Size:
-        target = self.vms.sizes.get(size_name)
+        target = self.sizes.get(size_name)
         if target.name == vm.size:
             raise InvalidInput("size", f"VM '{vm.name}' is already {vm.size}")
         return target
@@ -188,7 +213,7 @@ class ResizeService:
 
     def _check_shrink(self, session: Any, vm: Vm, target: Size, force: bool, plan: ResizePlan) -> None:
         assert vm.host is not None
-        driver = self.vms.hosts.drivers.for_uri(HostRepo(session).get(vm.host).uri)
+        driver = self.hosts.drivers.for_uri(HostRepo(session).get(vm.host).uri)
         try:
             stats = driver.memory_stats(vm.domain_name)
         except FlexvmError:
@@ -230,11 +255,11 @@ class ResizeService:
 
     # --- doing ---------------------------------------------------------------------------
     def resize(self, name: str, size_name: str, *, allow_restart: bool = False, force: bool = False) -> Operation:
-        target = self._target(self.vms.get(name), size_name)
-        ceiling = self.vms.sizes.ceiling_for(target)
+        target = self._target(self.records.get(name), size_name)
+        ceiling = self.sizes.ceiling_for(target)
         with self.db.session() as session:
             vm = VmRepo(session).get(name)
-            self.vms.check_usable(vm)
+            check_usable(vm)
             image = ImageRepo(session).get(vm.image)
             plan = self._plan(session, vm, image, target, ceiling, allow_restart=allow_restart, force=force)
             before = dataclasses.replace(vm)
@@ -245,58 +270,79 @@ class ResizeService:
                 # Claim the new size now: where it runs and, while it moves, where it goes (the
                 # source is held at the new size too until the move ends: briefly cautious, never short).
                 vm.vcpus, vm.memory_mib = target.vcpus, target.memory_mib
-            operation = self.vms.runner.record(
+            operation = self.engine.record(
                 session,
-                "vm.resize",
+                KIND,
                 "vm",
                 name,
                 vm=vm,
                 params={
+                    "vm_id": vm.id,
                     "from": plan.current,
                     "to": plan.target,
                     "path": plan.path,
                     "destination": plan.destination,
+                    "plan_steps": plan.steps,
+                    "warnings": plan.warnings,
                     "from_vcpus": before.vcpus,
                     "from_memory_mib": before.memory_mib,
+                    "original": [
+                        before.size,
+                        before.vcpus,
+                        before.memory_mib,
+                        before.max_size,
+                        before.max_vcpus,
+                        before.max_memory_mib,
+                    ],
                 },
             )
-        before.active_operation_id = operation.id
-        return self.vms.runner.launch(operation, lambda ctx: self._run(ctx, before, image, target, plan))
+        return self.engine.launch(operation)
 
-    def _run(self, ctx: OperationContext, vm: Vm, image: Image, target: Size, plan: ResizePlan) -> dict[str, Any]:
-        result: dict[str, Any] = {"path": plan.path, "steps": plan.steps, "warnings": plan.warnings}
-        original = (vm.size, vm.vcpus, vm.memory_mib, vm.max_size, vm.max_vcpus, vm.max_memory_mib)
-        try:
-            if plan.path == "move-then-hot":
-                assert plan.destination is not None
-                move = MovePlan(vm.name, vm.host, plan.destination, "live", 0.0)
-                result["move"] = self.mover.move(ctx, self._as_recorded(vm, original), image, move)
-                vm = self.vms.get(vm.name)
-            if plan.path in ("hot", "move-then-hot"):
-                result.update(self._hot(ctx, vm, image, target, original))
-            elif plan.path == "restart":
-                result.update(self._restart(ctx, vm, image, target, plan, original))
-            else:
-                result.update(self._offline(ctx, vm, image, target, plan, original))
-        except BaseException:
-            self._restore(vm, original)
-            raise
+    def _work(self, run: Run) -> dict[str, Any]:
+        p = run.params
+        found = self.records.by_id(p["vm_id"])
+        if found is None:
+            raise NotFound("VM", run.operation.target_name)
+        original = tuple(p["original"])
+        vm = self._as_recorded(found, original)
+        before = vm
+        image = self.images.get(vm.image)
+        target = self.sizes.get(p["to"])
+        path, destination = p["path"], p.get("destination")
+        result: dict[str, Any] = {"path": path, "steps": p.get("plan_steps", []), "warnings": p.get("warnings", [])}
+        run.step(
+            "claim",
+            lambda: {"to": target.name},
+            undo=lambda _out: self._restore(run, before, original),
+            detail=f"{target.name} claimed on the VM's host",
+        )
+        if path == "move-then-hot":
+            assert destination is not None
+            move = MovePlan(vm.name, vm.host, destination, "live", 0.0)
+            result["move"] = self.mover.move(run, vm, image, move)
+            vm = self._as_recorded(self.records.get(vm.name), original)
+        if path in ("hot", "move-then-hot"):
+            result.update(self._hot(run, vm, image, target, original))
+        elif path == "restart":
+            result.update(self._restart(run, vm, image, target, destination))
+        else:
+            result.update(self._offline(run, vm, image, target, destination))
         return result
 
-    def _restore(self, vm: Vm, original: tuple[Any, ...]) -> None:
+    def _restore(self, run: Run, vm: Vm, original: tuple[Any, ...]) -> None:
         """A resize that failed: the record says the shape the guest really has (a vCPU plugged
         before a DIMM failed stays counted), where it really runs, and nothing is held elsewhere."""
-        current = self.vms.get(vm.name)
+        current = self.records.get(vm.name)
         size, vcpus, memory, max_size, max_vcpus, max_memory = original
-        host = current.host
         info = None
-        if host is not None:
-            driver = self.vms.hosts.driver(host)
+        observed = None
+        if current.host is not None:
+            driver = self.hosts.driver(current.host)
             try:
                 info = driver.guest_info(vm.domain_name)
+                observed = power_state_of(info.state if info else None)
             except FlexvmError:
-                info = None
-            self.vms.resync(driver, current)
+                info, observed = None, PowerState.UNKNOWN
         live_vcpus = info.vcpus if info is not None and info.vcpus else vcpus
         live_memory = info.memory_kib // 1024 if info is not None and info.memory_kib else memory
         error = None
@@ -311,39 +357,58 @@ class ResizeService:
             v.max_size, v.max_vcpus, v.max_memory_mib = max_size, max_vcpus, max_memory
             v.moving_to = None
             v.error = error
+            if observed is not None:
+                v.set_power(observed, run.id)
 
-        self.vms.change_record(vm.id, apply)
+        self.records.change(vm.id, apply)
 
     @staticmethod
     def _as_recorded(vm: Vm, original: tuple[Any, ...]) -> Vm:
+        """The VM with the shape it had before the request claimed the new one."""
         return dataclasses.replace(vm, size=original[0], vcpus=original[1], memory_mib=original[2])
 
-    def _hot(
-        self, ctx: OperationContext, vm: Vm, image: Image, target: Size, original: tuple[Any, ...]
-    ) -> dict[str, Any]:
+    def _hot(self, run: Run, vm: Vm, image: Image, target: Size, original: tuple[Any, ...]) -> dict[str, Any]:
         assert vm.host is not None
-        driver = self.vms.hosts.driver(vm.host)
+        driver = self.hosts.driver(vm.host)
         vcpus_before, memory_before = original[1], original[2]
-        console_before = len(self.vms.console(vm.name).text)
+        console_before = run.step("console", lambda: guest_boot.console_length(driver, vm.console_log))
         plugged = False
         if target.vcpus != vcpus_before:
-            with ctx.step("vcpus", f"{vcpus_before} -> {target.vcpus} vCPUs"):
-                driver.set_vcpus(vm.domain_name, target.vcpus)
+
+            def vcpus() -> None:
+                info = driver.guest_info(vm.domain_name)
+                if info is None or info.vcpus != target.vcpus:  # a re-run finds them plugged
+                    driver.set_vcpus(vm.domain_name, target.vcpus)
+
+            run.step("vcpus", vcpus, detail=f"{vcpus_before} -> {target.vcpus} vCPUs")
         if target.memory_mib != memory_before:
-            with ctx.step("memory", f"{_mib(memory_before)} -> {_mib(target.memory_mib)}"):
-                plugged = self._set_memory(driver, vm, target.memory_mib)
+            plugged = bool(
+                run.step(
+                    "memory",
+                    lambda: self._set_memory(driver, vm, target.memory_mib),
+                    detail=f"{_mib(memory_before)} -> {_mib(target.memory_mib)}",
+                )
+            )
 
-        def apply(v: Vm) -> None:
-            v.size, v.vcpus, v.memory_mib = target.name, target.vcpus, target.memory_mib
+        def record(session: Session) -> None:
+            def apply(v: Vm) -> None:
+                v.size, v.vcpus, v.memory_mib = target.name, target.vcpus, target.memory_mib
 
-        self.vms.change_record(vm.id, apply)
+            change_in(session, vm.id, apply)
+
+        run.db_step("resized", record, detail=f"recording {target.name}")
+        run.pivot("done", "the guest has its new size")
         expect_cpus = target.vcpus if target.vcpus != vcpus_before else None
-        confirmed = self._guest_confirms(vm, image, console_before, expect_cpus, plugged)
+        confirmed = run.step(
+            "confirm",
+            lambda: self._guest_confirms(driver, vm, image, console_before, expect_cpus, plugged),
+            detail="waiting for the guest to show what was plugged",
+        )
         return {"guest_confirmed": confirmed, "restarted": False, "dimm_plugged": plugged}
 
     def _set_memory(self, driver: Any, vm: Vm, target_mib: int) -> bool:
         """Grow by a DIMM where the plugged memory is short, then let the balloon settle the rest.
-        True if a DIMM was plugged."""
+        True if a DIMM was plugged (a re-run after a crash finds it plugged and plugs none)."""
         info = driver.guest_info(vm.domain_name)
         plugged = (info.plugged_memory_kib or info.memory_kib) // 1024 if info else vm.memory_mib
         added = False
@@ -355,7 +420,9 @@ class ResizeService:
         driver.set_memory_target(vm.domain_name, min(target_mib, plugged))
         return added
 
-    def _guest_confirms(self, vm: Vm, image: Image, offset: int, cpus: int | None, plugged: bool) -> bool | None:
+    def _guest_confirms(
+        self, driver: Any, vm: Vm, image: Image, offset: int, cpus: int | None, plugged: bool
+    ) -> bool | None:
         """Wait (briefly) for a guest that reports its shape (the tiny image's console protocol)
         to show what was plugged: the new vCPU count, more memory. None when there is nothing it
         would show (a balloon change) or it does not report at all."""
@@ -363,63 +430,57 @@ class ResizeService:
             return None
         deadline = time.monotonic() + GUEST_CONFIRM_SECONDS
         while time.monotonic() < deadline:
-            text = self.vms.console(vm.name).text[offset:]
+            text = driver.console_read(vm.console_log, offset).decode(errors="replace")
             states = [guest_boot.parse_fields(line) for line in text.splitlines() if "flexvm: state" in line]
             if states and (cpus is None or states[-1].get("cpus") == str(cpus)):
                 return True
             time.sleep(0.5)
         return False
 
-    def _restart(
-        self, ctx: OperationContext, vm: Vm, image: Image, target: Size, plan: ResizePlan, original: tuple[Any, ...]
-    ) -> dict[str, Any]:
+    def _restart(self, run: Run, vm: Vm, image: Image, target: Size, destination: str | None) -> dict[str, Any]:
         assert vm.host is not None
-        driver = self.vms.hosts.driver(vm.host)
-        self.vms.update_record(vm.id, power_state=PowerState.STOPPING)
-        self.vms.power_off(ctx, driver, vm, force=False)
-        self.vms.update_record(vm.id, power_state=PowerState.STOPPED)
-        if plan.destination is not None:
-            stopped = dataclasses.replace(
-                self._as_recorded(self.vms.get(vm.name), original), power_state=PowerState.STOPPED
-            )
-            self.mover.move(ctx, stopped, image, MovePlan(vm.name, vm.host, plan.destination, "cold", 0.0))
-            driver = self.vms.hosts.driver(plan.destination)
-        resized = self._record_new_size(vm, target)
-        host = self.vms.hosts.get(resized.host or "")
-        with ctx.step("redefine", f"at {target.name} with ceilings {resized.max_size}"):
-            driver.undefine(vm.domain_name)
-            driver.define(guest_boot.guest_spec(resized, image, host.accelerator, host.bridge))
-        offset = guest_boot.console_length(driver, vm.console_log)
-        self.vms.update_record(vm.id, power_state=PowerState.STARTING)
-        with ctx.step("start", "powering on at the new size"):
-            started = time.monotonic()
-            driver.start(vm.domain_name)
-        booted = self.vms.finish_boot(
-            ctx, driver, resized, image, console_offset=offset, started=started, creating=False
-        )
+        driver = self.hosts.driver(vm.host)
+        power_step(run, "stopping", vm.id, PowerState.STOPPING)
+        self.booter.power_off(run, driver, vm, force=False)
+        power_step(run, "stopped", vm.id, PowerState.STOPPED)
+        if destination is not None:
+            stopped = dataclasses.replace(vm, power_state=PowerState.STOPPED)
+            self.mover.move(run, stopped, image, MovePlan(vm.name, vm.host, destination, "cold", 0.0))
+            driver = self.hosts.driver(destination)
+        resized = self._record_new_size(run, vm, target)
+        self._redefine(run, driver, resized, image, f"at {target.name} with ceilings {resized.max_size}")
+        power_step(run, "starting", vm.id, PowerState.STARTING)
+        booted = self.booter.boot(run, driver, resized, image, creating=False)
         return {"restarted": True, **booted}
 
-    def _offline(
-        self, ctx: OperationContext, vm: Vm, image: Image, target: Size, plan: ResizePlan, original: tuple[Any, ...]
-    ) -> dict[str, Any]:
-        if plan.destination is not None:
-            stopped = self._as_recorded(vm, original)
-            self.mover.move(ctx, stopped, image, MovePlan(vm.name, vm.host, plan.destination, "cold", 0.0))
-        resized = self._record_new_size(vm, target)
+    def _offline(self, run: Run, vm: Vm, image: Image, target: Size, destination: str | None) -> dict[str, Any]:
+        if destination is not None:
+            self.mover.move(run, vm, image, MovePlan(vm.name, vm.host, destination, "cold", 0.0))
+        resized = self._record_new_size(run, vm, target)
         if resized.power_state is PowerState.STOPPED and resized.host is not None:
-            driver = self.vms.hosts.driver(resized.host)
-            host = self.vms.hosts.get(resized.host)
-            with ctx.step("redefine", f"at {target.name}"):
-                driver.undefine(vm.domain_name)
-                driver.define(guest_boot.guest_spec(resized, image, host.accelerator, host.bridge))
+            driver = self.hosts.driver(resized.host)
+            self._redefine(run, driver, resized, image, f"at {target.name}")
         return {"restarted": False}
 
-    def _record_new_size(self, vm: Vm, target: Size) -> Vm:
-        ceiling = self.vms.sizes.ceiling_for(target)
+    def _redefine(self, run: Run, driver: Any, resized: Vm, image: Image, detail: str) -> None:
+        assert resized.host is not None
+        host = self.hosts.get(resized.host)
 
-        def apply(v: Vm) -> None:
-            v.size, v.vcpus, v.memory_mib = target.name, target.vcpus, target.memory_mib
-            v.max_size, v.max_vcpus, v.max_memory_mib = ceiling.name, ceiling.vcpus, ceiling.memory_mib
+        def redefine() -> None:
+            driver.undefine(resized.domain_name)
+            driver.define(guest_boot.guest_spec(resized, image, host.accelerator, host.bridge))
 
-        self.vms.change_record(vm.id, apply)
-        return self.vms.get(vm.name)
+        run.step("redefine", redefine, detail=detail)
+
+    def _record_new_size(self, run: Run, vm: Vm, target: Size) -> Vm:
+        ceiling = self.sizes.ceiling_for(target)
+
+        def record(session: Session) -> None:
+            def apply(v: Vm) -> None:
+                v.size, v.vcpus, v.memory_mib = target.name, target.vcpus, target.memory_mib
+                v.max_size, v.max_vcpus, v.max_memory_mib = ceiling.name, ceiling.vcpus, ceiling.memory_mib
+
+            change_in(session, vm.id, apply)
+
+        run.db_step("new-size", record, detail=f"recording {target.name} and its ceilings")
+        return self.records.get(vm.name)

@@ -136,6 +136,11 @@ class Driver(ABC):
         """
 
     @abstractmethod
+    def migration_running(self, name: str) -> bool:
+        """Whether a migration of the guest is under way on this host (started by a server that
+        has since died, say): a resumed move waits for it rather than start a second one."""
+
+    @abstractmethod
     def download_instance_volume(self, volume: str, target: Path) -> None:
         """Copy an instance-pool volume (e.g. a stopped guest's disk) to a local file."""
 

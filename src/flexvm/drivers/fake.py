@@ -330,6 +330,10 @@ class FakeDriver(Driver):
             return MemoryStats(actual_kib=total, available_kib=total, unused_kib=spare, usable_kib=spare)
 
     # --- mobility ------------------------------------------------------------------------
+    def migration_running(self, name: str) -> bool:
+        self._check("migration_running")
+        return False  # a fake migration runs inside its caller's migrate() call
+
     def migrate(
         self, name: str, request: MigrationRequest, progress: Callable[[MigrationProgress], None] | None = None
     ) -> MigrationResult:

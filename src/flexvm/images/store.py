@@ -195,6 +195,12 @@ class ImageStore:
             description=description,
         )
 
+    def discard_name(self, name: str) -> None:
+        """Remove whatever files an interrupted import of ``name`` published (its record was
+        never written, and the operation importing it holds the name)."""
+        for suffix in (*SUPPORTED_FORMATS, "vmlinuz", "initrd"):
+            (self.root / f"{name}.{suffix}").unlink(missing_ok=True)
+
     def _refuse_taken(self, name: str) -> None:
         # Checked up front so a clash costs nothing; _publish re-checks atomically.
         for suffix in (*SUPPORTED_FORMATS, "vmlinuz", "initrd"):

@@ -6,11 +6,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from flexvm.model.states import StateMachine
+
 
 class HostState(StrEnum):
     UP = "up"
-    DOWN = "down"
-    MAINTENANCE = "maintenance"
+    DOWN = "down"  # does not answer; its VMs are unknown until it does
+    MAINTENANCE = "maintenance"  # takes no new VMs (drained, or being drained)
+    # For failure handling (missed checks, a second opinion, a confirmed fence):
+    SUSPECT = "suspect"
+    FAILED = "failed"
+    FENCED = "fenced"
+
+
+_H = HostState
+HOST_STATES = StateMachine[HostState](
+    "state of host",
+    {
+        _H.UP: frozenset({_H.DOWN, _H.MAINTENANCE, _H.SUSPECT}),
+        _H.DOWN: frozenset({_H.UP, _H.MAINTENANCE, _H.SUSPECT, _H.FAILED}),
+        _H.MAINTENANCE: frozenset({_H.UP, _H.DOWN}),
+        _H.SUSPECT: frozenset({_H.UP, _H.FAILED, _H.DOWN}),
+        _H.FAILED: frozenset({_H.FENCED, _H.UP}),
+        _H.FENCED: frozenset({_H.UP, _H.MAINTENANCE}),
+    },
+)
 
 
 class Accelerator(StrEnum):
@@ -72,6 +92,16 @@ class Host:
     # Guests on this host bridge onto this flexvm network through this bridge; None: QEMU's user network.
     network: str | None = None
     bridge: str | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "state" and name in self.__dict__:
+            raise AttributeError("Host.state changes only through set_state")
+        object.__setattr__(self, name, value)
+
+    def set_state(self, state: HostState, reason: str = "", operation: str | None = None) -> None:
+        HOST_STATES.check(self.name, self.state, state, operation)
+        object.__setattr__(self, "state", state)
+        self.state_reason = reason
 
     @property
     def capacity_cpus(self) -> int:

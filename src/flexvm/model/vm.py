@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from flexvm.errors import InvalidState
+from flexvm.model.states import StateMachine
 
 
 class ProvisioningState(StrEnum):
@@ -26,6 +27,35 @@ class PowerState(StrEnum):
     DEALLOCATED = "deallocated"
     UNKNOWN = "unknown"  # the host does not answer; the VM is not lost, just unseen
 
+
+_P = PowerState
+# Every change of power state a VM may go through; anything else is a bug and raises.
+POWER_STATES = StateMachine[PowerState](
+    "power state of VM",
+    {
+        _P.STARTING: frozenset({_P.RUNNING, _P.STOPPING, _P.STOPPED, _P.DEALLOCATED, _P.UNKNOWN}),
+        _P.RUNNING: frozenset({_P.STOPPING, _P.STOPPED, _P.DEALLOCATING, _P.STARTING, _P.UNKNOWN}),
+        _P.STOPPING: frozenset({_P.STOPPED, _P.RUNNING, _P.STARTING, _P.DEALLOCATING, _P.UNKNOWN}),
+        _P.STOPPED: frozenset({_P.STARTING, _P.RUNNING, _P.STOPPING, _P.DEALLOCATING, _P.UNKNOWN}),
+        _P.DEALLOCATING: frozenset({_P.DEALLOCATED, _P.STOPPING, _P.STOPPED, _P.RUNNING, _P.UNKNOWN}),
+        _P.DEALLOCATED: frozenset({_P.STARTING}),
+        _P.UNKNOWN: frozenset({_P.RUNNING, _P.STOPPED, _P.STOPPING, _P.STARTING, _P.DEALLOCATING}),
+    },
+)
+
+_V = ProvisioningState
+PROVISIONING_STATES = StateMachine[ProvisioningState](
+    "provisioning state of VM",
+    {
+        _V.CREATING: frozenset({_V.SUCCEEDED, _V.FAILED, _V.DELETING}),
+        _V.SUCCEEDED: frozenset({_V.UPDATING, _V.FAILED, _V.DELETING}),
+        _V.UPDATING: frozenset({_V.SUCCEEDED, _V.FAILED, _V.DELETING}),
+        _V.FAILED: frozenset({_V.SUCCEEDED, _V.UPDATING, _V.DELETING}),
+        _V.DELETING: frozenset({_V.FAILED}),
+    },
+)
+
+GUARDED_FIELDS = frozenset({"power_state", "provisioning_state"})
 
 # Which power states an action may start from. Anything else is refused with the reason.
 ALLOWED_FROM: dict[str, frozenset[PowerState]] = {
@@ -89,6 +119,21 @@ class Vm:
     error: str | None = None
     disks: list[Disk] = field(default_factory=list)
     nics: list[Nic] = field(default_factory=list)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The states change only through their machines (set_power, set_provisioning), which
+        # refuse a transition they do not list; the constructor sets them the first time.
+        if name in GUARDED_FIELDS and name in self.__dict__:
+            raise AttributeError(f"Vm.{name} changes only through set_power/set_provisioning")
+        object.__setattr__(self, name, value)
+
+    def set_power(self, state: PowerState, operation: str | None = None) -> None:
+        POWER_STATES.check(self.name, self.power_state, state, operation or self.active_operation_id)
+        object.__setattr__(self, "power_state", state)
+
+    def set_provisioning(self, state: ProvisioningState, operation: str | None = None) -> None:
+        PROVISIONING_STATES.check(self.name, self.provisioning_state, state, operation or self.active_operation_id)
+        object.__setattr__(self, "provisioning_state", state)
 
     @property
     def domain_name(self) -> str:

@@ -21,6 +21,7 @@ from flexvm.model.host import Host, HostState
 from flexvm.model.metrics import GuestCounters, HostCounters, HostReading
 from flexvm.model.vm import Vm
 from flexvm.monitor import rates
+from flexvm.operations.leader import LeaderLease as Leader
 from flexvm.store.db import Database
 from flexvm.store.metrics import MetricsRepo, Sample
 from flexvm.store.repositories import VmRepo
@@ -208,8 +209,9 @@ class Collector:
 class CollectorLoop:
     """Runs the collector every interval on a daemon thread until stopped."""
 
-    def __init__(self, collector: Collector) -> None:
+    def __init__(self, collector: Collector, leader: Leader | None = None) -> None:
         self.collector = collector
+        self.leader = leader  # with several servers, only the leader collects
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -221,7 +223,10 @@ class CollectorLoop:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self.collector.collect()
+                if self.leader is None:
+                    self.collector.collect()
+                else:
+                    self.leader.as_leader(self.collector.collect)
             except Exception:  # one bad round must not end monitoring; the next one retries
                 log.exception("metrics round failed")
             self._stop.wait(max(self.collector.interval - (time.monotonic() - started), 0.1))

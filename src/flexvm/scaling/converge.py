@@ -20,12 +20,13 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from flexvm.compute.lifecycle import VmService
-from flexvm.compute.operations import OperationContext, OperationRunner
+from flexvm.compute.vms import VmService
 from flexvm.errors import Busy, FlexvmError, NotFound, OperationFailed
 from flexvm.model.operation import OperationStatus
 from flexvm.model.scaleset import Instance, InstanceState, ScaleSet
 from flexvm.model.vm import ProvisioningState, Vm
+from flexvm.operations.engine import Engine
+from flexvm.operations.run import Run
 from flexvm.scaling.victims import Candidate, choose_victims
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, VmRepo
@@ -85,14 +86,14 @@ class Converger:
     def __init__(
         self,
         db: Database,
-        runner: OperationRunner,
+        engine: Engine,
         vms: VmService,
         balancer: Balancer,
         prober: Prober,
         ready_timeout: float,
     ) -> None:
         self.db = db
-        self.runner = runner
+        self.engine = engine
         self.vms = vms
         self.balancer = balancer
         self.prober = prober
@@ -121,12 +122,10 @@ class Converger:
             return self.look(session, name)
 
     # --- converge ----------------------------------------------------------------------------
-    def converge(self, ctx: OperationContext, name: str) -> dict[str, Any]:
-        try:
-            result = self._counting_failures(name, lambda: self._converge(ctx, name))
-        finally:
-            self._release(name, ctx.operation.id)
-        return result
+    def converge(self, run: Run, name: str) -> dict[str, Any]:
+        """Bring the set to its record. Re-run as a whole after a crash: it reads where the set
+        stands (instances joining, serving, leaving) and goes on from there."""
+        return self._counting_failures(name, lambda: self._converge(run, name))
 
     def _counting_failures(self, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         try:
@@ -145,26 +144,27 @@ class Converger:
         count, at = self._failures.get(name, (0, 0.0))
         return count > 0 and time.monotonic() - at < min(600.0, 30.0 * 2 ** (count - 1))
 
-    def _converge(self, ctx: OperationContext, name: str) -> dict[str, Any]:
+    def _converge(self, run: Run, name: str) -> dict[str, Any]:
         failed_rounds = 0
         view = self._view(name)
         rounds = BASE_ROUNDS + 3 * max(view.scale_set.capacity, len(view.instances))
         for _ in range(rounds):
+            run.check_canceled()  # a cancel stops at the next round; the operation then undoes
             view = self._view(name)
             target = view.scale_set.capacity
             if view.broken():
-                self._replace(ctx, name, view.broken(), "it failed or vanished")
+                self._replace(run, name, view.broken(), "it failed or vanished")
                 continue
             stranded = [i for i in view.instances if i.state == InstanceState.JOINING]
             if stranded:  # left joining by a server that stopped mid-way: admit or replace
-                self._admit_all(ctx, name, [i.vm_name for i in stranded])
+                self._admit_all(run, name, [i.vm_name for i in stranded])
                 continue
             leaving = [i.vm_name for i in view.instances if i.state == InstanceState.LEAVING]
             staying = view.staying
             if leaving:
-                self._remove(ctx, name, leaving)
+                self._remove(run, name, leaving)
             elif len(staying) < target:
-                came_up = self._grow(ctx, name, target - len(staying))
+                came_up = self._grow(run, name, target - len(staying))
                 failed_rounds = 0 if came_up else failed_rounds + 1
                 if failed_rounds >= MAX_FAILED_ROUNDS:
                     raise OperationFailed(
@@ -172,30 +172,22 @@ class Converger:
                         f"last: {self._view(name).scale_set.error}"
                     )
             elif len(staying) > target:
-                self._shrink(ctx, name, len(staying) - target)
+                self._shrink(run, name, len(staying) - target)
             elif view.outdated():
-                self._roll(ctx, name, view)
+                self._roll(run, name, view)
             else:
                 break
         else:
             raise OperationFailed(f"scale set {name} did not settle in {rounds} rounds; healing will carry on")
         view = self._view(name)
-        ctx.progress(100, f"{len(view.staying)} instances serving")
+        run.progress(100, f"{len(view.staying)} instances serving")
         return {"instances": [i.vm_name for i in view.staying], "replaced": view.scale_set.replaced}
 
-    def _release(self, name: str, operation_id: str) -> None:
-        with self.db.session() as session:
-            sets = ScaleSetRepo(session)
-            scale_set = sets.find(name)
-            if scale_set is not None and scale_set.active_operation_id == operation_id:
-                scale_set.active_operation_id = None
-                sets.save(scale_set)
-
     # --- growing -----------------------------------------------------------------------------
-    def _grow(self, ctx: OperationContext, name: str, count: int) -> int:
+    def _grow(self, run: Run, name: str, count: int) -> int:
         """Create ``count`` instances of the current model; how many came up and serve."""
         names, scale_set = self._reserve(name, count)
-        ctx.progress(ctx.operation.progress, f"creating {', '.join(names)}")
+        run.progress(run.operation.progress, f"creating {', '.join(names)}")
         operations: dict[str, str] = {}
         refusal: FlexvmError | None = None
         for vm_name in names:
@@ -214,13 +206,13 @@ class Converger:
                 break
         booted = []
         for vm_name, operation_id in operations.items():
-            finished = self.runner.wait(operation_id, self.ready_timeout + 180)
+            finished = self.engine.wait(operation_id, self.ready_timeout + 180)
             if finished.status == OperationStatus.SUCCEEDED:
                 booted.append(vm_name)
             else:
                 reason = (finished.error or {}).get("message", finished.message)
-                self._replace(ctx, name, [self._instance(vm_name)], f"its create failed: {reason}")
-        came_up = self._admit_all(ctx, name, booted)
+                self._replace(run, name, [self._instance(vm_name)], f"its create failed: {reason}")
+        came_up = self._admit_all(run, name, booted)
         if refusal is not None:
             self._note_error(name, f"could not create more instances: {refusal.message}")
             raise refusal
@@ -248,27 +240,27 @@ class Converger:
             sets.save(scale_set)
         return names, scale_set
 
-    def _admit_all(self, ctx: OperationContext, name: str, vm_names: list[str]) -> int:
+    def _admit_all(self, run: Run, name: str, vm_names: list[str]) -> int:
         admitted = 0
         for vm_name in vm_names:
             view = self._view(name)
             vm = view.vms.get(vm_name)
             if vm is None or vm.provisioning_state != ProvisioningState.SUCCEEDED:
                 if vm is not None and vm.provisioning_state == ProvisioningState.CREATING and vm.active_operation_id:
-                    self.runner.wait(vm.active_operation_id, self.ready_timeout + 180)
+                    self.engine.wait(vm.active_operation_id, self.ready_timeout + 180)
                     continue  # the next round looks again
-                self._replace(ctx, name, [self._instance(vm_name)], "it never finished booting")
+                self._replace(run, name, [self._instance(vm_name)], "it never finished booting")
                 continue
             problem = self._probe_until_ready(view.scale_set, vm)
             if problem is not None:
-                self._replace(ctx, name, [self._instance(vm_name)], problem)
+                self._replace(run, name, [self._instance(vm_name)], problem)
                 continue
             self._set_state(vm_name, InstanceState.SERVING)
             self.balancer.sync()
             if view.scale_set.load_balancer is not None and not self.balancer.wait_up(name, vm_name, LB_UP_TIMEOUT):
                 log.warning("%s: the load balancer's checks have not passed after %.0f s", vm_name, LB_UP_TIMEOUT)
             admitted += 1
-            ctx.progress(ctx.operation.progress, f"{vm_name} is serving")
+            run.progress(run.operation.progress, f"{vm_name} is serving")
         return admitted
 
     def _probe_until_ready(self, scale_set: ScaleSet, vm: Vm) -> str | None:
@@ -288,10 +280,10 @@ class Converger:
         return f"its probe {probe} did not answer 200 in {self.ready_timeout:.0f} s"
 
     # --- shrinking ---------------------------------------------------------------------------
-    def _shrink(self, ctx: OperationContext, name: str, count: int) -> None:
+    def _shrink(self, run: Run, name: str, count: int) -> None:
         view = self._view(name)
         victims = choose_victims(self._candidates(view), count, view.scale_set.scale_in_policy)
-        self._remove(ctx, name, victims)
+        self._remove(run, name, victims)
 
     def _candidates(self, view: SetView) -> list[Candidate]:
         with self.db.session() as session:
@@ -311,11 +303,11 @@ class Converger:
             )
         return candidates
 
-    def _remove(self, ctx: OperationContext, name: str, vm_names: list[str]) -> None:
+    def _remove(self, run: Run, name: str, vm_names: list[str]) -> None:
         """Drain, take out of the load balancer, delete."""
         for vm_name in vm_names:
             self._set_state(vm_name, InstanceState.LEAVING)
-        ctx.progress(ctx.operation.progress, f"draining {', '.join(vm_names)}")
+        run.progress(run.operation.progress, f"draining {', '.join(vm_names)}")
         if self._view(name).scale_set.load_balancer is not None:
             # All at once: a large set's delete waits for its slowest request, not for the sum.
             with ThreadPoolExecutor(max_workers=min(16, len(vm_names)), thread_name_prefix="drain") as pool:
@@ -326,19 +318,19 @@ class Converger:
                             "%s: requests still in flight after %.0f s; deleting anyway", vm_name, DRAIN_TIMEOUT
                         )
         self.balancer.sync()
-        self._delete_vms(ctx, name, vm_names)
+        self._delete_vms(run, name, vm_names)
 
-    def _delete_vms(self, ctx: OperationContext, name: str, vm_names: list[str]) -> None:
+    def _delete_vms(self, run: Run, name: str, vm_names: list[str]) -> None:
         operations = {}
         for vm_name in vm_names:
             with contextlib.suppress(NotFound):  # already gone
                 operations[vm_name] = self._delete_vm(vm_name)
         for vm_name, operation_id in operations.items():
-            finished = self.runner.wait(operation_id, 300)
+            finished = self.engine.wait(operation_id, 300)
             if finished.status != OperationStatus.SUCCEEDED:
                 raise OperationFailed(f"could not delete instance {vm_name}: {finished.message}")
         self._forget(name, vm_names)
-        ctx.progress(ctx.operation.progress, f"removed {', '.join(vm_names)}")
+        run.progress(run.operation.progress, f"removed {', '.join(vm_names)}")
 
     def _delete_vm(self, vm_name: str) -> str:
         """Start the VM's delete, first waiting for an operation that holds it (a resize, a move)."""
@@ -347,17 +339,17 @@ class Converger:
         except Busy:
             holder = self.vms.get(vm_name).active_operation_id
             if holder is not None:
-                self.runner.wait(holder, 600)
+                self.engine.wait(holder, 600)
             return self.vms.delete(vm_name).id
 
-    def _replace(self, ctx: OperationContext, name: str, instances: list[Instance], reason: str) -> None:
+    def _replace(self, run: Run, name: str, instances: list[Instance], reason: str) -> None:
         """Delete instances that will not serve; the next round creates replacements."""
         names = [i.vm_name for i in instances]
         log.warning("scale set %s: replacing %s: %s", name, ", ".join(names), reason)
         for vm_name in names:
             self._set_state(vm_name, InstanceState.LEAVING)
         self.balancer.sync()
-        self._delete_vms(ctx, name, names)
+        self._delete_vms(run, name, names)
         with self.db.session() as session:
             sets = ScaleSetRepo(session)
             scale_set = sets.lock(name)
@@ -366,32 +358,32 @@ class Converger:
             sets.save(scale_set)
 
     # --- rolling a new model -----------------------------------------------------------------
-    def _roll(self, ctx: OperationContext, name: str, view: SetView) -> None:
+    def _roll(self, run: Run, name: str, view: SetView) -> None:
         """Replace up to max_unavailable old-model instances: new ones first (so serving capacity
         never drops), then the old ones drained and deleted."""
         batch = sorted(view.outdated(), key=lambda i: i.index)[: view.scale_set.max_unavailable]
-        ctx.progress(ctx.operation.progress, f"rolling {', '.join(i.vm_name for i in batch)} onto the new model")
-        came_up = self._grow(ctx, name, len(batch))
+        run.progress(run.operation.progress, f"rolling {', '.join(i.vm_name for i in batch)} onto the new model")
+        came_up = self._grow(run, name, len(batch))
         if came_up == 0:
             raise OperationFailed(f"scale set {name}: no new-model instance came up; the old ones were kept")
-        self._remove(ctx, name, [i.vm_name for i in batch[:came_up]])
+        self._remove(run, name, [i.vm_name for i in batch[:came_up]])
 
     # --- deleting the set --------------------------------------------------------------------
-    def delete(self, ctx: OperationContext, name: str, after: str | None = None) -> dict[str, Any]:
+    def delete(self, run: Run, name: str, after: str | None = None) -> dict[str, Any]:
         """Remove every instance, then the set. One that fails is finished by a later heal (the
         set stays marked deleting), backing off like a failed converge."""
         if after is not None:  # a converge was running: it sees capacity 0 and shrinks; then we go on
-            ctx.progress(0, f"waiting for operation {after[:8]} to finish")
-            self.runner.wait(after, 3600)
-        result = self._counting_failures(name, lambda: self._delete(ctx, name))
+            run.progress(0, f"waiting for operation {after[:8]} to finish")
+            self.engine.wait(after, 3600)
+        result = self._counting_failures(name, lambda: self._delete(run, name))
         self._failures.pop(name, None)
         return result
 
-    def _delete(self, ctx: OperationContext, name: str) -> dict[str, Any]:
+    def _delete(self, run: Run, name: str) -> dict[str, Any]:
         view = self._view(name)
         names = [i.vm_name for i in view.instances]
         if names:
-            self._remove(ctx, name, names)
+            self._remove(run, name, names)
         with self.db.session() as session:
             ScaleSetRepo(session).delete(name)
             availability = AvailabilitySetRepo(session)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from flexvm.operations.leader import LeaderLease as Leader
 from flexvm.scaling.autoscaler import AutoscaleService
 from flexvm.scaling.balancer import LoadBalancer
 from flexvm.scaling.scalesets import ScaleSetService
@@ -19,8 +20,14 @@ log = logging.getLogger(__name__)
 
 class ScalingLoop:
     def __init__(
-        self, scale_sets: ScaleSetService, autoscale: AutoscaleService, balancer: LoadBalancer, interval: float
+        self,
+        scale_sets: ScaleSetService,
+        autoscale: AutoscaleService,
+        balancer: LoadBalancer,
+        interval: float,
+        leader: Leader | None = None,
     ) -> None:
+        self.leader = leader  # with several servers, only the leader scales and keeps HAProxy
         self.scale_sets = scale_sets
         self.autoscale = autoscale
         self.balancer = balancer
@@ -34,7 +41,13 @@ class ScalingLoop:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.run_once()
+            if self.leader is None:
+                self.run_once()
+                continue
+            try:
+                self.leader.as_leader(self.run_once)
+            except Exception:
+                log.exception("scaling pass failed")
 
     def run_once(self) -> None:
         try:

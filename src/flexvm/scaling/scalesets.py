@@ -13,8 +13,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from flexvm.capacity.planning import take_room
-from flexvm.compute.operations import OperationRunner
 from flexvm.compute.placing import pool_snapshots, spread_of
 from flexvm.compute.sizes import SizeService
 from flexvm.config import Settings
@@ -28,6 +29,8 @@ from flexvm.model.operation import Operation
 from flexvm.model.scaleset import MAX_INSTANCES, Instance, InstanceState, LoadBalancerSpec, ScaleInPolicy, ScaleSet
 from flexvm.model.sizes import Size
 from flexvm.model.vm import Vm
+from flexvm.operations.engine import Engine
+from flexvm.operations.run import Run
 from flexvm.scaling.converge import Converger
 from flexvm.scheduler.placement import choose
 from flexvm.scheduler.snapshot import HostSnapshot, Request, SetSpread
@@ -79,9 +82,18 @@ class InstanceView:
         }
 
 
+def _release_set(session: Session, operation_id: str) -> None:
+    """A scale set the ending operation held is free again."""
+    sets = ScaleSetRepo(session)
+    for scale_set in sets.list():
+        if scale_set.active_operation_id == operation_id:
+            scale_set.active_operation_id = None
+            sets.save(scale_set)
+
+
 def operation_live(session: Any, operation_id: str | None) -> bool:
     """Whether an operation is still pending or running, by its row: true for any server sharing
-    the database, and false for one a stopped server left (the reconciler closes those at start)."""
+    the database (an interrupted one stays live until a server resumes and ends it)."""
     if operation_id is None:
         return False
     found = OperationRepo(session).find(operation_id)
@@ -124,10 +136,14 @@ def check_instances(count: int, field: str = "instances") -> int:
 
 class ScaleSetService:
     def __init__(
-        self, db: Database, runner: OperationRunner, sizes: SizeService, converger: Converger, settings: Settings
+        self, db: Database, engine: Engine, sizes: SizeService, converger: Converger, settings: Settings
     ) -> None:
         self.db = db
-        self.runner = runner
+        self.engine = engine
+        for kind in ("scaleset.create", "scaleset.scale", "scaleset.update", "scaleset.heal"):
+            engine.register(kind, self._converge_work, cancelable=True)
+        engine.register("scaleset.delete", self._delete_work)
+        engine.on_release(_release_set)
         self.sizes = sizes
         self.converger = converger
         self.settings = settings
@@ -181,8 +197,8 @@ class ScaleSetService:
             self._check_room(session, scale_set, size, spec.instances, image, existing=False)
             sets.add(scale_set)
             AvailabilitySetRepo(session).add(AvailabilitySet(scale_set.name, scale_set.fault_domains, utcnow()))
-            operation = self._record(session, scale_set, "scaleset.create", {"instances": spec.instances})
-        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, spec.name))
+            operation = self._record(session, scale_set, "scaleset.create", {"instances": spec.instances, "new": True})
+        return self.engine.launch(operation)
 
     def _check_spec(self, spec: ScaleSetSpec) -> ScaleSet:
         check_name("name", spec.name)
@@ -311,7 +327,7 @@ class ScaleSetService:
         if operation_live(session, scale_set.active_operation_id):
             assert scale_set.active_operation_id is not None
             raise Busy("scale set", scale_set.name, scale_set.active_operation_id)
-        operation = self.runner.record(session, kind, "scaleset", scale_set.name, params=params)
+        operation = self.engine.record(session, kind, "scaleset", scale_set.name, params=params)
         scale_set.active_operation_id = operation.id
         ScaleSetRepo(session).save(scale_set)
         return operation
@@ -333,9 +349,12 @@ class ScaleSetService:
             staying = [i for i in ScaleSetRepo(session).instances(name) if i.state != InstanceState.LEAVING]
             extra = instances - len(staying)
             self._check_room(session, scale_set, size, extra, image, existing=True)
+            was = scale_set.capacity
             scale_set.capacity = instances
-            operation = self._record(session, scale_set, "scaleset.scale", {"instances": instances})
-        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
+            operation = self._record(
+                session, scale_set, "scaleset.scale", {"instances": instances, "was": {"capacity": was}}
+            )
+        return self.engine.launch(operation)
 
     def update_model(
         self, name: str, *, size: str | None = None, image: str | None = None, max_unavailable: int | None = None
@@ -356,6 +375,7 @@ class ScaleSetService:
                 if scale_set.user_data is not None and not found.cloud_init:
                     raise InvalidInput("image", f"image '{image}' does not run cloud-init, and the set has user data")
             changed = (new_size.name, image or scale_set.image) != (scale_set.size, scale_set.image)
+            was = {"size": scale_set.size, "image": scale_set.image, "model_version": scale_set.model_version}
             scale_set.size = new_size.name
             scale_set.image = image or scale_set.image
             scale_set.max_unavailable = max_unavailable or scale_set.max_unavailable
@@ -370,9 +390,14 @@ class ScaleSetService:
                 session,
                 scale_set,
                 "scaleset.update",
-                {"size": scale_set.size, "image": scale_set.image, "model_version": scale_set.model_version},
+                {
+                    "size": scale_set.size,
+                    "image": scale_set.image,
+                    "model_version": scale_set.model_version,
+                    "was": was,
+                },
             )
-        return self.runner.launch(operation, lambda ctx: self.converger.converge(ctx, name))
+        return self.engine.launch(operation)
 
     def delete(self, name: str) -> Operation:
         """Marked at once (so nothing regrows the set, even after a restart), then done by an
@@ -385,10 +410,10 @@ class ScaleSetService:
                 raise Busy("scale set", name, running)
             scale_set.deleting = True
             scale_set.capacity = 0
-            operation = self.runner.record(session, "scaleset.delete", "scaleset", name)
+            operation = self.engine.record(session, "scaleset.delete", "scaleset", name, params={"after": running})
             scale_set.active_operation_id = operation.id
             sets.save(scale_set)
-        return self.runner.launch(operation, lambda ctx: self.converger.delete(ctx, name, after=running))
+        return self.engine.launch(operation)
 
     def heal(self, name: str, *, now: bool = False) -> Operation | None:
         """Start a converge when the set drifted from its record (an instance died, the server was
@@ -404,15 +429,53 @@ class ScaleSetService:
             if operation_live(session, scale_set.active_operation_id):
                 return None
             scale_set.active_operation_id = None  # left by a server that stopped mid-way, if any
-            if scale_set.deleting:  # a delete that was interrupted: finish it
-                operation = self.runner.record(session, "scaleset.delete", "scaleset", name)
+            if scale_set.deleting:  # a delete that failed part way: finish it
+                operation = self.engine.record(session, "scaleset.delete", "scaleset", name, params={"after": None})
                 scale_set.active_operation_id = operation.id
                 sets.save(scale_set)
-                work = lambda ctx: self.converger.delete(ctx, name)  # noqa: E731
             elif self.converger.needs_work(session, scale_set):
                 operation = self._record(session, scale_set, "scaleset.heal", {"instances": scale_set.capacity})
-                work = lambda ctx: self.converger.converge(ctx, name)  # noqa: E731
             else:
                 sets.save(scale_set)
                 return None
-        return self.runner.launch(operation, work)
+        return self.engine.launch(operation)
+
+    # --- workflows ---------------------------------------------------------------------------
+    def _converge_work(self, run: Run) -> dict[str, Any]:
+        name = run.operation.target_name
+        run.step(
+            "target",
+            lambda: {"instances": run.params.get("instances")},
+            undo=lambda _out: self._back_if_canceled(run, name),
+            detail="the set's new record (a cancel goes back to the one before)",
+        )
+        return dict(run.step("converge", lambda: self.converger.converge(run, name), detail=f"bringing {name} to it"))
+
+    def _back_if_canceled(self, run: Run, name: str) -> None:
+        """A canceled scale or update goes back to what the set was before, and converges there;
+        a canceled create removes the set. A failed one keeps its target: healing carries on."""
+        if (run.operation.error or {}).get("code") != "Canceled":
+            return
+        was = run.params.get("was") or {}
+        with self.db.session() as session:
+            sets = ScaleSetRepo(session)
+            scale_set = sets.lock(name)
+            if run.params.get("new"):
+                scale_set.deleting, scale_set.capacity = True, 0
+            if "capacity" in was:
+                scale_set.capacity = int(was["capacity"])
+            if "model_version" in was:
+                scale_set.size, scale_set.image = was["size"], was["image"]
+                scale_set.model_version = int(was["model_version"])
+            sets.save(scale_set)
+        if run.params.get("new"):
+            self.converger.delete(run, name)
+        else:
+            self.converger.converge(run, name)
+
+    def _delete_work(self, run: Run) -> dict[str, Any]:
+        name = run.operation.target_name
+        after = run.params.get("after")
+        return dict(
+            run.step("delete", lambda: self.converger.delete(run, name, after=after), detail=f"removing {name}")
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +80,17 @@ class Database:
             command.upgrade(config, "head")
 
     @contextmanager
+    def guarded(self, guard: Callable[[Session], None]) -> Iterator[None]:
+        """Run ``guard`` at the start of every transaction this thread opens inside the block
+        (the leader's fencing check): if it raises, the transaction writes nothing."""
+        previous = getattr(self._local, "guard", None)
+        self._local.guard = guard
+        try:
+            yield
+        finally:
+            self._local.guard = previous
+
+    @contextmanager
     def session(self) -> Iterator[Session]:
         """One unit of work: committed if the block ends normally, rolled back otherwise.
 
@@ -92,6 +103,9 @@ class Database:
         self._local.open = True
         session = self._sessions()
         try:
+            guard = getattr(self._local, "guard", None)
+            if guard is not None:
+                guard(session)
             yield session
             session.commit()
         except BaseException:

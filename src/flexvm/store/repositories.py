@@ -323,10 +323,15 @@ def _operation(row: OperationRow) -> Operation:
         finished_at=row.finished_at,
         progress=row.progress,
         message=row.message,
-        steps=[Step(**s) for s in row.steps],
+        steps=[Step.from_dict(s) for s in row.steps],
         error=row.error,
         result=dict(row.result),
         params=dict(row.params),
+        owner=row.owner,
+        fence=row.fence or 0,
+        lease_expires=row.lease_expires,
+        claims=row.claims or 0,
+        cancel_requested=bool(row.cancel_requested),
     )
 
 
@@ -337,7 +342,7 @@ class OperationRepo:
     def add(self, operation: Operation) -> None:
         row = OperationRow(**_fields(operation, "status", "steps"))
         row.status = operation.status.value
-        row.steps = [dataclasses.asdict(s) for s in operation.steps]
+        row.steps = [s.to_dict() for s in operation.steps]
         self.session.add(row)
 
     def save(self, operation: Operation) -> None:
@@ -347,7 +352,26 @@ class OperationRepo:
         for key, value in _fields(operation, "id", "status", "steps").items():
             setattr(row, key, value)
         row.status = operation.status.value
-        row.steps = [dataclasses.asdict(s) for s in operation.steps]
+        row.steps = [s.to_dict() for s in operation.steps]
+
+    def write_run_state(self, operation: Operation) -> None:
+        """Store how far the operation got, leaving who owns it (lease, fence) and whether a
+        cancel was asked for to the engine's own statements: other servers change those."""
+        row = self.session.get(OperationRow, operation.id)
+        if row is None:
+            raise NotFound("operation", operation.id)
+        row.status = operation.status.value
+        row.progress = operation.progress
+        row.message = operation.message
+        row.steps = [s.to_dict() for s in operation.steps]
+        row.error = operation.error
+        row.result = dict(operation.result)
+        row.started_at = operation.started_at
+        row.finished_at = operation.finished_at
+
+    def row(self, operation_id: str, *, lock: bool = False) -> OperationRow | None:
+        """The row itself, locked for this transaction when asked (the engine's fenced writes)."""
+        return self.session.get(OperationRow, operation_id, with_for_update=lock)
 
     def find(self, operation_id: str) -> Operation | None:
         row = self.session.get(OperationRow, operation_id)

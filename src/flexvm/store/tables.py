@@ -161,6 +161,37 @@ class OperationRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    fence: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ServerRow(Base):
+    """One `flexvm serve` process: who it is, where it answers, and when it last said it lives."""
+
+    __tablename__ = "servers"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    process_started: Mapped[str] = mapped_column(String(32), default="")  # from /proc: tells a reused pid
+    url: Mapped[str] = mapped_column(String(255), default="")
+    version: Mapped[str] = mapped_column(String(32), default="")
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat: Mapped[float] = mapped_column(Float)
+    stopped_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LeaseRow(Base):
+    """A named role one server holds at a time (the leader of the periodic work). ``epoch`` rises
+    with every new holder: it is the fencing number the holder's writes check."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    expires: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class MetricSampleRow(Base):

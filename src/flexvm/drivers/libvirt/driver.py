@@ -261,6 +261,14 @@ class LibvirtDriver(Driver):
         dom = self._domain(name)
         return migration.migrate(self.connection, dom, request, progress)
 
+    def migration_running(self, name: str) -> bool:
+        dom = self._find(name)
+        if dom is None:
+            return False
+        lv = require_libvirt()
+        with self.connection.translate(f"reading {name}'s job"):
+            return bool(dom.jobInfo()[0] != lv.VIR_DOMAIN_JOB_NONE)
+
     def download_instance_volume(self, volume: str, target: Path) -> None:
         try:
             self.storage.download_to_file(INSTANCE_POOL, volume, target)

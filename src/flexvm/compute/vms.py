@@ -1,0 +1,81 @@
+"""VMs for the edges (API, CLI): reading them, and each operation, which lives in its own module
+(vm_create, vm_power, vm_delete, vm_disks; moves and resizes in moving and resize). Services
+that need one of them are given that one, not this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flexvm.compute.hosts import HostService
+from flexvm.compute.vm_create import OsDiskSource, VmCreator
+from flexvm.compute.vm_delete import VmDeleter
+from flexvm.compute.vm_disks import VmDisks
+from flexvm.compute.vm_power import VmPower
+from flexvm.compute.vm_records import VmRecords
+from flexvm.model.operation import Operation
+from flexvm.model.vm import Vm
+
+__all__ = ["ConsoleChunk", "OsDiskSource", "VmService"]
+
+
+@dataclass
+class ConsoleChunk:
+    text: str
+    next_offset: int
+
+
+class VmService:
+    def __init__(
+        self,
+        records: VmRecords,
+        hosts: HostService,
+        creator: VmCreator,
+        power: VmPower,
+        deleter: VmDeleter,
+        disks: VmDisks,
+    ) -> None:
+        self.records = records
+        self.hosts = hosts
+        self.creator = creator
+        self.power = power
+        self.deleter = deleter
+        self.disks = disks
+
+    def list(self) -> list[Vm]:
+        return self.records.list()
+
+    def get(self, name: str) -> Vm:
+        return self.records.get(name)
+
+    def console(self, name: str, offset: int = 0) -> ConsoleChunk:
+        """Console output from ``offset``: what earlier hosts logged (archived), then the live log."""
+        vm = self.get(name)
+        offset = max(0, offset)
+        consoles = self.records.consoles
+        archived = consoles.size(vm.id)
+        data = consoles.read(vm.id, offset) if offset < archived else b""
+        host = vm.host or vm.disk_host
+        if host is not None:
+            data += self.hosts.driver(host).console_read(vm.console_log, max(0, offset - archived))
+        return ConsoleChunk(data.decode(errors="replace"), offset + len(data))
+
+    def create(self, name: str, size_name: str, image_name: str, **options: object) -> Operation:
+        return self.creator.create(name, size_name, image_name, **options)  # type: ignore[arg-type]
+
+    def start(self, name: str) -> Operation:
+        return self.power.start(name)
+
+    def stop(self, name: str, *, force: bool = False) -> Operation:
+        return self.power.stop(name, force=force)
+
+    def restart(self, name: str) -> Operation:
+        return self.power.restart(name)
+
+    def deallocate(self, name: str) -> Operation:
+        return self.power.deallocate(name)
+
+    def delete(self, name: str) -> Operation:
+        return self.deleter.delete(name)
+
+    def resize_disk(self, name: str, size_bytes: int) -> Operation:
+        return self.disks.resize(name, size_bytes)

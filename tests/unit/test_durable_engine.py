@@ -1,0 +1,212 @@
+"""The engine itself: steps recorded and replayed, compensations newest first, takeover of a dead
+server's operations (exactly one server wins), fencing, cancel, and the leader lease.
+
+The workflows here are small ones registered by the tests, so each rule is seen on its own; the
+platform's own workflows are crashed at every step in test_crash_matrix.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flexvm.errors import InvalidState, LeaseLost, OperationFailed
+from flexvm.model.operation import OperationStatus, StepStatus
+from flexvm.operations.engine import Engine, EngineSettings
+from flexvm.operations.run import Run, Stop
+from flexvm.store.db import Database, open_database
+from flexvm.store.repositories import OperationRepo
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return open_database(f"sqlite:///{tmp_path / 'engine.db'}")
+
+
+class World:
+    """What the test workflows act on: a log of actions, as a hypervisor would keep its guests."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+        self.log: list[str] = []
+        self.gate = threading.Event()
+
+
+def register(engine: Engine, world: World, fail_at: str | None = None) -> None:
+    def make(name: str) -> None:
+        world.log.append(f"make {name}")
+        if name not in world.made:  # check, then act
+            world.made.append(name)
+        if name == fail_at:
+            raise OperationFailed(f"{name} failed for good")
+
+    def unmake(name: str) -> None:
+        world.log.append(f"unmake {name}")
+        world.made.remove(name)
+
+    def three(run: Run) -> dict[str, Any]:
+        for name in ("a", "b", "c"):
+            run.step(name, lambda name=name: make(name), undo=lambda _out, name=name: unmake(name))
+        return {"made": list(world.made)}
+
+    def waits(run: Run) -> dict[str, Any]:
+        run.step("first", lambda: make("first"), undo=lambda _out: unmake("first"))
+        run.step("wait", lambda: world.gate.wait(10))
+        for _ in range(200):
+            run.check_canceled()
+            time.sleep(0.01)
+        run.step("last", lambda: make("last"))
+        return {}
+
+    engine.register("test.three", three)
+    engine.register("test.waits", waits, cancelable=True)
+
+
+def engine_for(db: Database, world: World) -> Engine:
+    engine = Engine(db, EngineSettings(lease_seconds=2.0, poll_seconds=0.05))
+    register(engine, world)
+    engine.start()
+    return engine
+
+
+def submit(engine: Engine, kind: str) -> str:
+    with engine.db.session() as session:
+        operation = engine.record(session, kind, "test", "t1")
+    engine.launch(operation)
+    return operation.id
+
+
+def test_steps_run_in_order_and_are_recorded_with_their_server(db: Database) -> None:
+    world = World()
+    engine = engine_for(db, world)
+    done = wait_done_engine(engine, submit(engine, "test.three"))
+    assert done.status is OperationStatus.SUCCEEDED
+    assert [(s.name, s.status) for s in done.steps] == [(n, StepStatus.DONE) for n in "abc"]
+    assert {s.server for s in done.steps} == {engine.server_id}
+    assert done.result == {"made": ["a", "b", "c"]}
+    engine.close()
+
+
+def test_a_step_that_fails_undoes_the_done_ones_newest_first(db: Database) -> None:
+    world = World()
+    engine = Engine(db, EngineSettings(lease_seconds=2.0, poll_seconds=0.05))
+    register(engine, world, fail_at="c")
+    engine.start()
+    done = wait_done_engine(engine, submit(engine, "test.three"))
+    assert done.status is OperationStatus.FAILED
+    assert done.error is not None and done.error["message"] == "c failed for good"
+    assert world.log == ["make a", "make b", "make c", "unmake b", "unmake a"]
+    assert [s.status for s in done.steps] == [StepStatus.UNDONE, StepStatus.UNDONE, StepStatus.FAILED]
+    engine.close()
+
+
+def test_a_dead_servers_operation_is_resumed_where_it_stood_and_finished(db: Database) -> None:
+    world = World()
+    first = engine_for(db, world)
+    op_id = submit(first, "test.waits")
+    wait_for(lambda: len(first.get(op_id).steps) == 2, 5, "the run reached its wait")
+    first.abandon()  # killed while waiting: "first" done, "wait" running
+    world.gate.set()
+    second = engine_for(db, world)
+    done = wait_done_engine(second, op_id)
+    assert done.status is OperationStatus.SUCCEEDED
+    assert world.log.count("make first") == 1  # a done step is not run again
+    wait_step = done.steps[1]
+    assert (wait_step.attempts, wait_step.server) == (2, second.server_id)  # the interrupted one is
+    assert done.result["resumed"][0]["server"] == second.server_id
+    assert done.claims == 2
+    second.close()
+
+
+def test_two_servers_racing_for_an_orphan_run_it_once(db: Database) -> None:
+    world = World()
+    first = engine_for(db, world)
+    op_id = submit(first, "test.waits")
+    wait_for(lambda: len(first.get(op_id).steps) == 2, 5, "the run reached its wait")
+    first.abandon()
+    world.gate.set()
+    racers = [engine_for(db, world) for _ in range(3)]
+    done = wait_done_engine(racers[0], op_id)
+    assert done.status is OperationStatus.SUCCEEDED
+    assert world.log.count("make last") == 1
+    assert done.claims == 2  # the first claim plus exactly one takeover
+    for engine in racers:
+        engine.close()
+
+
+def test_a_server_that_lost_its_lease_cannot_record_anything(db: Database) -> None:
+    world = World()
+    first = engine_for(db, world)
+    op_id = submit(first, "test.waits")
+    wait_for(lambda: len(first.get(op_id).steps) == 2, 5, "the run reached its wait")
+    # Another server takes the operation over, as if the first had been paused past its lease.
+    with db.session() as session:
+        row = OperationRepo(session).row(op_id, lock=True)
+        assert row is not None
+        row.owner, row.fence = "someone-else", row.fence + 1
+    world.gate.set()
+    wait_for(lambda: op_id not in first.running(), 5, "the first server stopped its run")
+    after = first.get(op_id)
+    assert after.status is OperationStatus.RUNNING  # it wrote nothing more: no "done", no "last"
+    assert [s.name for s in after.steps] == ["first", "wait"]
+    assert "make last" not in world.log
+    first.abandon()
+
+
+def test_cancel_stops_at_the_next_boundary_and_compensates(db: Database) -> None:
+    world = World()
+    engine = engine_for(db, world)
+    op_id = submit(engine, "test.waits")
+    world.gate.set()
+    wait_for(lambda: len(engine.get(op_id).steps) >= 2, 5, "the run passed its first step")
+    engine.cancel(op_id)
+    done = wait_done_engine(engine, op_id)
+    assert done.status is OperationStatus.CANCELED
+    assert "unmake first" in world.log and "make last" not in world.log
+    with pytest.raises(InvalidState, match="already finished"):
+        engine.cancel(op_id)
+    engine.close()
+
+
+def test_an_operation_that_cannot_be_canceled_says_so(db: Database) -> None:
+    world = World()
+    engine = engine_for(db, world)
+    op_id = submit(engine, "test.three")
+    with pytest.raises(InvalidState, match="cannot be canceled|already finished"):
+        engine.cancel(op_id)
+    engine.close()
+
+
+def test_one_leader_at_a_time_and_a_stale_one_is_refused(db: Database) -> None:
+    world = World()
+    first, second = engine_for(db, world), engine_for(db, world)
+    assert [first.leader.is_leader(), second.leader.is_leader()].count(True) == 1
+    leader, other = (first, second) if first.leader.is_leader() else (second, first)
+    # The leader is paused: its lease runs out and the other takes the role.
+    leader.abandon()
+    wait_for(lambda: (other.leader.tick(), other.leader.is_leader())[1], 10, "the other server leads")
+    with pytest.raises(LeaseLost, match="no longer leads"), leader.leader.fenced(), db.session():
+        pass  # the guard refuses the transaction before anything can be written in it
+    assert other.leader.as_leader(lambda: None) is True
+    assert leader.leader.as_leader(lambda: None) is False
+    other.close()
+
+
+def wait_done_engine(engine: Engine, op_id: str, timeout: float = 15.0):  # noqa: ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        operation = engine.get(op_id)
+        if operation.status.finished:
+            return operation
+        if time.monotonic() > deadline:
+            raise AssertionError(f"operation {op_id} still {operation.status.value}")
+        time.sleep(0.02)
+
+
+def test_stop_is_not_an_error_a_workflow_can_catch() -> None:
+    assert not issubclass(Stop, Exception)
