@@ -1,4 +1,5 @@
-"""`flexvm serve`: open the platform, reconcile, and serve the API until stopped."""
+"""`flexvm serve`: open the platform, join the servers on its database, resume what dead servers
+left, and serve the API until stopped (several may run on one PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def serve(settings: Settings) -> None:
     token = ensure_token(settings.token_file)
     report = platform.start()
     if report.operations:
-        log.info("recovered %d interrupted operation(s)", len(report.operations))
+        log.info("resuming %d operation(s) that stopped servers left", len(report.operations))
     app = create_app(platform, token)
     url = f"http://{settings.listen_host}:{settings.port}"
+    platform.engine.servers.set_url(url)
     settings.server_file.write_text(url + "\n")
     log.info("flexvm API on %s (token in %s)", url, settings.token_file)
     try:

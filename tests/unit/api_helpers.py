@@ -25,7 +25,7 @@ def finished(api: TestClient, response: Any, status: str = "succeeded", timeout:
     location = response.headers["location"]
     assert location == f"/v1/operations/{response.json()['id']}"
     deadline = time.monotonic() + timeout
-    while (operation := api.get(location).json())["status"] not in ("succeeded", "failed"):
+    while (operation := api.get(location).json())["status"] not in ("succeeded", "failed", "canceled"):
         assert time.monotonic() < deadline, f"operation still {operation['status']}"
         time.sleep(0.01)
     assert operation["status"] == status, (operation["error"], operation["message"])

@@ -25,7 +25,7 @@ VM_KEYS = {
 }  # fmt: skip
 OPERATION_KEYS = {
     "id", "kind", "target_kind", "target_name", "status", "progress", "message", "created_at", "started_at",
-    "finished_at", "duration_seconds", "steps", "error", "result",
+    "finished_at", "duration_seconds", "steps", "error", "result", "owner", "claims", "cancel_requested",
 }  # fmt: skip
 
 PUBLIC_SURFACE = {
@@ -96,6 +96,8 @@ PUBLIC_SURFACE = {
     ("GET", "/v1/capacity/failure"),
     ("GET", "/v1/operations"),
     ("GET", "/v1/operations/{operation_id}"),
+    ("POST", "/v1/operations/{operation_id}/cancel"),
+    ("GET", "/v1/servers"),
 }
 
 
@@ -105,7 +107,7 @@ def poll(api: TestClient, location: str, timeout: float = 15.0) -> dict[str, Any
         response = api.get(location)
         assert response.status_code == 200, response.text
         operation = response.json()
-        if operation["status"] in ("succeeded", "failed"):
+        if operation["status"] in ("succeeded", "failed", "canceled"):
             return operation
         assert time.monotonic() < deadline, f"operation still {operation['status']}"
         time.sleep(0.01)

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -25,8 +26,10 @@ import pytest
 from flexvm.cli import client as cli_client
 from flexvm.cli.main import main
 from flexvm.drivers.fake import FakeDriver
+from flexvm.operations.run import Run
 from flexvm.platform import Platform
 from tests.conftest import TOKEN
+from tests.helpers import wait_for
 
 FLEXVM = str(Path(sys.executable).parent / "flexvm")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -89,6 +92,11 @@ def flexvm(cli_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
 def program(*args: str) -> subprocess.CompletedProcess[str]:
     """The installed `flexvm` program, as a separate process."""
     return subprocess.run([FLEXVM, *args], capture_output=True, text=True, timeout=60)
+
+
+def platform_server(http: httpx.Client) -> str:
+    """The short id of the one server the tests' API runs in."""
+    return str(http.get("/v1/servers").json()[0]["id"][:8])
 
 
 def assert_clean_error(result: Result | subprocess.CompletedProcess[str], words: str) -> None:
@@ -212,9 +220,50 @@ def test_operation_list_and_show(flexvm: Cli, http: httpx.Client, image: str) ->
     assert re.search(rf"{operation['id'][:8]}\s+vm\.create\s+web1\s+succeeded\s+100%", listed), listed
     shown = flexvm.ok("operation", "show", operation["id"][:8])  # the short id `list` shows is enough
     assert operation["id"] in shown
-    for step in ("image", "os-disk", "define", "start", "wait-ready"):
-        assert re.search(rf"{step}\s+done", shown), shown
+    for step in ("claim", "image", "os-disk", "define", "start", "wait-ready", "running"):
+        assert re.search(rf"{step}\s+done\s+\S+\s+\S+\s+{platform_server(http)}\s+1\s", shown), shown
     assert json.loads(flexvm.ok("operation", "show", operation["id"], "-o", "json")) == operation
+
+
+def test_operation_cancel_stops_a_running_operation_and_says_what_was_undone(flexvm: Cli, platform: Platform) -> None:
+    gate = threading.Event()
+    made: list[str] = []
+
+    def slow(run: Run) -> dict[str, str]:
+        run.step("make", lambda: made.append("thing"), undo=lambda _out: made.remove("thing"))
+        gate.set()
+        for _ in range(500):  # a long step that looks for a cancel as it goes, as a migration does
+            run.check_canceled()
+            time.sleep(0.01)
+        return {}
+
+    platform.engine.register("test.slow", slow, cancelable=True)
+    with platform.db.session() as session:
+        operation = platform.engine.record(session, "test.slow", "test", "t1")
+    platform.engine.launch(operation)
+    assert gate.wait(10)
+    said = flexvm.ok("operation", "cancel", operation.id[:8])
+    assert f"operation {operation.id[:8]} (test.slow of t1) canceled; undone: make" in said
+    assert made == []
+    shown = json.loads(flexvm.ok("operation", "show", operation.id, "-o", "json"))
+    assert (shown["status"], shown["cancel_requested"]) == ("canceled", True)
+    assert [(s["name"], s["status"]) for s in shown["steps"]] == [("make", "undone")]
+    assert_clean_error(flexvm("operation", "cancel", operation.id), "already finished (canceled)")
+
+
+def test_an_operation_that_cannot_be_canceled_says_so(flexvm: Cli, http: httpx.Client, image: str) -> None:
+    flexvm.ok("vm", "create", "web1", "-s", "Standard_B1s", "-i", "img")
+    operation = http.get("/v1/operations", params={"target": "web1"}).json()[0]
+    assert_clean_error(flexvm("operation", "cancel", operation["id"]), "already finished (succeeded)")
+
+
+def test_server_list_shows_this_server_leading(flexvm: Cli, platform: Platform) -> None:
+    wait_for(lambda: platform.engine.leader.is_leader(), 10, "the only server leads")
+    listed = flexvm.ok("server", "list")
+    me = platform.engine.server_id
+    assert re.search(rf"{me[:8]}\s+up\s+yes\s+", listed), listed
+    servers = json.loads(flexvm.ok("server", "list", "-o", "json"))
+    assert [(s["id"], s["state"], s["leader"]) for s in servers] == [(me, "up", True)]
 
 
 def fit_now(table: str, size: str) -> int:

@@ -73,7 +73,7 @@ def assert_untouched(platform: Platform, hosts: dict[str, FakeDriver]) -> None:
 def set_state(platform: Platform, host: str, state: HostState, reason: str = "") -> None:
     with platform.db.session() as session:
         record = HostRepo(session).lock(host)
-        record.state, record.state_reason = state, reason
+        record.set_state(state, reason)
         HostRepo(session).save(record)
 
 

@@ -17,11 +17,11 @@ import pytest
 
 from flexvm.config import Settings
 from flexvm.drivers.fake import FakeDriver
-from flexvm.errors import Busy, InvalidInput, InvalidState
+from flexvm.errors import AlreadyExists, Busy, InvalidInput, InvalidState, NotFound
 from flexvm.model.guest import GuestState
 from flexvm.model.vm import PowerState
 from flexvm.platform import Platform
-from tests.unit.flex_helpers import Gate, failed, finish, guest, make_vm, quick_image
+from tests.unit.flex_helpers import Gate, finish, guest, make_vm, quick_image
 from tests.unit.pool_helpers import add_host, pool_settings, run
 
 DISK = "web1-os.qcow2"
@@ -85,12 +85,16 @@ def test_delete_removes_a_snapshot(platform: Platform, a: FakeDriver) -> None:
     assert platform.files.snapshots("web1") == ["s2"]
 
 
-def test_unknown_or_duplicate_snapshots_fail_their_operation(platform: Platform, a: FakeDriver) -> None:
+def test_unknown_or_duplicate_snapshots_are_refused_before_any_operation(platform: Platform, a: FakeDriver) -> None:
     run(platform, platform.files.snapshot("web1", "s1"))
-    done = failed(platform, platform.files.snapshot("web1", "s1"), "HypervisorError")
-    assert "already has a snapshot named s1" in done.error["message"]  # type: ignore[index]
-    failed(platform, platform.files.revert("web1", "nope"), "HypervisorError")
-    failed(platform, platform.files.delete_snapshot("web1", "nope"), "HypervisorError")
+    before = len(platform.runner.list(limit=1000))
+    with pytest.raises(AlreadyExists, match="snapshot 's1' of VM 'web1' already exists"):
+        platform.files.snapshot("web1", "s1")
+    with pytest.raises(NotFound, match="snapshot 'nope' of VM 'web1' not found"):
+        platform.files.revert("web1", "nope")
+    with pytest.raises(NotFound, match="snapshot 'nope' of VM 'web1' not found"):
+        platform.files.delete_snapshot("web1", "nope")
+    assert len(platform.runner.list(limit=1000)) == before
     assert platform.files.snapshots("web1") == ["s1"]
     vm = platform.vms.get("web1")
     assert (vm.power_state, vm.active_operation_id) == (PowerState.RUNNING, None)

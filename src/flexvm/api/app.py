@@ -61,6 +61,7 @@ def create_app(platform: Platform, token: str) -> FastAPI:
         metrics,
     ):
         app.include_router(module.router, prefix=PREFIX)
+    app.include_router(operations.servers_router, prefix=PREFIX)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

@@ -106,6 +106,9 @@ class StepOut(Out):
     started_at: str
     finished_at: str | None
     detail: str
+    server: str | None = Field(None, description="the server that ran it (last, if it ran more than once)")
+    attempts: int = Field(1, description="how many times it was started: more than 1 after a server died in it")
+    error: dict[str, Any] | None = None
 
 
 class OperationOut(Out):
@@ -123,6 +126,22 @@ class OperationOut(Out):
     steps: list[StepOut]
     error: dict[str, Any] | None
     result: dict[str, Any]
+    owner: str | None = Field(None, description="the server running it (holding its lease)")
+    claims: int = Field(0, description="how many times a server took it up: 1, plus one per resume")
+    cancel_requested: bool = False
+
+
+class ServerOut(Out):
+    id: str
+    hostname: str
+    pid: int
+    url: str
+    version: str
+    state: str = Field(description="up, stopped, gone (its process ended) or silent (no heartbeat)")
+    leader: bool
+    started_at: float
+    heartbeat: float
+    operations: list[str] = Field(description="operations it runs now")
 
 
 class DiskOut(Out):

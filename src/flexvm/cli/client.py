@@ -101,7 +101,7 @@ class ApiClient:
             operation: dict[str, Any] = self.get(f"/operations/{operation_id}")
             if on_update is not None:
                 on_update(operation)
-            if operation["status"] in ("succeeded", "failed"):
+            if operation["status"] in ("succeeded", "failed", "canceled"):
                 return operation
             if time.monotonic() > deadline:
                 raise errors.OperationTimeout(f"gave up waiting for operation {operation_id} after {timeout:.0f} s")

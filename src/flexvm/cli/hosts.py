@@ -1,13 +1,15 @@
-"""`flexvm host …` and `flexvm operation …`"""
+"""`flexvm host …`, `flexvm operation …` and `flexvm server …`"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
 
 from flexvm.cli import output
 from flexvm.cli.common import OutputOpt, client, finish
+from flexvm.errors import FlexvmError
 
 host_app = typer.Typer(help="Hosts: machines that run guests.", no_args_is_help=True)
 operation_app = typer.Typer(help="Operations: every change, as it runs and after.", no_args_is_help=True)
@@ -208,7 +210,9 @@ def _show_operation(op: dict[str, Any], fmt: output.Format) -> None:
             ("created", op["created_at"]),
             ("duration", f"{op['duration_seconds']:.2f} s" if op["duration_seconds"] else None),
             ("error", (op["error"] or {}).get("message")),
-            ("result", op["result"] or None),
+            ("server", (op.get("owner") or "")[:8] or None),
+            ("cancel asked", "yes" if op.get("cancel_requested") else None),
+            ("result", {k: v for k, v in (op["result"] or {}).items() if k != "resumed"} or None),
         ]
     )
     if op["steps"]:
@@ -219,8 +223,15 @@ def _show_operation(op: dict[str, Any], fmt: output.Format) -> None:
                 ("STATUS", lambda s: s["status"]),
                 ("STARTED", lambda s: s["started_at"][11:23]),
                 ("FINISHED", lambda s: (s["finished_at"] or "")[11:23]),
+                ("SERVER", lambda s: (s.get("server") or "")[:8]),
+                ("TRIES", lambda s: s.get("attempts", 1)),
                 ("DETAIL", lambda s: s["detail"]),
             ],
+        )
+    for resume in op["result"].get("resumed", []) if op["result"] else []:
+        output.console.print(
+            f"resumed by server {resume['server'][:8]} at step {resume['step']} ({resume['at'][11:23]})",
+            highlight=False,
         )
 
 
@@ -252,6 +263,61 @@ def wait_operation(operation_id: str, fmt: output.Format = OutputOpt) -> None:
     full = _resolve(api, operation_id)
     done = output.wait_with_progress(lambda update: api.wait(full, update), f"operation {full[:8]}")
     _show_operation(done, fmt)
+
+
+@operation_app.command("cancel")
+def cancel_operation(
+    operation_id: str,
+    no_wait: bool = typer.Option(False, "--no-wait", help="return once the cancel is asked for"),
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Stop a move, drain, rebalance or scale-set change at its next step; what it did is undone."""
+    api = client()
+    full = _resolve(api, operation_id)
+    asked = api.post(f"/operations/{full}/cancel")
+    if no_wait:
+        _show_operation(asked, fmt)
+        return
+    done = api.wait(full)
+    if done["status"] != "canceled":
+        raise FlexvmError(
+            f"operation {full[:8]} ended {done['status']} before the cancel took effect",
+            details={"operation_id": full, "status": done["status"]},
+        )
+    if fmt is output.Format.json:
+        output.emit_json(done)
+    else:
+        undone = [s["name"] for s in done["steps"] if s["status"] == "undone"]
+        output.console.print(
+            f"operation {full[:8]} ({done['kind']} of {done['target_name']}) canceled"
+            + (f"; undone: {', '.join(undone)}" if undone else ""),
+            highlight=False,
+        )
+
+
+server_app = typer.Typer(help="The flexvm servers sharing one database.", no_args_is_help=True)
+
+
+@server_app.command("list")
+def list_servers(fmt: output.Format = OutputOpt) -> None:
+    """Every server seen lately: whether it lives, which one leads, what each runs."""
+    servers = client().get("/servers")
+    if fmt is output.Format.json:
+        output.emit_json(servers)
+        return
+    now = time.time()
+    output.table(
+        servers,
+        [
+            ("ID", lambda s: s["id"][:8]),
+            ("STATE", lambda s: s["state"]),
+            ("LEADER", lambda s: "yes" if s["leader"] else ""),
+            ("HOST", lambda s: f"{s['hostname']}:{s['pid']}"),
+            ("URL", lambda s: s["url"]),
+            ("HEARD", lambda s: f"{max(0.0, now - s['heartbeat']):.0f} s ago"),
+            ("RUNNING", lambda s: ", ".join(op[:8] for op in s["operations"]) or "-"),
+        ],
+    )
 
 
 def _show_moves(plan: dict[str, Any], title: str) -> None:

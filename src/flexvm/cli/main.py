@@ -8,7 +8,7 @@ import typer
 
 from flexvm.cli import output
 from flexvm.cli.catalog import image_app, size_app
-from flexvm.cli.hosts import host_app, operation_app
+from flexvm.cli.hosts import host_app, operation_app, server_app
 from flexvm.cli.lab import app as lab_app
 from flexvm.cli.monitor import advisor, top, vm_metrics
 from flexvm.cli.pool import capacity, network_app, set_app
@@ -28,6 +28,7 @@ app.add_typer(size_app, name="size")
 app.add_typer(image_app, name="image")
 app.add_typer(host_app, name="host")
 app.add_typer(operation_app, name="operation")
+app.add_typer(server_app, name="server")
 app.add_typer(network_app, name="network")
 app.add_typer(set_app, name="availability-set")
 app.add_typer(scaleset_app, name="scaleset")

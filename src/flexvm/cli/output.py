@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from flexvm.errors import OperationFailed, OperationTimeout
+from flexvm.errors import OperationCanceled, OperationFailed, OperationTimeout
 from flexvm.model.units import MIB, format_bytes
 
 # When piped, do not squeeze tables into 80 columns: scripts and logs read whole lines.
@@ -77,6 +77,11 @@ def wait_with_progress(
                 status.update(f"{label}: {op['progress']}% {op['message']}")
 
             operation = wait(update)
+    if operation["status"] == "canceled":
+        raise OperationCanceled(
+            f"{operation['kind']} of {operation['target_name']} was canceled; what it had done was undone",
+            details={"operation_id": operation["id"]},
+        )
     if operation["status"] == "failed":
         error = operation.get("error") or {}
         cls = OperationTimeout if error.get("code") == "OperationTimeout" else OperationFailed

@@ -81,6 +81,8 @@ class VmFiles:
     def snapshot(self, name: str, snapshot: str | None = None) -> Operation:
         snapshot = snapshot or f"snap-{utcnow().strftime('%Y%m%d-%H%M%S')}"
         check_name("snapshot", snapshot)
+        if snapshot in self.snapshots(name):
+            raise AlreadyExists("snapshot", f"{snapshot}' of VM '{name}")
         return self._on_vm(name, "vm.snapshot", {"snapshot": snapshot}, defined=True)
 
     def _snapshot_work(self, run: Run) -> dict[str, Any]:
@@ -102,6 +104,7 @@ class VmFiles:
 
     def revert(self, name: str, snapshot: str) -> Operation:
         check_name("snapshot", snapshot)
+        self._known_snapshot(name, snapshot)
         return self._on_vm(name, "vm.revert", {"snapshot": snapshot}, defined=True)
 
     def _revert_work(self, run: Run) -> dict[str, Any]:
@@ -116,6 +119,7 @@ class VmFiles:
 
     def delete_snapshot(self, name: str, snapshot: str) -> Operation:
         check_name("snapshot", snapshot)
+        self._known_snapshot(name, snapshot)
         return self._on_vm(name, "vm.snapshot-delete", {"snapshot": snapshot}, defined=True)
 
     def _delete_snapshot_work(self, run: Run) -> dict[str, Any]:
@@ -260,6 +264,12 @@ class VmFiles:
         return image
 
     # --- helpers -------------------------------------------------------------------------
+    def _known_snapshot(self, name: str, snapshot: str) -> None:
+        """Refused before any operation: a snapshot the VM does not have (the steps themselves
+        only check so that a re-run after a crash finds its work done)."""
+        if snapshot not in self.snapshots(name):
+            raise NotFound("snapshot", f"{snapshot}' of VM '{name}")
+
     def _on_vm(
         self, name: str, kind: str, params: dict[str, Any], *, stopped: bool = False, defined: bool = False
     ) -> Operation:

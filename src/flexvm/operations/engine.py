@@ -39,7 +39,7 @@ from flexvm.model.operation import Operation, OperationStatus, Step, StepStatus
 from flexvm.model.vm import Vm
 from flexvm.operations.leader import LeaderLease
 from flexvm.operations.run import Run, Stop, Unwind, stamp
-from flexvm.operations.servers import ServerRegistry
+from flexvm.operations.servers import ServerRegistry, ServerStatus
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import OperationRepo, VmRepo
 from flexvm.store.tables import OperationRow
@@ -446,6 +446,34 @@ class Engine:
                 )
             )
             return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def server_statuses(self) -> builtins.list[ServerStatus]:
+        """Every server seen lately: alive or not, which one leads, what each runs now."""
+        now = time.time()
+        holder, _epoch, expires = self.leader.holder()
+        dead = self.servers.dead_here(within=86400.0)
+        with self.db.session() as session:
+            rows = session.execute(
+                select(OperationRow.id, OperationRow.owner).where(
+                    OperationRow.status.in_([s.value for s in UNFINISHED])
+                )
+            ).all()
+        running: dict[str, builtins.list[str]] = {}
+        for op_id, owner in rows:
+            running.setdefault(owner or "", []).append(op_id)
+        statuses = []
+        for info in self.servers.list():
+            if info.stopped_at is not None:
+                state = "stopped"
+            elif info.id in dead:
+                state = "gone"
+            elif now - info.heartbeat > self.settings.lease_seconds:
+                state = "silent"
+            else:
+                state = "up"
+            leads = info.id == holder and expires > now
+            statuses.append(ServerStatus(info, state, leads, sorted(running.get(info.id, []))))
+        return statuses
 
     # --- reading, waiting, canceling -----------------------------------------------------
     def get(self, operation_id: str) -> Operation:

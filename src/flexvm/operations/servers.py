@@ -53,6 +53,16 @@ class ServerInfo:
         return now - self.heartbeat
 
 
+@dataclass(frozen=True)
+class ServerStatus:
+    """A server as `flexvm server list` shows it: who it is, whether it lives, leads, and runs what."""
+
+    server: ServerInfo
+    state: str  # "up", "stopped", "gone" (its process ended), "silent" (no heartbeat within a lease)
+    leader: bool
+    operations: list[str]
+
+
 def _info(row: ServerRow) -> ServerInfo:
     return ServerInfo(
         row.id, row.hostname, row.pid, row.url, row.version, row.started_at, row.heartbeat, row.stopped_at

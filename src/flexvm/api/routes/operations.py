@@ -25,3 +25,35 @@ def show_operation(operation_id: str, p: Platform = Depends(platform)) -> schema
     if not _ID.match(operation_id):
         raise InvalidInput("operation_id", f"{operation_id!r} is not an operation id")
     return schemas.OperationOut.model_validate(p.runner.get(operation_id))
+
+
+@router.post("/{operation_id}/cancel", response_model=schemas.OperationOut, status_code=202)
+def cancel_operation(operation_id: str, p: Platform = Depends(platform)) -> schemas.OperationOut:
+    """Ask a running move, drain, rebalance or scale-set change to stop at its next step and undo."""
+    if not _ID.match(operation_id):
+        raise InvalidInput("operation_id", f"{operation_id!r} is not an operation id")
+    p.runner.cancel(operation_id)
+    return schemas.OperationOut.model_validate(p.runner.get(operation_id))
+
+
+servers_router = APIRouter(prefix="/servers", tags=["servers"])
+
+
+@servers_router.get("", response_model=list[schemas.ServerOut])
+def list_servers(p: Platform = Depends(platform)) -> list[schemas.ServerOut]:
+    """The flexvm servers sharing this database: which live, which leads, what each runs."""
+    return [
+        schemas.ServerOut(
+            id=s.server.id,
+            hostname=s.server.hostname,
+            pid=s.server.pid,
+            url=s.server.url,
+            version=s.server.version,
+            state=s.state,
+            leader=s.leader,
+            started_at=s.server.started_at,
+            heartbeat=s.server.heartbeat,
+            operations=s.operations,
+        )
+        for s in p.engine.server_statuses()
+    ]
