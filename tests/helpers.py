@@ -140,7 +140,9 @@ class FlexvmServer:
         with self.api() as api:
             return wait_for(
                 lambda: (
-                    (op := api.get(f"/operations/{operation_id}").json())["status"] in ("succeeded", "failed") and op
+                    (op := api.get(f"/operations/{operation_id}").json())["status"]
+                    in ("succeeded", "failed", "canceled")
+                    and op
                 ),
                 timeout,
                 f"operation {operation_id}",
