@@ -255,6 +255,7 @@ class VmMover:
             "prepare",
             prepare,
             undo=lambda _out: self._undo_destination(vm, dest, plan.destination),
+            undo_if_failed=True,
             detail=f"an empty overlay for each disk on {plan.destination}",
         )
 
@@ -338,6 +339,7 @@ class VmMover:
             "copy",
             copy,
             undo=lambda _out: self._undo_destination(vm, dest, plan.destination),
+            undo_if_failed=True,
             detail=f"copying the disk of {vm.name} to {plan.destination}",
         )
         if plan.mode == "cold":

@@ -302,7 +302,10 @@ class VmCreator:
         run.progress(20, "creating the OS disk")
 
         def os_disk_step() -> None:
-            driver.delete_instance_volume(vm.console_log)  # a stale log must not fake readiness
+            # Before the guest is defined nothing uses the disk: a re-run after a crash replaces
+            # what the first attempt made (maybe half of it). A stale log must not fake readiness.
+            driver.delete_instance_volume(vm.os_disk.name)
+            driver.delete_instance_volume(vm.console_log)
             if os_disk is None:
                 driver.create_overlay(
                     vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes
@@ -314,6 +317,7 @@ class VmCreator:
             "os-disk",
             os_disk_step,
             undo=lambda _out: self._on_host(host_name, vm, lambda: _delete_os_disk(driver, vm)),
+            undo_if_failed=True,
             detail=(
                 f"{format_bytes(vm.disk_bytes)} copy-on-write overlay on '{image.name}'"
                 if os_disk is None
@@ -326,6 +330,7 @@ class VmCreator:
                 "seed",
                 lambda: upload_seed(driver, vm, self.settings.ssh_keys),
                 undo=lambda _out: self._on_host(host_name, vm, lambda: driver.delete_instance_volume(seed.name)),
+                undo_if_failed=True,
                 detail="cloud-init NoCloud seed",
             )
 

@@ -57,6 +57,7 @@ STEP_STATES = StateMachine[StepStatus](
     {
         _ST.RUNNING: frozenset({_ST.DONE, _ST.FAILED}),
         _ST.DONE: frozenset({_ST.UNDOING}),
+        _ST.FAILED: frozenset({_ST.UNDOING}),  # a step whose undo is safe on a part of its work
         _ST.UNDOING: frozenset({_ST.UNDONE, _ST.UNDO_FAILED}),
     },
 )

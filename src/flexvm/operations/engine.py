@@ -331,7 +331,7 @@ class Engine:
         failed: list[str] = []
         for index, undo in reversed(run.undos):
             step = operation.steps[index]
-            if step.status is StepStatus.DONE:
+            if step.status in (StepStatus.DONE, StepStatus.FAILED):
                 run.write(_moving(step, StepStatus.UNDOING, operation.id))
             self.failpoint(run, step.name, "undoing")
             try:

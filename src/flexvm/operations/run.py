@@ -92,9 +92,21 @@ class Run:
         return self.operation.id
 
     # --- steps ---------------------------------------------------------------------------
-    def step(self, name: str, action: Callable[[], T], *, undo: Undo | None = None, detail: str = "") -> T:
-        """Run ``action`` as the named step (or replay its recorded output)."""
-        return self._step(name, detail, undo, action=action)
+    def step(
+        self,
+        name: str,
+        action: Callable[[], T],
+        *,
+        undo: Undo | None = None,
+        detail: str = "",
+        undo_if_failed: bool = False,
+    ) -> T:
+        """Run ``action`` as the named step (or replay its recorded output).
+
+        ``undo_if_failed``: the step may have done part of its work before failing (a re-run
+        after a crash finds the first attempt's files), and its undo is a "remove if present"
+        that is safe on any part of it: undo it even when it failed."""
+        return self._step(name, detail, undo, action=action, undo_if_failed=undo_if_failed)
 
     def db_step(self, name: str, action: Callable[[Session], T], *, undo: Undo | None = None, detail: str = "") -> T:
         """A step whose effect is a database change: it commits in the same transaction that
@@ -126,6 +138,7 @@ class Run:
         action: Callable[[], Any] | None = None,
         db_action: Callable[[Session], Any] | None = None,
         pivot: bool = False,
+        undo_if_failed: bool = False,
     ) -> Any:
         index = self._cursor
         self._cursor += 1
@@ -142,6 +155,8 @@ class Run:
                 self._remember(index, recorded, undo)
                 return recorded.output
             if recorded.status is StepStatus.FAILED:
+                if undo is not None and undo_if_failed:
+                    self._remember_failed(index, recorded, undo)
                 raise error_from_dict(recorded.error or {"message": f"step {name} failed"})
             # Recorded running: the server died inside it. Run it again (it checks, then acts).
             if self.unwinding:
@@ -164,6 +179,8 @@ class Run:
             raise
         except BaseException as err:
             self._fail(recorded, err)
+            if undo is not None and undo_if_failed:
+                self._remember_failed(index, recorded, undo)
             raise
         self.engine.failpoint(self, name, "done")
         self._remember(index, recorded, undo)
@@ -175,6 +192,10 @@ class Run:
         elif undo is not None and step.status in (StepStatus.DONE, StepStatus.UNDOING):
             output = step.output
             self.undos.append((index, lambda: undo(output)))
+
+    def _remember_failed(self, index: int, step: Step, undo: Undo) -> None:
+        output = step.output
+        self.undos.append((index, lambda: undo(output)))
 
     def _begin(self, name: str, detail: str, pivot: bool) -> Step:
         step = Step(name=name, status=StepStatus.RUNNING, started_at=stamp(), detail=detail, pivot=pivot)
