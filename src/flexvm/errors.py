@@ -15,6 +15,8 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     ├── ImageError (422)              an image file is corrupt, truncated or unusable
     ├── HypervisorError (502)         libvirt/QEMU refused or failed
     │   └── HypervisorUnavailable (503)   libvirtd cannot be reached
+    ├── LoadBalancerError (502)       HAProxy refused a configuration, or did not start/reload/answer
+    ├── LabCommandError (500)         a system command the lab ran failed (its output in the message)
     ├── OperationFailed (500)         a long-running operation ended in failure
     │   └── OperationTimeout (504)    it ran out of time (e.g. a guest never became ready)
     └── ServerUnavailable (503)       the CLI cannot reach the flexvm server
@@ -108,6 +110,20 @@ class HypervisorError(FlexvmError):
 class HypervisorUnavailable(HypervisorError):
     status = 503
     code = "HypervisorUnavailable"
+
+
+class LoadBalancerError(FlexvmError):
+    """HAProxy refused a configuration, or did not start, reload or answer in time."""
+
+    status = 502
+    code = "LoadBalancerError"
+
+
+class LabCommandError(FlexvmError):
+    """A system command the lab ran failed; the message holds its output."""
+
+    status = 500
+    code = "LabCommandFailed"
 
 
 class OperationFailed(FlexvmError):

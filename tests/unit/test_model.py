@@ -4,10 +4,14 @@ rules of each action, and the error tree (status, code, Azure's error shape).
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+import re
 
 import pytest
 
+import flexvm
 from flexvm import errors
 from flexvm.errors import FlexvmError, InvalidInput, InvalidState
 from flexvm.model.names import check_name, check_size_name
@@ -270,6 +274,8 @@ EXPECTED_ERRORS = {
     "ImageError": (422, "InvalidImage", "FlexvmError"),
     "HypervisorError": (502, "HypervisorError", "FlexvmError"),
     "HypervisorUnavailable": (503, "HypervisorUnavailable", "HypervisorError"),
+    "LoadBalancerError": (502, "LoadBalancerError", "FlexvmError"),
+    "LabCommandError": (500, "LabCommandFailed", "FlexvmError"),
     "OperationFailed": (500, "OperationFailed", "FlexvmError"),
     "OperationTimeout": (504, "OperationTimeout", "OperationFailed"),
     "ServerUnavailable": (503, "ServerUnavailable", "FlexvmError"),
@@ -292,6 +298,36 @@ def test_the_error_tree_is_complete_and_shaped_as_drawn() -> None:
         assert (cls.status, cls.code) == (status, code), name
         if parent is not None:
             assert cls.__bases__ == (classes[parent],), name
+
+
+def test_the_docstring_draws_every_class_with_its_status() -> None:
+    drawing = errors.__doc__ or ""
+    for name, (status, _code, _parent) in EXPECTED_ERRORS.items():
+        assert re.search(rf"\b{name} \({status}\)", drawing), name
+
+
+def test_every_error_class_of_flexvm_is_defined_in_errors_py() -> None:
+    """Importing every module finds any FlexvmError subclass made elsewhere (it would escape the tree)."""
+    for module in pkgutil.walk_packages(flexvm.__path__, "flexvm."):
+        importlib.import_module(module.name)
+    ours = {f"{cls.__module__}.{cls.__qualname__}" for cls in _subclasses(FlexvmError)}
+    outside = {name for name in ours if name.startswith("flexvm.") and not name.startswith("flexvm.errors.")}
+    assert not outside
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _subclasses(sub)
+    return found
+
+
+def test_errors_that_moved_into_the_tree_still_import_from_where_they_were() -> None:
+    from flexvm.lab.system import LabCommandError
+    from flexvm.scaling.haproxy import LoadBalancerError
+
+    assert LabCommandError is errors.LabCommandError
+    assert LoadBalancerError is errors.LoadBalancerError
 
 
 def test_codes_are_unique() -> None:
