@@ -194,8 +194,8 @@ def test_capacity_error_lists_every_host_with_its_reason_and_what_is_free() -> N
 def test_empty_pool_says_to_add_a_host() -> None:
     with pytest.raises(CapacityError, match="no hosts are registered") as caught:
         place([], SMALL)
-    assert "flexvm host add" in caught.value.message
-    assert caught.value.details == {"hosts": {}}
+    assert "flexvm" not in caught.value.message
+    assert caught.value.details == {"hosts": {}, "remedy": {"action": "add_host"}}
 
 
 def test_request_describe() -> None:

@@ -23,7 +23,7 @@ from flexvm.compute.lifecycle import VmService, remove_guest_and_files
 from flexvm.compute.operations import OperationContext
 from flexvm.compute.placing import build_request, pool_snapshots
 from flexvm.drivers.base import Driver
-from flexvm.errors import FlexvmError, InvalidInput, InvalidState
+from flexvm.errors import FlexvmError, InvalidInput, InvalidState, Option, Remedy
 from flexvm.model.guest import GuestState, MigrationProgress, MigrationRequest
 from flexvm.model.host import Host, HostState
 from flexvm.model.image import Image
@@ -120,8 +120,9 @@ class VmMover:
         if snapshots:
             raise InvalidState(
                 f"VM '{vm.name}' has snapshots ({', '.join(snapshots)}), and libvirt cannot move those live: "
-                "delete them, or move it with --cold",
+                "delete them, or move it cold",
                 details={"snapshots": snapshots},
+                remedy=Remedy(option=Option.COLD),
             )
 
     @staticmethod
@@ -140,7 +141,7 @@ class VmMover:
     def _notes(vm: Vm, dest: Host, source: Host | None, mode: str) -> list[str]:
         notes = []
         if mode == "cold" and vm.power_state is PowerState.RUNNING:
-            notes.append("the guest is stopped, moved and started again (--cold)")
+            notes.append("the guest is stopped, moved and started again (a cold move)")
         if mode == "cold" and vm.power_state is PowerState.STOPPED:
             notes.append("stopped: its disk and definition move; it stays stopped")
         if mode == "disk":
@@ -154,7 +155,8 @@ class VmMover:
         if source is not None and source.accelerator is not dest.accelerator and mode == "live":
             raise InvalidState(
                 f"host {source.name} runs {source.accelerator.value} and {dest.name} runs "
-                f"{dest.accelerator.value}: a running guest cannot move between them; use --cold"
+                f"{dest.accelerator.value}: a running guest cannot move between them; move it cold",
+                remedy=Remedy(option=Option.COLD),
             )
         return notes
 
