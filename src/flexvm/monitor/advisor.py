@@ -20,8 +20,9 @@ from flexvm.compute.sizes import SizeService
 from flexvm.errors import NotFound
 from flexvm.model.host import Host
 from flexvm.model.sizes import Size
+from flexvm.model.times import parse_duration
 from flexvm.model.vm import PowerState, Vm
-from flexvm.monitor.query import MetricsQuery, Series, parse_duration
+from flexvm.monitor.query import MetricsQuery, Series
 from flexvm.store.db import Database
 from flexvm.store.repositories import HostRepo, VmRepo
 
