@@ -16,7 +16,7 @@ from flexvm import errors
 from flexvm.errors import FlexvmError, InvalidInput, InvalidState
 from flexvm.model.names import check_name, check_size_name
 from flexvm.model.sizes import BUILTIN_SIZES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_BYTES, MIN_MEMORY_MIB, check_shape
-from flexvm.model.units import GIB, KIB, MIB, TIB, format_bytes, parse_bytes
+from flexvm.model.units import GIB, KIB, MIB, TIB, format_bytes, parse_bytes, parse_mib
 from flexvm.model.vm import ALLOWED_FROM, PowerState, check_action
 
 # --- units ---------------------------------------------------------------------------------
@@ -64,6 +64,13 @@ def test_parse_bytes_refuses_what_is_not_a_size_naming_the_field(text: str) -> N
     assert caught.value.details["field"] == "memory"
     assert caught.value.message.startswith("memory: ")
     assert caught.value.status == 400
+
+
+def test_memory_is_whole_mib_and_a_bare_number_is_mib() -> None:
+    assert [parse_mib(t, "memory") for t in ("512M", "1.5G", 768, "768")] == [512, 1536, 768, 768]
+    with pytest.raises(InvalidInput) as caught:
+        parse_mib("1000K", "reserved_memory")
+    assert caught.value.field == "reserved_memory" and "whole number of MiB" in caught.value.message
 
 
 def test_parse_bytes_refuses_fractions_of_a_byte() -> None:
