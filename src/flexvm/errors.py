@@ -17,6 +17,8 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     ├── ImageError (422)              an image file is corrupt, truncated or unusable
     ├── HypervisorError (502)         libvirt/QEMU refused or failed
     │   └── HypervisorUnavailable (503)   libvirtd cannot be reached
+    ├── LoadBalancerError (502)       HAProxy refused a configuration, or did not start/reload/answer
+    ├── LabCommandError (500)         a system command the lab ran failed (its output in the message)
     ├── OperationFailed (500)         a long-running operation ended in failure
     │   ├── OperationTimeout (504)    it ran out of time (e.g. a guest never became ready)
     │   ├── OperationCanceled (409)   someone canceled it; what it had done was undone
@@ -25,21 +27,109 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
 
 Library code raises these and chains the cause (``raise X(...) from err``); only the edges
 (API, CLI) turn them into responses or messages.
+
+A refusal that something else would let through carries a ``Remedy`` in ``details["remedy"]``,
+in the domain's words: an option of the same request (``{"option": "allow_restart"}``) or an
+action to take first (``{"action": "add_host"}``). Messages say what was refused and why, never
+how to type the remedy: the CLI words it as a flag or a command, the API as a request field.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
+
+
+class Option(StrEnum):
+    """Options of a request that let it do what it refuses to do by default."""
+
+    ALLOW_RESTART = "allow_restart"  # a resize beyond the VM's ceilings stops and starts the guest
+    FORCE = "force"  # a memory shrink may take memory the guest is using
+    COLD = "cold"  # a move stops the guest, moves its files and starts it there
+
+
+class Action(StrEnum):
+    """Other requests that would let a refused one through, or show why something failed.
+
+    The comment says what ``subject`` names for each.
+    """
+
+    ADD_HOST = "add_host"
+    ADD_HOST_ON_NETWORK = "add_host_on_network"  # a host whose guests can be reached (not QEMU's NAT)
+    BUILD_IMAGE = "build_image"  # image: the built-in recipe to build
+    READ_CONSOLE = "read_console"  # vm
+    ADD_SCALE_SET_INSTANCE = "add_scale_set_instance"  # scale_set
+    CHANGE_AUTOSCALE_RANGE = "change_autoscale_range"  # scale_set
+
+
+@dataclasses.dataclass(frozen=True)
+class Remedy:
+    """What would let a refused request through: an ``option`` of the same request, or an
+    ``action`` to take first, on what ``subject`` names (``{"vm": "web1"}``)."""
+
+    option: Option | None = None
+    action: Action | None = None
+    subject: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.option is None) == (self.action is None):
+            raise TypeError("a remedy names either an option or an action")
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"option": "cold"}`` or ``{"action": "read_console", "vm": "web1"}``."""
+        if self.option is not None:
+            return {"option": self.option.value}
+        assert self.action is not None  # __post_init__ saw to it
+        return {"action": self.action.value, **self.subject}
+
+    def worded(self, options: Mapping[Option, str], actions: Mapping[Action, str]) -> str:
+        """This remedy in an edge's words: its template from ``options`` or ``actions``, filled in
+        with the subject (``"see `flexvm vm console {vm}`"``)."""
+        if self.option is not None:
+            return options[self.option]
+        assert self.action is not None
+        return actions[self.action].format_map(_Placeholders(self.subject))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Remedy | None:
+        """Read back from an error's details (also across the API); None if absent or unknown to
+        this version, so an older client still shows the message."""
+        if not isinstance(raw, dict):
+            return None
+        options, actions = {o.value for o in Option}, {a.value for a in Action}
+        if raw.get("option") in options:
+            return cls(option=Option(raw["option"]))
+        if raw.get("action") in actions:
+            subject = {key: str(value) for key, value in raw.items() if key != "action"}
+            return cls(action=Action(raw["action"]), subject=subject)
+        return None
+
+
+class _Placeholders(dict[str, str]):
+    """A subject that lacks a name a template uses shows it as a placeholder (``SCALE_SET``)
+    rather than failing while an error is being reported."""
+
+    def __missing__(self, key: str) -> str:
+        return key.upper()
 
 
 class FlexvmError(Exception):
     status = 500
     code = "InternalError"
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, remedy: Remedy | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.details: dict[str, Any] = details or {}
+        self.details: dict[str, Any] = dict(details or {})
+        if remedy is not None:
+            # In details, so it reaches API clients and survives the CLI's round trip.
+            self.details["remedy"] = remedy.to_dict()
+
+    @property
+    def remedy(self) -> Remedy | None:
+        return Remedy.from_dict(self.details.get("remedy"))
 
     def to_dict(self) -> dict[str, Any]:
         """Azure's error shape: ``{"code", "message", "details"}``."""
@@ -50,8 +140,10 @@ class InvalidInput(FlexvmError):
     status = 400
     code = "InvalidInput"
 
-    def __init__(self, field: str, message: str, *, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{field}: {message}", details={"field": field, **(details or {})})
+    def __init__(
+        self, field: str, message: str, *, details: dict[str, Any] | None = None, remedy: Remedy | None = None
+    ) -> None:
+        super().__init__(f"{field}: {message}", details={"field": field, **(details or {})}, remedy=remedy)
         self.field = field
 
 
@@ -120,6 +212,20 @@ class HypervisorError(FlexvmError):
 class HypervisorUnavailable(HypervisorError):
     status = 503
     code = "HypervisorUnavailable"
+
+
+class LoadBalancerError(FlexvmError):
+    """HAProxy refused a configuration, or did not start, reload or answer in time."""
+
+    status = 502
+    code = "LoadBalancerError"
+
+
+class LabCommandError(FlexvmError):
+    """A system command the lab ran failed; the message holds its output."""
+
+    status = 500
+    code = "LabCommandFailed"
 
 
 class OperationFailed(FlexvmError):

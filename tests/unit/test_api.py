@@ -7,6 +7,7 @@ polling it to the end, response shapes, Azure's error shape with the HTTP status
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -290,6 +291,20 @@ def test_operations_list_and_show(api: TestClient, image: str) -> None:
     shown = api.get(f"/v1/operations/{listed[0]['id']}").json()
     assert shown == listed[0]
     assert api.get("/v1/operations", params={"target": "nobody"}).json() == []
+
+
+def test_a_failed_operation_names_the_call_that_shows_why(
+    api: TestClient, platform: Platform, fake_host: FakeDriver, image: str
+) -> None:
+    platform.vms.settings = dataclasses.replace(platform.vms.settings, ready_timeout=1.0)
+    fake_host.host.ready_delay = None  # the guest never prints its readiness line
+    created = accepted(api.post("/v1/vms", json={"name": "web1", "size": "Standard_B1s", "image": "img"}))
+    operation = poll(api, f"/v1/operations/{created['id']}")
+    assert operation["status"] == "failed"
+    error = operation["error"]
+    assert error["code"] == "OperationTimeout" and "flexvm" not in error["message"]
+    assert error["details"]["remedy"] == {"action": "read_console", "vm": "web1"}
+    assert error["details"]["hint"] == "read its console: GET /v1/vms/web1/console"
 
 
 def test_hosts(api: TestClient, image: str) -> None:

@@ -82,7 +82,9 @@ def test_resize_refusals_have_the_error_shape(api: TestClient, a: FakeDriver) ->
     assert set(big["details"]["hosts"]) == {"a", "b"}
     finished(api, api.post("/v1/vms", json={"name": "web2", "size": "Standard_B2s", "image": "img"}))
     tcg = error_of(api.post("/v1/vms/web2/resize", json={"size": "Standard_B1ms"}), 409, "InvalidState")
-    assert "TCG" in tcg["message"]
+    assert "TCG" in tcg["message"] and tcg["details"]["remedy"] == {"option": "allow_restart"}
+    assert "allow_restart: true" in tcg["details"]["hint"], "the API names its own request field"
+    assert "--" not in tcg["message"] + tcg["details"]["hint"], "and no CLI flag"
     assert vm(api)["size"] == "Standard_B1s" and vm(api, "web2")["size"] == "Standard_B2s"
 
 
@@ -92,7 +94,12 @@ def test_a_shrink_into_used_memory_is_409_conflict_until_forced(api: TestClient,
     g.used_mib = 900  # of 1 GiB; Standard_B1ls leaves 512 MiB
     body = {"size": "Standard_B1ls", "dry_run": True}
     refused = error_of(api.post("/v1/vms/web1/resize", json=body), 409, "Conflict")
-    assert refused["details"] == {"used_kib": 900 * 1024, "target_mib": 512}
+    assert refused["details"] == {
+        "used_kib": 900 * 1024,
+        "target_mib": 512,
+        "remedy": {"option": "force"},
+        "hint": "send force: true to shrink it anyway",
+    }
     plan = api.post("/v1/vms/web1/resize", json={**body, "force": True})
     assert plan.status_code == 200 and any("(forced)" in w for w in plan.json()["warnings"])
     finished(api, api.post("/v1/vms/web1/resize", json={"size": "Standard_B1ls", "force": True}))
@@ -133,6 +140,14 @@ def test_migrate_refusals_have_the_error_shape(
         gate.open()
     assert busy["details"]["operation_id"] == first.json()["id"]
     finished(api, first)
+
+
+def test_a_live_move_of_a_vm_with_snapshots_names_the_cold_field(api: TestClient, a: FakeDriver) -> None:
+    finished(api, api.post("/v1/vms/web1/snapshots", json={"name": "s1"}))
+    error = error_of(api.post("/v1/vms/web1/migrate", json={"to": "b"}), 409, "InvalidState")
+    assert error["details"]["snapshots"] == ["s1"] and error["details"]["remedy"] == {"option": "cold"}
+    assert error["details"]["hint"] == "send cold: true to move it stopped"
+    assert "--cold" not in error["message"]
 
 
 # --- drain, undrain, rebalance -------------------------------------------------------------------

@@ -54,6 +54,7 @@ BAD_HOSTS = [
     ({"ram_ratio": 10}, "ram_ratio"),
     ({"cpus": 0}, "cpus"),
     ({"memory": "lots"}, "memory"),
+    ({"reserved_memory": "1000K"}, "reserved_memory"),  # memory is counted in whole MiB, as sizes are
     ({"name": "bad name"}, "name"),
     ({"colour": "blue"}, "colour"),
 ]

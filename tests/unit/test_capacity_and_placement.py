@@ -91,8 +91,42 @@ def test_overcommitted_room_reports_zero_free_not_negative() -> None:
 def test_never_fits_ignores_what_is_allocated() -> None:
     full = room_on(make_host(), Allocation(vcpus=16, memory_mib=7680, disk_bytes=100 * GIB))
     assert never_fits(full, 16, 7680, 100 * GIB) is None
-    assert never_fits(full, 17, 512, GIB) == "needs 17 vCPUs, 16 free"
-    assert never_fits(full, 1, 8192, GIB) == "needs 8G memory, 7.5G free"
+    assert (
+        never_fits(full, 17, 512, GIB) == "larger than this host can ever hold: needs 17 vCPUs, the host has 16 in all"
+    )
+    assert never_fits(full, 1, 8192, GIB) == (
+        "larger than this host can ever hold: needs 8G memory, the host has 7.5G in all"
+    )
+
+
+def test_a_shape_larger_than_the_host_says_so() -> None:
+    room = room_on(make_host(), Allocation(vcpus=4))
+    assert why_not(room, 20, 512, GIB) == "larger than this host can ever hold: needs 20 vCPUs, the host has 16 in all"
+
+
+def test_needing_none_of_a_resource_is_never_short_even_when_overcommitted() -> None:
+    # The host's CPU ratio was lowered below what its VMs hold: 20 vCPUs allocated of 16.
+    room = room_on(make_host(), Allocation(vcpus=20))
+    assert why_not(room, 0, 0, GIB) is None  # growing a disk, or moving a deallocated VM's disk
+    assert rejection(snapshot(make_host(), Allocation(vcpus=20)), Request(0, 0, GIB)) is None
+
+
+@pytest.mark.parametrize(
+    ("allocated", "shape"),
+    [
+        (Allocation(vcpus=14), (4, 512, GIB)),
+        (Allocation(memory_mib=7168), (1, 1024, GIB)),
+        (Allocation(disk_bytes=96 * GIB), (1, 512, 8 * GIB)),
+        (Allocation(), (1, 8192, GIB)),
+        (Allocation(vcpus=20), (1, 512, GIB)),
+    ],
+)
+def test_the_scheduler_and_the_services_say_it_in_one_wording(
+    allocated: Allocation, shape: tuple[int, int, int]
+) -> None:
+    """``why_not`` (what services ask of one host) and the filters are one rule."""
+    host = make_host()
+    assert rejection(snapshot(host, allocated), Request(*shape)) == why_not(room_on(host, allocated), *shape)
 
 
 # --- how many fit --------------------------------------------------------------------------
@@ -194,8 +228,8 @@ def test_capacity_error_lists_every_host_with_its_reason_and_what_is_free() -> N
 def test_empty_pool_says_to_add_a_host() -> None:
     with pytest.raises(CapacityError, match="no hosts are registered") as caught:
         place([], SMALL)
-    assert "flexvm host add" in caught.value.message
-    assert caught.value.details == {"hosts": {}}
+    assert "flexvm" not in caught.value.message
+    assert caught.value.details == {"hosts": {}, "remedy": {"action": "add_host"}}
 
 
 def test_request_describe() -> None:

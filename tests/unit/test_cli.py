@@ -187,6 +187,15 @@ def test_a_failed_operation_exits_1_with_its_reason(
     fake_host.host.ready_delay = None
     result = flexvm("vm", "create", "web1", "-s", "Standard_B1s", "-i", "img")
     assert_clean_error(result, "vm.create of web1 failed: VM 'web1' did not report ready within 1 s")
+    assert result.stderr.rstrip().endswith("see `flexvm vm console web1`"), "the hint, after the console's tail"
+
+
+def test_a_refusal_names_the_flag_that_would_allow_it(flexvm: Cli, image: str) -> None:
+    flexvm.ok("vm", "create", "web1", "-s", "Standard_B1s", "-i", "img", "--max-size", "Standard_B1s")
+    result = flexvm("vm", "resize", "web1", "-s", "Standard_B1ms")
+    assert_clean_error(result, "resizing it needs a restart; add --allow-restart to resize it with a restart")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Standard_B1ms" in flexvm.ok("vm", "resize", "web1", "-s", "Standard_B1ms", "--allow-restart")
 
 
 def test_a_wrong_token_is_said_plainly(flexvm: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,7 +86,15 @@ def test_errors_are_one_line(flexvm: Cli, image: str) -> None:
         "scaleset", "create", "web", "-s", "Standard_B1s", "-i", "img", "--instances", "1", "--lb-port", "80"
     )
     assert_clean_error(result, "lb_port: a load balancer needs instances on a host network")
+    assert "or try the lab: `flexvm lab up --hosts 2`" in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_scaling_outside_the_autoscale_range_names_the_command_that_changes_it(flexvm: Cli, web: str) -> None:
+    flexvm.ok("autoscale", "set", "web", "--min", "1", "--max", "3", "--default", "2")
+    result = flexvm("scaleset", "scale", "web", "--instances", "5")
+    assert_clean_error(result, "instances: 5 is outside the autoscale range 1-3; change the range first with")
+    assert "`flexvm autoscale set web --min N --max N --default N`" in result.stderr
 
 
 def test_autoscale_set_off_and_rules(flexvm: Cli, http: httpx.Client, web: str) -> None:

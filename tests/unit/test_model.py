@@ -4,15 +4,19 @@ rules of each action, and the error tree (status, code, Azure's error shape).
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+import re
 
 import pytest
 
+import flexvm
 from flexvm import errors
 from flexvm.errors import FlexvmError, InvalidInput, InvalidState
 from flexvm.model.names import check_name, check_size_name
 from flexvm.model.sizes import BUILTIN_SIZES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_BYTES, MIN_MEMORY_MIB, check_shape
-from flexvm.model.units import GIB, KIB, MIB, TIB, format_bytes, parse_bytes
+from flexvm.model.units import GIB, KIB, MIB, TIB, format_bytes, parse_bytes, parse_mib
 from flexvm.model.vm import ALLOWED_FROM, PowerState, check_action
 
 # --- units ---------------------------------------------------------------------------------
@@ -60,6 +64,13 @@ def test_parse_bytes_refuses_what_is_not_a_size_naming_the_field(text: str) -> N
     assert caught.value.details["field"] == "memory"
     assert caught.value.message.startswith("memory: ")
     assert caught.value.status == 400
+
+
+def test_memory_is_whole_mib_and_a_bare_number_is_mib() -> None:
+    assert [parse_mib(t, "memory") for t in ("512M", "1.5G", 768, "768")] == [512, 1536, 768, 768]
+    with pytest.raises(InvalidInput) as caught:
+        parse_mib("1000K", "reserved_memory")
+    assert caught.value.field == "reserved_memory" and "whole number of MiB" in caught.value.message
 
 
 def test_parse_bytes_refuses_fractions_of_a_byte() -> None:
@@ -270,6 +281,8 @@ EXPECTED_ERRORS = {
     "ImageError": (422, "InvalidImage", "FlexvmError"),
     "HypervisorError": (502, "HypervisorError", "FlexvmError"),
     "HypervisorUnavailable": (503, "HypervisorUnavailable", "HypervisorError"),
+    "LoadBalancerError": (502, "LoadBalancerError", "FlexvmError"),
+    "LabCommandError": (500, "LabCommandFailed", "FlexvmError"),
     "OperationFailed": (500, "OperationFailed", "FlexvmError"),
     "OperationTimeout": (504, "OperationTimeout", "OperationFailed"),
     "OperationCanceled": (409, "Canceled", "OperationFailed"),
@@ -296,6 +309,36 @@ def test_the_error_tree_is_complete_and_shaped_as_drawn() -> None:
         assert (cls.status, cls.code) == (status, code), name
         if parent is not None:
             assert cls.__bases__ == (classes[parent],), name
+
+
+def test_the_docstring_draws_every_class_with_its_status() -> None:
+    drawing = errors.__doc__ or ""
+    for name, (status, _code, _parent) in EXPECTED_ERRORS.items():
+        assert re.search(rf"\b{name} \({status}\)", drawing), name
+
+
+def test_every_error_class_of_flexvm_is_defined_in_errors_py() -> None:
+    """Importing every module finds any FlexvmError subclass made elsewhere (it would escape the tree)."""
+    for module in pkgutil.walk_packages(flexvm.__path__, "flexvm."):
+        importlib.import_module(module.name)
+    ours = {f"{cls.__module__}.{cls.__qualname__}" for cls in _subclasses(FlexvmError)}
+    outside = {name for name in ours if name.startswith("flexvm.") and not name.startswith("flexvm.errors.")}
+    assert not outside
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _subclasses(sub)
+    return found
+
+
+def test_errors_that_moved_into_the_tree_still_import_from_where_they_were() -> None:
+    from flexvm.lab.system import LabCommandError
+    from flexvm.scaling.haproxy import LoadBalancerError
+
+    assert LabCommandError is errors.LabCommandError
+    assert LoadBalancerError is errors.LoadBalancerError
 
 
 def test_codes_are_unique() -> None:

@@ -8,19 +8,27 @@ import io
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from flexvm.cli.monitor import render, sparkline
+from flexvm.cli.monitor import proposal_command, render, sparkline
 from flexvm.drivers.fake import FakeDriver
 from flexvm.errors import InvalidInput, NotFound
 from flexvm.model.metrics import GuestCounters, HostCounters
 from flexvm.monitor import rates
+from flexvm.monitor.advisor import AdviceKind, HostProposal, ResizeProposal
 from flexvm.monitor.prometheus import exposition
 from flexvm.monitor.query import MetricsQuery, parse_duration
 from flexvm.platform import Platform
 from flexvm.store.metrics import MetricsRepo, Sample
 from tests.conftest import wait_operation
+from tests.unit import test_cli
+from tests.unit.test_cli import Cli
+
+# test_cli's fixtures: the CLI's environment pointed at the in-process server.
+cli_env = test_cli.cli_env
+flexvm = test_cli.flexvm
 
 S = 1_000_000_000  # ns
 
@@ -206,9 +214,59 @@ def test_collector_prometheus_and_advisor(platform: Platform, fake_host: FakeDri
 
     report = platform.advisor.advise("1m")
     verdicts = {(a.kind, a.subject): a for a in report.advice}
-    assert verdicts[("starved", "busy")].command == "flexvm vm resize busy --size Standard_B2s"
-    assert verdicts[("oversized", "idle")].command == "flexvm vm resize idle --size Standard_B1ls"
+    assert verdicts[("starved", "busy")].resize == ResizeProposal("busy", "Standard_B1s", "Standard_B2s")
+    assert verdicts[("oversized", "idle")].resize == ResizeProposal("idle", "Standard_B1ms", "Standard_B1ls")
     assert verdicts[("oversized", "idle")].evidence["cpu_avg_percent"] < 5
+    assert all("flexvm " not in a.message and "--" not in a.message for a in report.advice), "no command lines"
+
+
+def measured(platform: Platform, vm: str, metric: str, value: float, count: int = 5) -> None:
+    """``count`` samples of ``value`` over the last minute, ten seconds apart."""
+    now = time.time()
+    with platform.db.session() as session:
+        MetricsRepo(session).add([Sample(now - 50 + 10 * i, "vm", vm, metric, value) for i in range(count)])
+
+
+@pytest.fixture
+def advised(platform: Platform, image: str) -> Platform:
+    """VM 'busy' (Standard_B1s) on host 'local' runs at 97% CPU, its vCPUs waiting 25% of the time."""
+    assert wait_operation(platform, platform.vms.create("busy", "Standard_B1s", image).id).status.value == "succeeded"
+    measured(platform, "busy", "cpu_percent", 97.0)
+    measured(platform, "busy", "cpu_wait_percent", 25.0)
+    return platform
+
+
+def test_a_host_whose_guests_wait_gets_a_proposal_to_ease_it(advised: Platform) -> None:
+    report = advised.advisor.advise("1m")
+    contention = [a for a in report.advice if a.kind is AdviceKind.CONTENTION]
+    assert [a.subject for a in contention] == ["local"]
+    ratio = advised.hosts.get("local").cpu_ratio
+    assert contention[0].host_change == HostProposal("local", ratio) and contention[0].resize is None
+    assert contention[0].evidence == {"vcpu_wait_max_percent": 25.0, "vms": 1.0}
+    assert f"lower its CPU ratio ({ratio:g})" in contention[0].message
+
+
+def test_the_api_returns_the_proposals_as_structure(advised: Platform, api: TestClient) -> None:
+    advice = {a["kind"]: a for a in api.get("/v1/advisor", params={"window": "1m"}).json()["advice"]}
+    assert advice["starved"]["resize"] == {
+        "vm": "busy",
+        "current_size": "Standard_B1s",
+        "proposed_size": "Standard_B2s",
+    }
+    assert advice["starved"]["host_change"] is None and "command" not in advice["starved"]
+    assert advice["contention"]["host_change"] == {"host": "local", "cpu_ratio": advised.hosts.get("local").cpu_ratio}
+    assert advice["starved"]["evidence"]["cpu_avg_percent"] == 97.0
+
+
+def test_the_cli_renders_each_proposal_as_a_command_line(advised: Platform, flexvm: Cli) -> None:
+    out = flexvm.ok("advisor", "--window", "1m")
+    assert "run: flexvm vm resize busy --size Standard_B2s" in out
+    ratio = advised.hosts.get("local").cpu_ratio
+    assert f"run: flexvm host rebalance --dry-run   # or: flexvm host update local --cpu-ratio <below {ratio:g}>" in out
+
+
+def test_advice_without_a_proposal_has_no_command() -> None:
+    assert proposal_command({"resize": None, "host_change": None}) is None
 
 
 def wait_until_later() -> None:

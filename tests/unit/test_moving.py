@@ -137,7 +137,8 @@ def test_a_running_vm_with_snapshots_is_refused_live_but_moves_cold(
     for attempt in (platform.mover.plan, platform.mover.migrate):
         with pytest.raises(InvalidState) as caught:
             attempt("web1", "b")
-        assert "--cold" in caught.value.message and caught.value.details == {"snapshots": ["s1"]}
+        assert "move it cold" in caught.value.message and "--" not in caught.value.message
+        assert caught.value.details == {"snapshots": ["s1"], "remedy": {"option": "cold"}}
     assert_untouched(platform, hosts)
     done = run(platform, platform.mover.migrate("web1", "b", cold=True))
     assert done.kind == "vm.migrate-cold"

@@ -19,7 +19,7 @@ import pytest
 from flexvm.capacity.fit import Allocation
 from flexvm.config import Settings
 from flexvm.drivers.fake import FakeDriver
-from flexvm.errors import Busy, CapacityError, Conflict, InvalidInput, InvalidState
+from flexvm.errors import Busy, CapacityError, Conflict, InvalidInput, InvalidState, Option, Remedy
 from flexvm.model.guest import GuestState
 from flexvm.model.units import GIB
 from flexvm.model.vm import PowerState
@@ -153,7 +153,9 @@ def test_beyond_the_ceilings_needs_allow_restart_and_records_new_ceilings(platfo
     for attempt in (platform.resizer.plan, platform.resizer.resize):
         with pytest.raises(InvalidState) as caught:
             attempt("web1", "Standard_B2s")
-        assert "--allow-restart" in caught.value.message and "ceilings" in caught.value.details
+        assert "needs a restart" in caught.value.message and "ceilings" in caught.value.details
+        assert caught.value.remedy == Remedy(option=Option.ALLOW_RESTART)
+        assert "--" not in caught.value.message, "the CLI words the flag, not the service"
     assert operations_on(platform, "web1") == ["vm.create"]
     plan = platform.resizer.plan("web1", "Standard_B2s", allow_restart=True)
     assert (plan.path, plan.host, plan.destination) == ("restart", "a", None)
@@ -202,7 +204,7 @@ def test_fewer_vcpus_while_running_is_refused_under_tcg_unless_restarting(platfo
     for attempt in (platform.resizer.plan, platform.resizer.resize):
         with pytest.raises(InvalidState) as caught:
             attempt("web1", "Standard_B1ms")
-        assert "TCG" in caught.value.message and "--allow-restart" in caught.value.message
+        assert "TCG" in caught.value.message and caught.value.remedy == Remedy(option=Option.ALLOW_RESTART)
     assert shape(platform, "web1") == ("Standard_B2s", 2, 4096, "a")
     done = run(platform, platform.resizer.resize("web1", "Standard_B1ms", allow_restart=True))
     assert done.result["path"] == "restart"
@@ -222,8 +224,8 @@ def test_a_shrink_into_memory_the_guest_uses_is_a_conflict_unless_forced(platfor
     for attempt in (platform.resizer.plan, platform.resizer.resize):
         with pytest.raises(Conflict) as caught:
             attempt("web1", "Standard_B1s")
-        assert type(caught.value) is Conflict and "--force" in caught.value.message
-        assert caught.value.details == {"used_kib": 1500 * 1024, "target_mib": 1024}
+        assert type(caught.value) is Conflict and "--" not in caught.value.message
+        assert caught.value.details == {"used_kib": 1500 * 1024, "target_mib": 1024, "remedy": {"option": "force"}}
     assert shape(platform, "web1") == ("Standard_B1ms", 1, 2048, "a")
     assert operations_on(platform, "web1") == ["vm.create"]
 

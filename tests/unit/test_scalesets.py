@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flexvm.errors import Busy, CapacityError, Conflict, InvalidInput, NotFound
+from flexvm.errors import Action, Busy, CapacityError, Conflict, InvalidInput, NotFound, Remedy
 from flexvm.model.scaleset import Instance, InstanceState
 from flexvm.scaling.scalesets import ScaleSetSpec
 from flexvm.store.db import utcnow
@@ -302,9 +302,10 @@ def test_the_sets_own_availability_set_is_the_sets_alone(scaling: ScalingPlatfor
     with pytest.raises(Conflict, match="belongs to scale set 'web'"):
         p.availability_sets.delete("web")
     for intruder in ("other", "web-7"):  # named like an instance is not being one
-        with pytest.raises(InvalidInput, match="flexvm scaleset scale web") as caught:
+        with pytest.raises(InvalidInput, match="holds only its instances") as caught:
             p.vms.create(intruder, SIZE, "img", availability_set="web")
         assert caught.value.field == "availability_set"
+        assert caught.value.remedy == Remedy(action=Action.ADD_SCALE_SET_INSTANCE, subject={"scale_set": "web"})
     assert p.vms.list() == []
     run(p, p.scale_sets.scale("web", 1), timeout=30)
     assert names(scaling) == ["web-0"]

@@ -14,7 +14,7 @@ from math import ceil
 import pytest
 
 from flexvm.capacity.fit import Allocation
-from flexvm.errors import CapacityError, InvalidInput
+from flexvm.errors import Action, CapacityError, InvalidInput, Remedy
 from flexvm.model.host import Accelerator, HostState
 from flexvm.model.units import GIB
 from flexvm.scheduler import filters, weighers
@@ -298,8 +298,8 @@ def test_a_pinned_request_names_the_pin_for_other_hosts_and_the_real_reason_for_
 def test_no_hosts_at_all_says_to_add_one() -> None:
     with pytest.raises(CapacityError) as caught:
         choose([], SMALL)
-    assert caught.value.details == {"hosts": {}}
-    assert "host add" in caught.value.message
+    assert caught.value.details == {"hosts": {}, "remedy": {"action": "add_host"}}
+    assert caught.value.remedy == Remedy(action=Action.ADD_HOST)
 
 
 @pytest.mark.parametrize("policy", ["random", "", "BEST-FIT"])

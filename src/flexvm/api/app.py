@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from flexvm import __version__
 from flexvm.api.auth import token_matches
 from flexvm.api.deps import PREFIX
+from flexvm.api.hints import with_hint
 from flexvm.api.routes import (
     availability_sets,
     capacity,
@@ -80,7 +81,7 @@ def create_app(platform: Platform, token: str) -> FastAPI:
 
     @app.exception_handler(FlexvmError)
     async def flexvm_error(_request: Request, err: FlexvmError) -> JSONResponse:
-        return _error(err.status, err.code, err.message, err.details)
+        return _error(err.status, err.code, err.message, with_hint(err.details))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:

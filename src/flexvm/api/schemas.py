@@ -404,12 +404,24 @@ class LatestOut(BaseModel):
     labels: dict[str, str]
 
 
+class ResizeProposalOut(BaseModel):
+    vm: str
+    current_size: str
+    proposed_size: str
+
+
+class HostProposalOut(BaseModel):
+    host: str
+    cpu_ratio: float = Field(description="today's ratio: the proposal is a lower one, or a rebalance")
+
+
 class AdviceOut(BaseModel):
-    kind: str
-    subject: str
+    kind: str = Field(description="oversized, starved or contention")
+    subject: str = Field(description="the VM or host it is about")
     message: str
-    evidence: dict[str, float]
-    command: str | None
+    evidence: dict[str, float] = Field(description="the measured figures behind it")
+    resize: ResizeProposalOut | None = Field(description="for a VM: its current and proposed size")
+    host_change: HostProposalOut | None = Field(description="for a host: what to change")
 
 
 class AdvisorOut(BaseModel):

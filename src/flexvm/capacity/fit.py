@@ -1,8 +1,15 @@
-"""Pure arithmetic of room on a host: effective capacity under overcommit, what is left, what fits."""
+"""Pure arithmetic of room on a host: effective capacity under overcommit, what is left, what fits.
+
+What fits is one rule with one wording, used by the scheduler's filters and by every service that
+checks a host itself (starting a deallocated VM, growing a disk, resizing in place): a resource is
+short when more is needed than is free, and the reason says how much, or that the host could
+never hold it at all.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flexvm.model.host import Host
@@ -46,18 +53,37 @@ def room_on(host: Host, allocated: Allocation) -> Room:
     )
 
 
+def shortage(what: str, need: int, free: int, total: int, show: Callable[[int], str]) -> str | None:
+    """The rule: None if ``need`` fits in what is ``free``; otherwise what is short, or that the
+    host could never hold it. Needing none of a resource is never short, even on a host that is
+    overcommitted (free below zero after its ratio was lowered)."""
+    if need <= 0 or need <= free:
+        return None
+    if need > total:
+        return f"larger than this host can ever hold: needs {show(need)} {what}, the host has {show(total)} in all"
+    return f"needs {show(need)} {what}, {show(max(free, 0))} free"
+
+
+def vcpus_short(room: Room, vcpus: int) -> str | None:
+    return shortage("vCPUs", vcpus, room.vcpus_free, room.vcpus_total, str)
+
+
+def memory_short(room: Room, memory_mib: int) -> str | None:
+    return shortage("memory", memory_mib, room.memory_mib_free, room.memory_mib_total, _mib)
+
+
+def disk_short(room: Room, disk_bytes: int) -> str | None:
+    return shortage("disk", disk_bytes, room.disk_bytes_free, room.disk_bytes_total, format_bytes)
+
+
+def _mib(value: int) -> str:
+    return format_bytes(value * MIB)
+
+
 def why_not(room: Room, vcpus: int, memory_mib: int, disk_bytes: int) -> str | None:
-    """None if the shape fits the room; otherwise the reason, naming what is short."""
-    short = []
-    if vcpus > room.vcpus_free:
-        short.append(f"needs {vcpus} vCPUs, {max(room.vcpus_free, 0)} free")
-    if memory_mib > room.memory_mib_free:
-        short.append(
-            f"needs {format_bytes(memory_mib * MIB)} memory, {format_bytes(max(room.memory_mib_free, 0) * MIB)} free"
-        )
-    if disk_bytes > room.disk_bytes_free:
-        short.append(f"needs {format_bytes(disk_bytes)} disk, {format_bytes(max(room.disk_bytes_free, 0))} free")
-    return "; ".join(short) or None
+    """None if the shape fits the room; otherwise every shortage, in the rule's words."""
+    reasons = [vcpus_short(room, vcpus), memory_short(room, memory_mib), disk_short(room, disk_bytes)]
+    return "; ".join(reason for reason in reasons if reason) or None
 
 
 def never_fits(room: Room, vcpus: int, memory_mib: int, disk_bytes: int) -> str | None:

@@ -24,6 +24,7 @@ _BY_CODE: dict[str, type[errors.FlexvmError]] = {
         errors.ImageError,
         errors.HypervisorError,
         errors.HypervisorUnavailable,
+        errors.LoadBalancerError,
         errors.OperationFailed,
         errors.OperationTimeout,
         errors.InvalidInput,

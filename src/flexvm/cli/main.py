@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from flexvm.cli import output
 from flexvm.cli.catalog import image_app, size_app
+from flexvm.cli.hints import explain
 from flexvm.cli.hosts import host_app, operation_app, server_app
 from flexvm.cli.lab import app as lab_app
 from flexvm.cli.monitor import advisor, top, vm_metrics
@@ -66,7 +68,7 @@ def main() -> None:
     try:
         app()
     except FlexvmError as err:
-        output.err_console.print(f"[red]error:[/] {err.message}", highlight=False, markup=True, soft_wrap=True)
+        output.err_console.print(f"[red]error:[/] {escape(explain(err))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

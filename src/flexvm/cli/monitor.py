@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -206,6 +207,19 @@ def vm_metrics(
     )
 
 
+def proposal_command(advice: dict[str, Any]) -> str | None:
+    """What to type about a piece of advice: the resize it proposes, or how to ease a host."""
+    resize, host = advice.get("resize"), advice.get("host_change")
+    if resize:
+        return f"flexvm vm resize {resize['vm']} --size {resize['proposed_size']}"
+    if host:
+        return (
+            "flexvm host rebalance --dry-run   "
+            f"# or: flexvm host update {host['host']} --cpu-ratio <below {host['cpu_ratio']:g}>"
+        )
+    return None
+
+
 def advisor(
     window: str = typer.Option("1h", "--window", help="how far back to look"), fmt: output.Format = OutputOpt
 ) -> None:
@@ -221,7 +235,8 @@ def advisor(
         output.console.print(f"[{colour}]{item['kind']}[/] {item['message']}")
         evidence = ", ".join(f"{k} {v:g}" for k, v in item["evidence"].items())
         output.console.print(f"    evidence: {evidence}")
-        if item["command"]:
-            output.console.print(f"    run: {item['command']}", highlight=False)
+        command = proposal_command(item)
+        if command:
+            output.console.print(f"    run: {escape(command)}", highlight=False)
     if report["not_enough_data"]:
         output.console.print(f"not enough measurements yet for: {', '.join(report['not_enough_data'])}")

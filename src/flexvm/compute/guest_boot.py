@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flexvm.drivers.base import Driver
-from flexvm.errors import OperationFailed, OperationTimeout
+from flexvm.errors import Action, OperationFailed, OperationTimeout, Remedy
 from flexvm.model.guest import BootKernel, GuestDisk, GuestNic, GuestSpec, GuestState
 from flexvm.model.host import Accelerator
 from flexvm.model.image import Image
@@ -124,9 +124,10 @@ def wait_until_ready(
             return Readiness(clock() - started, "", {})
         if clock() > deadline:
             raise OperationTimeout(
-                f"VM '{vm.name}' did not report ready within {timeout:.0f} s; it is still running — "
-                f"see `flexvm vm console {vm.name}`. Console tail:\n{tail(text)}",
+                f"VM '{vm.name}' did not report ready within {timeout:.0f} s; it is still running. "
+                f"Console tail:\n{tail(text)}",
                 details={"console_tail": tail(text), "timeout_seconds": timeout},
+                remedy=Remedy(action=Action.READ_CONSOLE, subject={"vm": vm.name}),
             )
         time.sleep(POLL_SECONDS)
 

@@ -36,7 +36,7 @@ from flexvm.compute.vm_records import (
 )
 from flexvm.config import Settings
 from flexvm.drivers.base import Driver
-from flexvm.errors import FlexvmError, InvalidInput, InvalidState, NotFound, OperationTimeout
+from flexvm.errors import FlexvmError, InvalidInput, InvalidState, NotFound, OperationTimeout, Option, Remedy
 from flexvm.model.guest import GuestState, MigrationProgress, MigrationRequest
 from flexvm.model.host import Host, HostState
 from flexvm.model.image import Image
@@ -149,8 +149,9 @@ class VmMover:
         if snapshots:
             raise InvalidState(
                 f"VM '{vm.name}' has snapshots ({', '.join(snapshots)}), and libvirt cannot move those live: "
-                "delete them, or move it with --cold",
+                "delete them, or move it cold",
                 details={"snapshots": snapshots},
+                remedy=Remedy(option=Option.COLD),
             )
 
     @staticmethod
@@ -169,7 +170,7 @@ class VmMover:
     def _notes(vm: Vm, dest: Host, source: Host | None, mode: str) -> list[str]:
         notes = []
         if mode == "cold" and vm.power_state is PowerState.RUNNING:
-            notes.append("the guest is stopped, moved and started again (--cold)")
+            notes.append("the guest is stopped, moved and started again (a cold move)")
         if mode == "cold" and vm.power_state is PowerState.STOPPED:
             notes.append("stopped: its disk and definition move; it stays stopped")
         if mode == "disk":
@@ -183,7 +184,8 @@ class VmMover:
         if source is not None and source.accelerator is not dest.accelerator and mode == "live":
             raise InvalidState(
                 f"host {source.name} runs {source.accelerator.value} and {dest.name} runs "
-                f"{dest.accelerator.value}: a running guest cannot move between them; use --cold"
+                f"{dest.accelerator.value}: a running guest cannot move between them; move it cold",
+                remedy=Remedy(option=Option.COLD),
             )
         return notes
 

@@ -31,7 +31,7 @@ from flexvm.compute.moving import MovePlan, VmMover, estimate
 from flexvm.compute.placing import build_request, pool_snapshots
 from flexvm.compute.sizes import SizeService
 from flexvm.compute.vm_records import VmRecords, change_in, check_usable, power_state_of, power_step
-from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState, NotFound
+from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState, NotFound, Option, Remedy
 from flexvm.model.host import Accelerator
 from flexvm.model.image import Image
 from flexvm.model.operation import Operation
@@ -128,9 +128,9 @@ class ResizeService:
         if within is not None:
             if not allow_restart:
                 raise InvalidState(
-                    f"{target.name} is beyond VM '{vm.name}''s ceilings ({within}); resizing needs "
-                    "a restart: add --allow-restart",
+                    f"{target.name} is beyond VM '{vm.name}''s ceilings ({within}); resizing it needs a restart",
                     details={"ceilings": within},
+                    remedy=Remedy(option=Option.ALLOW_RESTART),
                 )
             return self._plan_restart(session, vm, image, target, ceiling, plan)
         if target.memory_mib < vm.memory_mib:
@@ -229,8 +229,9 @@ class ResizeService:
             )
             if not force:
                 raise Conflict(
-                    f"{message}: that would take memory in use. Free memory in the guest first, or add --force",
+                    f"{message}: that would take memory in use. Free memory in the guest first, or force it",
                     details={"used_kib": used, "target_mib": target.memory_mib},
+                    remedy=Remedy(option=Option.FORCE),
                 )
             plan.warnings.append(f"{message} (forced)")
 

@@ -60,6 +60,11 @@ class SizeService:
             ]
         return [SizeFit(size, sum(how_many_fit(room, size) for room in rooms)) for size in self.all()]
 
+    def fit(self, name: str) -> SizeFit:
+        """One size, and how many more of it the pool's up hosts can take right now."""
+        size = self.get(name)
+        return next(fit for fit in self.list_with_fit() if fit.size.name == size.name)
+
     def create(self, name: str, vcpus: int, memory_mib: int, disk_bytes: int, family: str | None = None) -> Size:
         check_size_name("name", name)
         check_shape(vcpus, memory_mib, disk_bytes)

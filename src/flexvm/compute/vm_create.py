@@ -34,7 +34,7 @@ from flexvm.compute.sizes import SizeService
 from flexvm.compute.vm_records import VmRecords, leave_behind, remove_guest_and_files
 from flexvm.config import Settings
 from flexvm.drivers.base import Driver
-from flexvm.errors import AlreadyExists, FlexvmError, HypervisorUnavailable, InvalidInput, NotFound
+from flexvm.errors import Action, AlreadyExists, FlexvmError, HypervisorUnavailable, InvalidInput, NotFound, Remedy
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
@@ -164,11 +164,11 @@ class VmCreator:
         images = ImageRepo(session)
         image = images.find(image_name)
         if image is None:
-            known = [i.name for i in images.list()]
+            known = ", ".join(i.name for i in images.list())
             raise InvalidInput(
                 "image",
-                f"unknown image '{image_name}'; known images: {', '.join(known) or 'none'}",
-                details={"known": known, "needs": "image" if known else "build_image"},
+                f"unknown image '{image_name}'; known images: {known or 'none'}",
+                remedy=None if known else Remedy(action=Action.BUILD_IMAGE, subject={"image": "tiny"}),
             )
         if user_data is not None and not image.cloud_init:
             raise InvalidInput(
@@ -440,6 +440,6 @@ def _refuse_a_scale_sets_availability_set(session: Session, availability_set: st
     if instance is None or instance.scale_set != owner.name:
         raise InvalidInput(
             "availability_set",
-            f"availability set '{availability_set}' belongs to scale set '{owner.name}' and holds only its "
-            f"instances; add one with `flexvm scaleset scale {owner.name} --instances N`",
+            f"availability set '{availability_set}' belongs to scale set '{owner.name}' and holds only its instances",
+            remedy=Remedy(action=Action.ADD_SCALE_SET_INSTANCE, subject={"scale_set": owner.name}),
         )

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 
-from flexvm.errors import FlexvmError, HypervisorUnavailable
+from flexvm.errors import HypervisorUnavailable, LabCommandError  # LabCommandError: also imported from here
 
 # Each tool the lab runs, and the Debian package that provides it.
 TOOLS = {
@@ -24,10 +24,6 @@ TOOLS = {
 # Daemons and ip live in sbin, which a non-login shell's PATH may lack.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
 COMMAND_TIMEOUT = 60.0
-
-
-class LabCommandError(FlexvmError):
-    """A system command the lab ran failed; the message holds its output."""
 
 
 Which = Callable[..., "str | None"]

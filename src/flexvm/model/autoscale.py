@@ -17,6 +17,7 @@ from enum import StrEnum
 from flexvm.errors import InvalidInput
 from flexvm.model.metrics import STATISTICS
 from flexvm.model.scaleset import MAX_INSTANCES
+from flexvm.model.times import parse_cooldown, parse_duration
 
 MIN_GRAIN_SECONDS = 1.0
 MAX_WINDOW_SECONDS = 86400.0
@@ -156,6 +157,35 @@ class AutoscaleRule:
         # names nothing is refused at once, since the rule could not even be described.
         self.operator = Operator.parse(self.operator)
         self.direction = Direction.parse(self.direction)
+
+    @classmethod
+    def written(
+        cls,
+        *,
+        metric: str,
+        statistic: str,
+        grain: str | float,
+        window: str | float,
+        operator: str,
+        threshold: float,
+        action: str,
+        count: int,
+        cooldown: str | float,
+    ) -> AutoscaleRule:
+        """A rule as people write it, with the CLI's and the API's names: durations such as '1m'
+        and '5m', a cooldown that may be '0s', the direction called ``action``. Not yet checked:
+        ``check`` is."""
+        return cls(
+            metric=metric,
+            statistic=statistic,
+            grain_seconds=parse_duration(grain, "grain"),
+            window_seconds=parse_duration(window, "window"),
+            operator=operator,  # type: ignore[arg-type]  # parsed (and refused) in __post_init__
+            threshold=threshold,
+            direction=action,  # type: ignore[arg-type]
+            count=count,
+            cooldown_seconds=parse_cooldown(cooldown),
+        )
 
     @property
     def key(self) -> str:

@@ -35,6 +35,15 @@ def parse_bytes(text: str | int, field: str, *, default_unit: str = "") -> int:
     return int(value)
 
 
+def parse_mib(text: str | int, field: str) -> int:
+    """Memory as people write it ('512M', '2G'; a bare number is MiB) -> whole MiB, the unit
+    sizes, hosts and guests count memory in."""
+    value = parse_bytes(text, field, default_unit="M")
+    if value % MIB:
+        raise InvalidInput(field, f"'{text}' is not a whole number of MiB")
+    return value // MIB
+
+
 def format_bytes(value: int) -> str:
     """Short binary form: 536870912 -> '512M', 1610612736 -> '1.5G', 264212000000 -> '246.1G'."""
     for suffix, unit in (("T", TIB), ("G", GIB), ("M", MIB), ("K", KIB)):

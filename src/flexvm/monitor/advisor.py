@@ -1,5 +1,7 @@
 """The advisor: VMs that are too big or too small for what they do, and hosts whose overcommit
-makes guests wait — each with the evidence, and what to run about it.
+makes guests wait — each with the evidence, and a proposal in the domain's terms (a VM's current
+and proposed size; a host's setting to change). The edges turn a proposal into a command line or
+a request.
 
 - oversized: CPU low on average and at its peak, and memory well below what the VM has, over the
   window: the smallest size that still leaves headroom (in the VM's family where one fits);
@@ -12,12 +14,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from flexvm.compute.sizes import SizeService
 from flexvm.errors import NotFound
+from flexvm.model.host import Host
 from flexvm.model.sizes import Size
+from flexvm.model.times import parse_duration
 from flexvm.model.vm import PowerState, Vm
-from flexvm.monitor.query import MetricsQuery, Series, parse_duration
+from flexvm.monitor.query import MetricsQuery, Series
 from flexvm.store.db import Database
 from flexvm.store.repositories import HostRepo, VmRepo
 
@@ -28,13 +33,38 @@ STARVED_CPU_AVG, STARVED_MEMORY = 90.0, 90.0
 CONTENTION_WAIT = 10.0
 
 
+class AdviceKind(StrEnum):
+    OVERSIZED = "oversized"
+    STARVED = "starved"
+    CONTENTION = "contention"
+
+
+@dataclass(frozen=True)
+class ResizeProposal:
+    """Resize ``vm`` from the size it has to the one its measurements call for."""
+
+    vm: str
+    current_size: str
+    proposed_size: str
+
+
+@dataclass(frozen=True)
+class HostProposal:
+    """Ease an overcommitted host: a CPU ratio below today's ``cpu_ratio`` (fewer vCPUs share
+    its CPUs from then on), or a rebalance that moves VMs to hosts with room."""
+
+    host: str
+    cpu_ratio: float
+
+
 @dataclass
 class Advice:
-    kind: str  # "oversized", "starved", "contention"
-    subject: str
+    kind: AdviceKind
+    subject: str  # the VM or host it is about
     message: str
-    evidence: dict[str, float] = field(default_factory=dict)
-    command: str | None = None
+    evidence: dict[str, float] = field(default_factory=dict)  # the measured figures behind it
+    resize: ResizeProposal | None = None  # for a VM: None when no better size is defined
+    host_change: HostProposal | None = None  # for a host
 
 
 @dataclass
@@ -54,7 +84,7 @@ class Advisor:
         parse_duration(window, "window")  # a bad window is refused even when there is nothing to look at
         with self.db.session() as session:
             vms = [vm for vm in VmRepo(session).list() if vm.power_state is PowerState.RUNNING]
-            hosts = [h.name for h in HostRepo(session).list()]
+            hosts = HostRepo(session).list()
         sizes = self.sizes.all()
         advice: list[Advice] = []
         thin: list[str] = []
@@ -65,7 +95,7 @@ class Advisor:
             else:
                 advice += found
         for host in hosts:
-            advice += self._advise_host(host, window, [vm for vm in vms if vm.host == host])
+            advice += self._advise_host(host, window, [vm for vm in vms if vm.host == host.name])
         return AdvisorReport(window, advice, thin)
 
     def _series(self, kind: str, subject: str, metric: str, window: str, statistic: str) -> Series | None:
@@ -100,12 +130,12 @@ class Advisor:
             what = "CPU" if avg >= STARVED_CPU_AVG else "memory"
             found.append(
                 Advice(
-                    "starved",
+                    AdviceKind.STARVED,
                     vm.name,
                     f"{vm.name} is starved of {what} at {vm.size}"
                     + (f"; move it to {bigger.name}" if bigger else "; no larger size is defined"),
                     evidence,
-                    f"flexvm vm resize {vm.name} --size {bigger.name}" if bigger else None,
+                    resize=ResizeProposal(vm.name, vm.size, bigger.name) if bigger else None,
                 )
             )
         elif (
@@ -117,17 +147,17 @@ class Advisor:
             if smaller is not None:
                 found.append(
                     Advice(
-                        "oversized",
+                        AdviceKind.OVERSIZED,
                         vm.name,
                         f"{vm.name} uses little of {vm.size} ({vm.vcpus} vCPU, {vm.memory_mib} MiB); "
                         f"{smaller.name} ({smaller.describe()}) would do",
                         evidence,
-                        f"flexvm vm resize {vm.name} --size {smaller.name}",
+                        resize=ResizeProposal(vm.name, vm.size, smaller.name),
                     )
                 )
         return found
 
-    def _advise_host(self, host: str, window: str, vms: list[Vm]) -> list[Advice]:
+    def _advise_host(self, host: Host, window: str, vms: list[Vm]) -> list[Advice]:
         waits: list[float] = []
         for vm in vms:
             series = self._series("vm", vm.name, "cpu_wait_percent", window, "avg")
@@ -139,12 +169,12 @@ class Advisor:
         worst = max(waits)
         return [
             Advice(
-                "contention",
-                host,
-                f"host {host} is overcommitted: its VMs' vCPUs wait up to {worst:.0f}% of the time for a CPU; "
-                "lower its --cpu-ratio or move VMs away",
+                AdviceKind.CONTENTION,
+                host.name,
+                f"host {host.name} is overcommitted: its VMs' vCPUs wait up to {worst:.0f}% of the time for a CPU; "
+                f"lower its CPU ratio ({host.cpu_ratio:g}) or move VMs away",
                 {"vcpu_wait_max_percent": round(worst, 1), "vms": float(len(waits))},
-                f"flexvm host rebalance --dry-run   # or: flexvm host update {host} --cpu-ratio <lower>",
+                host_change=HostProposal(host.name, host.cpu_ratio),
             )
         ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,27 +11,16 @@ from sqlalchemy.orm import Session
 from flexvm.errors import InvalidInput, NotFound
 from flexvm.model.autoscale import SCALESET_METRICS
 from flexvm.model.metrics import HOST_METRICS, SCALESET_GAUGES, STATISTICS, VM_METRICS
+from flexvm.model.times import parse_duration
 from flexvm.store.db import Database
 from flexvm.store.metrics import Bucket, MetricsRepo
 from flexvm.store.repositories import HostRepo, VmRepo
 from flexvm.store.scaling import ScaleSetRepo
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW = 30 * 86400
 MAX_POINTS = 2000
 CATALOGUES = {"vm": VM_METRICS, "host": HOST_METRICS, "scaleset": {**SCALESET_METRICS, **SCALESET_GAUGES}}
 SUBJECT_NAMES = {"vm": "VM", "host": "host", "scaleset": "scale set"}
-
-
-def parse_duration(text: str, field: str) -> float:
-    """'30s', '5m', '1h', '7d' -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
-    if not match:
-        raise InvalidInput(field, f"'{text}' is not a duration; use a number with s, m, h or d (e.g. 30s, 5m, 1h, 7d)")
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise InvalidInput(field, "must be longer than zero")
-    return seconds
 
 
 @dataclass

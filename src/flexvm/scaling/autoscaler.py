@@ -26,7 +26,7 @@ from flexvm.model.autoscale import (
 )
 from flexvm.model.scaleset import AutoscaleEvent, ScaleSet
 from flexvm.monitor.query import MAX_POINTS, MetricsQuery
-from flexvm.scaling.backtest import Backtest, simulate, synthetic_day
+from flexvm.scaling.backtest import DEFAULT_STEP, Backtest, Span, simulate, simulation_span, synthetic_day
 from flexvm.scaling.rules import evaluate
 from flexvm.scaling.scalesets import ScaleSetService, operation_live
 from flexvm.store.db import Database
@@ -236,17 +236,20 @@ class AutoscaleService:
     def simulate(
         self,
         name: str,
-        start: float,
-        end: float,
+        start: str | float | None = None,
+        end: str | float | None = None,
         *,
         rules: builtins.list[AutoscaleRule] | None = None,
         profile: AutoscaleProfile | None = None,
-        step: float = 15.0,
+        step: str | float = DEFAULT_STEP,
         synthetic: bool = False,
         flap_guard: bool = True,
     ) -> Backtest:
-        """Replay the set's recorded series from ``start`` to ``end`` against its rules (or the
-        ones given). ``synthetic``: a generated day of load instead of the recording."""
+        """Replay the set's recorded series from ``start`` to ``end`` (times as people write
+        them: '-1h', 'now', ISO 8601, unix seconds; by default the last hour) against its rules
+        and profile, or the ones given. ``synthetic``: a generated day of load instead of the
+        recording, from a midnight."""
+        span = simulation_span(start, end, step, synthetic=synthetic, now=self.clock())
         scale_set = self.scale_sets.get(name)
         rules = rules if rules is not None else rules_of(scale_set)
         profile = profile or profile_of(scale_set)
@@ -256,23 +259,21 @@ class AutoscaleService:
             raise InvalidInput("rules", f"scale set '{name}' has no autoscale rules; give a rules file or add some")
         for rule in rules:
             rule.check()
-        if not synthetic and (end - start) / step > MAX_SIMULATED_STEPS:
+        if not synthetic and (span.end - span.start) / span.step > MAX_SIMULATED_STEPS:
             raise InvalidInput("step", f"too fine for that span: at most {MAX_SIMULATED_STEPS:,} steps")
         if synthetic:
             # Fine enough that every rule's window holds several points.
             fine = max(1.0, min([60.0, *(r.grain_seconds for r in rules)]))
-            recorded, instances = synthetic_day(start, step=fine)
-            end = start + 86400
+            recorded, instances = synthetic_day(span.start, step=fine)
         else:
-            recorded, instances = self._recorded(name, {r.metric for r in rules}, start, end, step)
-        return simulate(profile, rules, recorded, instances, start, end, step, flap_guard=flap_guard)
+            recorded, instances = self._recorded(name, {r.metric for r in rules}, span)
+        return simulate(profile, rules, recorded, instances, span.start, span.end, span.step, flap_guard=flap_guard)
 
     def _recorded(
-        self, name: str, metrics: set[str], start: float, end: float, step: float
+        self, name: str, metrics: set[str], span: Span
     ) -> tuple[dict[str, builtins.list[tuple[float, float]]], builtins.list[tuple[float, float]]]:
-        if end <= start:
-            raise InvalidInput("to", "must be after the start ('from')")
-        grain = max(step, 1.0)
+        start, end = span.start, span.end
+        grain = max(span.step, 1.0)
         with self.db.session() as session:
             ScaleSetRepo(session).get(name)
             repo = MetricsRepo(session)

@@ -30,6 +30,7 @@ from flexvm.model.autoscale import (
     format_number,
     rescale,
 )
+from flexvm.model.times import parse_duration, parse_moment
 from flexvm.scaling.rules import evaluate
 
 Points = list[tuple[float, float]]  # (timestamp, value), oldest first
@@ -51,8 +52,46 @@ class Flap:
         return "out-in" if self.first_to > self.first_from else "in-out"
 
 
+@dataclass(frozen=True)
+class Span:
+    """When a backtest runs: from ``start`` to ``end``, the rules evaluated every ``step`` seconds."""
+
+    start: float
+    end: float
+    step: float
+
+
+SYNTHETIC_DAY = 86400.0
+DEFAULT_LOOKBACK = 3600.0
+DEFAULT_STEP = "15s"
+
+
+def simulation_span(
+    start: str | float | None,
+    end: str | float | None,
+    step: str | float,
+    *,
+    synthetic: bool,
+    now: float,
+) -> Span:
+    """The span of a backtest asked for in people's terms ('-1d', 'now', an ISO time; a step of
+    '15s'). By default the last hour, up to now. A synthetic day starts at a midnight (UTC; by
+    default the last one) and lasts a day, whatever ``end`` says."""
+    seconds = parse_duration(step, "step")
+    if synthetic:
+        midnight = math.floor(now / SYNTHETIC_DAY) * SYNTHETIC_DAY
+        first = parse_moment(start, "from", now=now, default=midnight)
+        return Span(first, first + SYNTHETIC_DAY, seconds)
+    first = parse_moment(start, "from", now=now, default=now - DEFAULT_LOOKBACK)
+    last = parse_moment(end, "to", now=now, default=now)
+    if last <= first:
+        raise InvalidInput("to", "must be after 'from'")
+    return Span(first, last, seconds)
+
+
 @dataclass
 class Backtest:
+    span: Span
     timeline: list[tuple[float, int, Decision]]  # (time, count after, decision): acted or held, plus start and end
     counts: list[tuple[float, int]]  # (time, count after that step's decision), every step
     flaps: list[Flap]
@@ -184,7 +223,7 @@ def simulate(
         if decision.action != "none" or index in (0, steps):
             timeline.append((now, decision.target, decision))
     window = flap_window if flap_window is not None else _default_flap_window(rules)
-    return _summarise(timeline, counts, window, instances)
+    return _summarise(Span(start, end, step), timeline, counts, window, instances)
 
 
 def _check_inputs(
@@ -214,6 +253,7 @@ def _default_flap_window(rules: list[AutoscaleRule]) -> float:
 
 
 def _summarise(
+    span: Span,
     timeline: list[tuple[float, int, Decision]],
     counts: list[tuple[float, int]],
     window: float,
@@ -230,6 +270,7 @@ def _summarise(
         area += count * (t_next - t)
         recorded_area += instances.at(t) * (t_next - t)
     return Backtest(
+        span=span,
         timeline=timeline,
         counts=counts,
         flaps=flaps,

@@ -14,10 +14,8 @@ is sent SIGUSR2. It starts a new worker, which takes the listening sockets over 
 through the admin socket (``expose-fd listeners``), loads the state file, and starts accepting;
 the old worker stops accepting and finishes the requests it has (``hard-stop-after`` bounds it).
 
-Errors::
-
-    FlexvmError
-    └── LoadBalancerError (502)   HAProxy refused a configuration, or did not start/reload/answer
+Errors: ``LoadBalancerError`` (502, in ``flexvm.errors``' tree; importable from here too) when
+HAProxy refuses a configuration, or does not start, reload or answer.
 
 Sockets are spoken to with the ``socket`` module; processes are only ever signalled by the pid in
 our own pid file.
@@ -40,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flexvm.errors import FlexvmError, NotFound
+from flexvm.errors import LoadBalancerError, NotFound
 from flexvm.scaling.haproxy_config import (
     ADMIN_SOCKET,
     CONFIG_FILE,
@@ -59,13 +57,6 @@ __all__ = ["Backend", "Frontend", "FrontendStatus", "HAProxy", "LoadBalancerErro
 SOCKET_TIMEOUT = 5.0
 READY_TIMEOUT = 15.0
 POLL = 0.05
-
-
-class LoadBalancerError(FlexvmError):
-    """HAProxy refused a configuration, or did not start, reload or answer in time."""
-
-    status = 502
-    code = "LoadBalancerError"
 
 
 @dataclass(frozen=True)

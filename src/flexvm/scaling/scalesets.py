@@ -19,7 +19,7 @@ from flexvm.capacity.planning import take_room
 from flexvm.compute.placing import pool_snapshots, spread_of
 from flexvm.compute.sizes import SizeService
 from flexvm.config import Settings
-from flexvm.errors import Busy, CapacityError, InvalidInput
+from flexvm.errors import Action, Busy, CapacityError, InvalidInput, Remedy
 from flexvm.images.cloudinit import MAX_USER_DATA
 from flexvm.model.availability import MAX_FAULT_DOMAINS, AvailabilitySet
 from flexvm.model.host import HostState
@@ -252,8 +252,8 @@ class ScaleSetService:
             raise InvalidInput(
                 "lb_port",
                 "a load balancer needs instances on a host network it can reach, and no host that is up has one "
-                "(hosts on QEMU's user-mode network are unreachable from outside); try the lab: "
-                "`flexvm lab up --hosts 2`",
+                "(hosts on QEMU's user-mode network are unreachable from outside)",
+                remedy=Remedy(action=Action.ADD_HOST_ON_NETWORK),
             )
         return networks[0]
 
@@ -342,8 +342,8 @@ class ScaleSetService:
             if profile and profile.get("enabled", True) and not profile["min"] <= instances <= profile["max"]:
                 raise InvalidInput(
                     "instances",
-                    f"{instances} is outside the autoscale range {profile['min']}-{profile['max']}; "
-                    "change the range with `flexvm autoscale set` first",
+                    f"{instances} is outside the autoscale range {profile['min']}-{profile['max']}",
+                    remedy=Remedy(action=Action.CHANGE_AUTOSCALE_RANGE, subject={"scale_set": name}),
                 )
             image = ImageRepo(session).get(scale_set.image)
             staying = [i for i in ScaleSetRepo(session).instances(name) if i.state != InstanceState.LEAVING]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from math import ceil
 
+from flexvm.capacity import fit
 from flexvm.model.host import HostState
-from flexvm.model.units import MIB, format_bytes
 from flexvm.scheduler.snapshot import HostSnapshot, Request
 
 Filter = Callable[[HostSnapshot, Request], str | None]
@@ -38,29 +38,17 @@ def network(snapshot: HostSnapshot, request: Request) -> str | None:
     return f"not on network {request.network} (the VM's NIC is there)"
 
 
-def _capacity(need: int, free: int, total: int, what: str, show: Callable[[int], str]) -> str | None:
-    if need <= free:
-        return None
-    if need > total:
-        return f"larger than this host can ever hold: needs {show(need)} {what}, the host has {show(total)} in all"
-    return f"needs {show(need)} {what}, {show(max(free, 0))} free"
-
-
+# Room: capacity.fit's rule, the same one every other check of a host uses.
 def vcpus(snapshot: HostSnapshot, request: Request) -> str | None:
-    room = snapshot.room
-    return _capacity(request.vcpus, room.vcpus_free, room.vcpus_total, "vCPUs", str)
+    return fit.vcpus_short(snapshot.room, request.vcpus)
 
 
 def memory(snapshot: HostSnapshot, request: Request) -> str | None:
-    room = snapshot.room
-    return _capacity(
-        request.memory_mib, room.memory_mib_free, room.memory_mib_total, "memory", lambda mib: format_bytes(mib * MIB)
-    )
+    return fit.memory_short(snapshot.room, request.memory_mib)
 
 
 def disk(snapshot: HostSnapshot, request: Request) -> str | None:
-    room = snapshot.room
-    return _capacity(request.disk_bytes, room.disk_bytes_free, room.disk_bytes_total, "disk", format_bytes)
+    return fit.disk_short(snapshot.room, request.disk_bytes)
 
 
 def image_requirements(snapshot: HostSnapshot, request: Request) -> str | None:

@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flexvm.errors import CapacityError, InvalidInput
+from flexvm.errors import Action, CapacityError, InvalidInput, Remedy
 from flexvm.model.host import Host
 from flexvm.scheduler.filters import DEFAULT_FILTERS, Filter
 from flexvm.scheduler.snapshot import HostSnapshot, Request, SetSpread
@@ -70,7 +70,7 @@ def place(snapshots: Sequence[HostSnapshot], request: Request, *, policy: str = 
 
 def _no_host(snapshots: Sequence[HostSnapshot], request: Request, rejected: dict[str, str]) -> CapacityError:
     if not snapshots:
-        return CapacityError("no hosts are registered; add one with `flexvm host add`", details={"hosts": {}})
+        return CapacityError("no hosts are registered", details={"hosts": {}}, remedy=Remedy(action=Action.ADD_HOST))
     listed = "; ".join(f"{name}: {why}" for name, why in rejected.items())
     free = "; ".join(f"{s.host.name}: {s.room.describe_free()}" for s in snapshots)
     return CapacityError(

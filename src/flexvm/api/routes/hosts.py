@@ -9,14 +9,14 @@ from flexvm.api import schemas
 from flexvm.api.deps import accepted, named, platform
 from flexvm.compute.drain import MovesPlan
 from flexvm.compute.hosts import HostChanges, HostRequest
-from flexvm.model.units import MIB, parse_bytes
+from flexvm.model.units import parse_mib
 from flexvm.platform import Platform
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
 
 
 def _mib(value: str | int | None, field: str) -> int | None:
-    return None if value is None else parse_bytes(value, field, default_unit="M") // MIB
+    return None if value is None else parse_mib(value, field)
 
 
 def _changes(body: schemas.HostSettings) -> HostChanges:

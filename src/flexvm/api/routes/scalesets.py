@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import math
-import re
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
@@ -18,7 +14,6 @@ from flexvm.api.deps import accepted, named, platform
 from flexvm.errors import InvalidInput
 from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule
 from flexvm.model.scaleset import ScaleSet
-from flexvm.monitor.query import parse_duration
 from flexvm.platform import Platform
 from flexvm.scaling.autoscaler import profile_of, rules_of
 from flexvm.scaling.backtest import Backtest, render_timeline
@@ -107,27 +102,21 @@ def set_out(p: Platform, scale_set: ScaleSet) -> schemas.ScaleSetOut:
 
 
 def rule_in(body: schemas.AutoscaleRuleIn, prefix: str = "") -> AutoscaleRule:
+    """The rule in the body, checked, its errors named as the body names its fields."""
     with api_fields(prefix):
-        rule = AutoscaleRule(
+        rule = AutoscaleRule.written(
             metric=body.metric,
             statistic=body.statistic,
-            grain_seconds=parse_duration(body.grain, "grain"),
-            window_seconds=parse_duration(body.window, "window"),
-            operator=body.operator,  # type: ignore[arg-type]  # parsed (and refused) by the rule itself
+            grain=body.grain,
+            window=body.window,
+            operator=body.operator,
             threshold=body.threshold,
-            direction=body.action,  # type: ignore[arg-type]
+            action=body.action,
             count=body.count,
-            cooldown_seconds=_cooldown(body.cooldown),
+            cooldown=body.cooldown,
         )
         rule.check()
     return rule
-
-
-def _cooldown(text: str) -> float:
-    """A cooldown may be zero ('0s'), which parse_duration refuses for windows."""
-    if re.fullmatch(r"\s*0+(\.0*)?\s*[smhd]?\s*", text or ""):
-        return 0.0
-    return parse_duration(text, "cooldown")
 
 
 def profile_in(body: schemas.AutoscaleProfileIn, prefix: str = "") -> AutoscaleProfile:
@@ -137,40 +126,12 @@ def profile_in(body: schemas.AutoscaleProfileIn, prefix: str = "") -> AutoscaleP
     return profile
 
 
-def parse_time(value: str | float | None, field: str, default: float, now: float) -> float:
-    """Unix seconds, an ISO 8601 time (UTC unless it says otherwise), 'now', or relative: '-1h'."""
-    if value is None:
-        return default
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = value.strip()
-        if text.lower() == "now":
-            return now
-        if text.startswith("-"):
-            return now - parse_duration(text[1:], field)
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                moment = datetime.fromisoformat(text)
-            except ValueError:
-                raise InvalidInput(
-                    field, f"'{value}' is not a time; use ISO 8601 (2024-05-01T12:00:00Z), unix seconds, or '-1h'"
-                ) from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            seconds = moment.timestamp()
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidInput(field, f"'{value}' is not a time")
-    return seconds
-
-
-def simulation_out(backtest: Backtest, start: float, end: float, step: float) -> schemas.SimulationOut:
+def simulation_out(backtest: Backtest) -> schemas.SimulationOut:
+    span = backtest.span
     return schemas.SimulationOut(
-        start=start,
-        end=end,
-        step_seconds=step,
+        start=span.start,
+        end=span.end,
+        step_seconds=span.step,
         timeline=[
             schemas.TimelineEntryOut(
                 at=at,
@@ -318,28 +279,17 @@ def history(
 @router.post("/{name}/autoscale/simulate", response_model=schemas.SimulationOut)
 def simulate(name: str, body: schemas.SimulateRequest, p: Platform = Depends(platform)) -> schemas.SimulationOut:
     named("name", name)
-    now = time.time()
-    step = parse_duration(body.step, "step")
-    if body.synthetic:
-        midnight = math.floor(now / 86400) * 86400  # the synthetic day starts at a midnight, UTC
-        start = parse_time(body.start, "from", midnight, now)
-        end = start + 86400
-    else:
-        start = parse_time(body.start, "from", now - 3600, now)
-        end = parse_time(body.to, "to", now, now)
-        if end <= start:
-            raise InvalidInput("to", "must be after 'from'")
     rules = [rule_in(r, f"rules.{i}.") for i, r in enumerate(body.rules)] if body.rules is not None else None
     profile = profile_in(body.profile, "profile.") if body.profile is not None else None
     with api_fields():
         backtest = p.autoscale.simulate(
             name,
-            start,
-            end,
+            body.start,
+            body.to,
             rules=rules,
             profile=profile,
-            step=step,
+            step=body.step,
             synthetic=body.synthetic,
             flap_guard=body.flap_guard,
         )
-    return simulation_out(backtest, start, end, step)
+    return simulation_out(backtest)
