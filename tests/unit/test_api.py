@@ -296,7 +296,7 @@ def test_operations_list_and_show(api: TestClient, image: str) -> None:
 def test_a_failed_operation_names_the_call_that_shows_why(
     api: TestClient, platform: Platform, fake_host: FakeDriver, image: str
 ) -> None:
-    platform.vms.settings = dataclasses.replace(platform.vms.settings, ready_timeout=1.0)
+    platform.booter.settings = dataclasses.replace(platform.booter.settings, ready_timeout=1.0)
     fake_host.host.ready_delay = None  # the guest never prints its readiness line
     created = accepted(api.post("/v1/vms", json={"name": "web1", "size": "Standard_B1s", "image": "img"}))
     operation = poll(api, f"/v1/operations/{created['id']}")
