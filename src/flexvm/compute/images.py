@@ -207,7 +207,13 @@ class ImageService:
             for kind in todo:
                 source = self.store.path_of(files[kind])
                 if not source.exists():
-                    raise ImageError(f"image '{image.name}' is missing its file {files[kind]} in the store")
+                    # With several servers, the one running this may not be where the image was
+                    # imported: the store must be shared (the README says so).
+                    raise ImageError(
+                        f"image '{image.name}' is missing its file {files[kind]} in this server's image store "
+                        f"({self.store.root}); servers on several machines must share that directory",
+                        details={"image": image.name, "file": files[kind], "store": str(self.store.root)},
+                    )
                 driver.upload_image_volume(image_volume(image, kind), source)
             if not complete:
                 with tempfile.NamedTemporaryFile("w", suffix=".complete") as note:
