@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flexvm.errors import InvalidInput
+
 DEFAULT_PORT = 8470
 
 
@@ -73,19 +75,41 @@ class Settings:
             home=home,
             db_url=env.get("FLEXVM_DB_URL") or f"sqlite:///{home / 'flexvm.db'}",
             listen_host=env.get("FLEXVM_LISTEN", "127.0.0.1"),
-            port=int(env.get("FLEXVM_PORT", DEFAULT_PORT)),
+            port=_port(env.get("FLEXVM_PORT")),
             local_uri=env.get("FLEXVM_LIBVIRT_URI", "qemu:///system"),
-            ready_timeout=float(env.get("FLEXVM_READY_TIMEOUT", 120)),
-            stop_timeout=float(env.get("FLEXVM_STOP_TIMEOUT", 60)),
-            health_seconds=float(env.get("FLEXVM_HEALTH_SECONDS", 10)),
-            health_timeout=float(env.get("FLEXVM_HEALTH_TIMEOUT", 5)),
-            migration_timeout=float(env.get("FLEXVM_MIGRATION_TIMEOUT", 300)),
-            metrics_interval=float(env.get("FLEXVM_METRICS_INTERVAL", 15)),
-            metrics_raw_hours=float(env.get("FLEXVM_METRICS_RAW_HOURS", 6)),
-            metrics_rollup_days=float(env.get("FLEXVM_METRICS_ROLLUP_DAYS", 7)),
-            scaling_seconds=float(env.get("FLEXVM_SCALING_SECONDS", 10)),
+            ready_timeout=_seconds(env, "FLEXVM_READY_TIMEOUT", 120),
+            stop_timeout=_seconds(env, "FLEXVM_STOP_TIMEOUT", 60),
+            health_seconds=_seconds(env, "FLEXVM_HEALTH_SECONDS", 10),
+            health_timeout=_seconds(env, "FLEXVM_HEALTH_TIMEOUT", 5),
+            migration_timeout=_seconds(env, "FLEXVM_MIGRATION_TIMEOUT", 300),
+            metrics_interval=_seconds(env, "FLEXVM_METRICS_INTERVAL", 15),
+            metrics_raw_hours=_seconds(env, "FLEXVM_METRICS_RAW_HOURS", 6),
+            metrics_rollup_days=_seconds(env, "FLEXVM_METRICS_ROLLUP_DAYS", 7),
+            scaling_seconds=_seconds(env, "FLEXVM_SCALING_SECONDS", 10),
             lb_bind=env.get("FLEXVM_LB_BIND", "127.0.0.1"),
-            lease_seconds=float(env.get("FLEXVM_LEASE_SECONDS", 15)),
-            takeover_poll_seconds=float(env.get("FLEXVM_TAKEOVER_POLL_SECONDS", 1)),
+            lease_seconds=_seconds(env, "FLEXVM_LEASE_SECONDS", 15),
+            takeover_poll_seconds=_seconds(env, "FLEXVM_TAKEOVER_POLL_SECONDS", 1),
             crash_at=env.get("FLEXVM_CRASH_AT", ""),
         )
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    """A positive number from the environment, or an error naming the variable (never a traceback)."""
+    text = env.get(name)
+    if text is None or text == "":
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise InvalidInput(name, f"must be a positive number, got {text!r}")
+    return value
+
+
+def _port(text: str | None) -> int:
+    if not text:
+        return DEFAULT_PORT
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise InvalidInput("FLEXVM_PORT", f"must be a port number from 1 to 65535, got {text!r}")
+    return int(text)
