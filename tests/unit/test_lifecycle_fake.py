@@ -79,7 +79,8 @@ def vm_gone(platform: Platform, name: str) -> bool:
 
 
 def failed_steps(operation: Operation) -> list[str]:
-    return [step.name for step in operation.steps if step.status == "failed"]
+    """The steps that failed (a failed step whose part-done work was undone keeps its error)."""
+    return [step.name for step in operation.steps if step.error is not None and step.error.get("code") != "UndoFailed"]
 
 
 # --- the whole life of a VM ----------------------------------------------------------------

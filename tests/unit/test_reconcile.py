@@ -8,6 +8,7 @@ become unknown, and are read back when it answers; a VM an operation holds is no
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 from flexvm.drivers.fake import FakeDriver
@@ -15,7 +16,7 @@ from flexvm.model.guest import GuestSpec, GuestState
 from flexvm.model.operation import Operation, OperationStatus
 from flexvm.model.vm import PowerState, ProvisioningState
 from flexvm.platform import Platform
-from tests.helpers import wait_for
+from flexvm.store.repositories import VmRepo
 from tests.unit.waiting import wait_done
 
 
@@ -102,11 +103,17 @@ def test_an_unreachable_host_makes_its_vms_unknown_until_it_answers(
 def test_a_vm_with_an_operation_running_is_not_touched_by_sync(
     platform: Platform, fake_host: FakeDriver, image: str
 ) -> None:
-    fake_host.host.ready_delay = None  # the create waits for a readiness line that never comes
-    operation = platform.vms.create("web1", "Standard_B1s", "img")
-    wait_for(lambda: "web1" in fake_host.host.guests, 5, "the guest was defined")
+    run(platform, platform.vms.create("web1", "Standard_B1s", "img"))
+    gate = threading.Event()
+    platform.engine.register("test.hold", lambda run: {"released": gate.wait(10)})
+    with platform.db.session() as session:  # an operation holds the VM while its guest goes away
+        vm = VmRepo(session).get("web1")
+        operation = platform.engine.record(session, "test.hold", "vm", "web1", vm=vm)
+    platform.engine.launch(operation)
     fake_host.destroy("web1")
     report = platform.reconciler.sync()
     assert report.power_changes == {}
-    assert platform.vms.get("web1").power_state is PowerState.STARTING
-    assert platform.runner.get(operation.id).status is OperationStatus.RUNNING
+    assert platform.vms.get("web1").power_state is PowerState.RUNNING  # the operation's to record
+    gate.set()
+    wait_done(platform, operation.id)
+    assert platform.reconciler.sync().power_changes == {"web1": "running -> stopped"}
