@@ -60,7 +60,16 @@ def test_api_lifecycle_stop_start_resize_deallocate_delete(server: FlexvmServer,
         assert location.endswith(response.json()["id"])
         created = server.wait_operation(response.json()["id"])
         assert created["status"] == "succeeded", created["error"]
-        assert [s["name"] for s in created["steps"]] == ["image", "os-disk", "define", "start", "wait-ready"]
+        assert [s["name"] for s in created["steps"]] == [
+            "claim",
+            "image",
+            "os-disk",
+            "define",
+            "start",
+            "booted",
+            "wait-ready",
+            "running",
+        ]
 
         def act(verb: str, body: dict | None = None) -> dict:
             r = api.post(f"/vms/{vm_name}/{verb}", json=body or {})
