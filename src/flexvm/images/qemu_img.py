@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flexvm import programs
 from flexvm.errors import AlreadyExists, ImageError, InvalidInput
-
-# The command to run; a module constant so tests (and odd installs) can point elsewhere.
-QEMU_IMG = "qemu-img"
 
 # Formats qemu-img may be told to treat a file as. Anything else is refused before
 # qemu-img sees it, so a caller cannot smuggle in e.g. "vvfat" or a protocol driver.
@@ -170,19 +168,16 @@ def _run(
     timeout: float | None,
     accept: frozenset[int] = frozenset({0}),
 ) -> subprocess.CompletedProcess[str]:
+    qemu_img = programs.find("qemu-img")  # ProgramMissing names qemu-utils
     try:
         result = subprocess.run(
-            [QEMU_IMG, *args],
+            [qemu_img, *args],
             capture_output=True,
             text=True,
             errors="replace",  # file names in messages need not be UTF-8
             timeout=timeout,
             check=False,
         )
-    except FileNotFoundError as err:
-        raise ImageError(
-            f"{action}: the qemu-img command was not found; install qemu-utils (apt-get install qemu-utils)"
-        ) from err
     except subprocess.TimeoutExpired as err:
         raise ImageError(f"{action}: qemu-img did not answer within {timeout:g} s") from err
     except OSError as err:

@@ -30,7 +30,6 @@ import csv
 import fcntl
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexvm import programs
 from flexvm.errors import FlexvmError, NotFound
 from flexvm.scaling.haproxy_config import (
     ADMIN_SOCKET,
@@ -138,13 +138,10 @@ class HAProxy:
         return self.run_dir / MASTER_SOCKET
 
     def _binary(self) -> str:
+        """A path given is used as is; a name is found through ``flexvm.programs``."""
         if "/" in self.binary:
             return self.binary
-        path = os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/sbin:/sbin"
-        found = shutil.which(self.binary, path=path)
-        if found is None:
-            raise LoadBalancerError(f"'{self.binary}' was not found; install haproxy (scripts/setup.sh does)")
-        return found
+        return programs.find(self.binary)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
