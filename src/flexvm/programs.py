@@ -66,7 +66,8 @@ PROGRAMS: dict[str, Program] = {
     "curl": Program("curl", "scripts/up.sh: the server's health check"),
     "tmux": Program("tmux", "tests: `flexvm top` in a real terminal"),
     "blkid": Program("util-linux", "tests: the cloud-init seed's label, as cloud-init finds it"),
-    "python3": Program("python3-minimal", "tests: a Python with PyYAML (python3-yaml) to parse seeds"),
+    # Debian's own Python (not a virtualenv's or pyenv's on PATH): the one python3-yaml serves.
+    "python3": Program("python3-minimal", "tests: a Python with PyYAML (python3-yaml) to parse seeds", "/usr/bin"),
     "dpkg": Program("dpkg", "tests: which package owns each program here"),
     "initdb": Program("postgresql-15", "tests: a private PostgreSQL cluster", POSTGRES_BIN),
     "pg_ctl": Program("postgresql-15", "tests: start and stop that cluster", POSTGRES_BIN),
