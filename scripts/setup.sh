@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything flexvm needs on a Debian machine, installed and running. Safe to run again.
-#   - Debian packages (QEMU, libvirt, the kernel and busybox the tiny image is built from)
+#   - Debian packages (QEMU, libvirt, the kernel and busybox the tiny image is built from, the
+#     lab's dnsmasq, HAProxy, PostgreSQL for the tests)
 #   - libvirtd and virtlogd running (systemd when it is there, by hand otherwise)
 #   - the project's virtualenv in .venv with flexvm and its test tools
 set -euo pipefail
@@ -11,13 +12,20 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# Every package whose programs flexvm, its tests or these scripts run (src/flexvm/programs.py
+# lists each program with its package; tests/unit/test_programs.py checks this list against it).
 PACKAGES=(
     qemu-system-x86 qemu-utils                 # the hypervisor, and qemu-img for images and overlays
-    libvirt-daemon-system libvirt-clients      # libvirtd, virtlogd, virsh
+    libvirt-daemon-system libvirt-daemon libvirt-clients   # libvirtd, virtlogd (system services), virsh
     libvirt-dev pkg-config gcc python3-dev python3-venv   # to build libvirt-python
     busybox-static linux-image-cloud-amd64 e2fsprogs cpio # what the tiny image is built from
-    iproute2 procps tmux curl
+    iproute2 dnsmasq-base                      # the lab: namespaces and links; DHCP on its switch
     haproxy                                    # the load balancer in front of scale sets
+    postgresql-15 postgresql-client-15         # the test suite's private PostgreSQL cluster
+    python3-yaml                               # the tests parse cloud-init seeds with PyYAML, as cloud-init does
+    procps tmux curl
+    # Always on Debian (essential or required), listed because flexvm runs their programs too:
+    util-linux mount coreutils hostname dpkg python3-minimal
 )
 
 missing=()
@@ -26,9 +34,11 @@ for pkg in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "==> installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    export DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes
+    # Other installs may hold dpkg's lock for a while: wait for it rather than fail.
+    apt_wait=(-o DPkg::Lock::Timeout=900)
+    apt-get "${apt_wait[@]}" update -qq
+    apt-get "${apt_wait[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 libvirt_answers() { virsh -c qemu:///system version >/dev/null 2>&1; }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One command to a running flexvm: set up, start the server, build the tiny image, boot a first VM.
+# Run again, it reuses what is there and repairs what is missing or stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -22,16 +23,35 @@ else
     done
 fi
 
+# Whatever is missing is made again (the server registers `local` only at its first start, so
+# after `flexvm host remove local` it is added back here). True when `flexvm … show NAME` says
+# there is no such thing; any other failure (the server refusing, say) stops the script.
+absent() {
+    local err
+    if err=$("$FLEXVM" "$@" 2>&1 >/dev/null); then
+        return 1
+    fi
+    case $err in
+        *"not found"*) return 0 ;;
+    esac
+    echo "$err" >&2
+    exit 1
+}
+
+if absent host show local; then
+    echo "==> registering this machine as host local"
+    $FLEXVM host add local --uri "${FLEXVM_LIBVIRT_URI:-qemu:///system}" >/dev/null
+fi
 $FLEXVM host show local | grep -E "^(state|accelerator|why) "
 
-if ! $FLEXVM image show tiny >/dev/null 2>&1; then
+if absent image show tiny; then
     echo "==> building the tiny image"
     $FLEXVM image build tiny >/dev/null
 fi
 $FLEXVM image list
 
 VM=${FLEXVM_FIRST_VM:-first-vm}
-if ! $FLEXVM vm show "$VM" >/dev/null 2>&1; then
+if absent vm show "$VM"; then
     echo "==> creating $VM"
     $FLEXVM vm create "$VM" --size Standard_B1ls --image tiny >/dev/null
 elif [ "$($FLEXVM vm show "$VM" -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["power_state"])')" != running ]; then

@@ -23,6 +23,7 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     │   ├── OperationTimeout (504)    it ran out of time (e.g. a guest never became ready)
     │   ├── OperationCanceled (409)   someone canceled it; what it had done was undone
     │   └── WorkflowDiverged (500)    a resumed operation took another path than its recorded steps
+    ├── ProgramMissing (503)          a program flexvm runs is not installed (names its Debian package)
     └── ServerUnavailable (503)       the CLI cannot reach the flexvm server
 
 Library code raises these and chains the cause (``raise X(...) from err``); only the edges
@@ -245,6 +246,22 @@ class OperationCanceled(OperationFailed):
 
 class WorkflowDiverged(OperationFailed):
     code = "WorkflowDiverged"
+
+
+class ProgramMissing(FlexvmError):
+    """A program flexvm runs is not installed; names each one and the Debian package to install."""
+
+    status = 503
+    code = "ProgramMissing"
+
+    def __init__(self, missing: dict[str, str]) -> None:
+        names = ", ".join(sorted(missing))
+        packages = " ".join(sorted(set(missing.values())))
+        super().__init__(
+            f"{names} not found on this machine: install the Debian package(s) {packages} "
+            f"(apt-get install {packages}, or run scripts/setup.sh)",
+            details={"missing": dict(missing)},
+        )
 
 
 class ServerUnavailable(FlexvmError):

@@ -1,8 +1,9 @@
 """The README's first command, as a user runs it: set up, serve, build the tiny image, boot a first VM.
 
 Runs `scripts/up.sh` (what `make up` runs) with its own home, port and VM name so it cannot touch
-an installation on the same machine, twice: the second run must reuse everything and still end
-with the VM running.
+an installation on the same machine, four times: the second run must reuse everything and start
+the VM stopped behind its back; the third must put back the `local` host, the tiny image and the
+first VM, all removed; the fourth must start the server again after it was stopped.
 """
 
 from __future__ import annotations
@@ -52,20 +53,50 @@ def test_make_up_twice_leaves_a_running_first_vm(tmp_path: Path) -> None:
         assert "building the tiny image" not in second.stdout and f"creating {vm}" not in second.stdout
         assert f"starting {vm}" in second.stdout
         assert server.ok("vm", "show", vm, "-o", "json").json()["power_state"] == "running"
+
+        # The first VM, the tiny image and this machine's own host are removed (the server
+        # registers `local` only at its first start): a third `make up` puts each back.
+        server.ok("vm", "delete", vm)
+        server.ok("image", "delete", "tiny")
+        server.ok("host", "remove", "local")
+        assert "not found" in server.cli("host", "show", "local").stderr
+        third = run_up(env)
+        assert third.returncode == 0, third.stderr + third.stdout
+        assert "already running" in third.stdout
+        assert "registering this machine as host local" in third.stdout
+        assert "building the tiny image" in third.stdout and f"creating {vm}" in third.stdout
+        assert server.ok("host", "show", "local", "-o", "json").json()["state"] == "up"
+        assert server.ok("vm", "show", vm, "-o", "json").json()["power_state"] == "running"
+        assert vm in domains()
+
+        # The server stopped: a fourth `make up` starts it again, and finds everything else there.
+        stop_server(home)
+        fourth = run_up(env)
+        assert fourth.returncode == 0, fourth.stderr + fourth.stdout
+        assert "starting flexvm serve" in fourth.stdout
+        for repair in ("registering", "building the tiny image", f"creating {vm}", f"starting {vm}"):
+            assert repair not in fourth.stdout, fourth.stdout
+        assert server.ok("vm", "show", vm, "-o", "json").json()["power_state"] == "running"
     finally:
         if (home / "token").exists():
             result = server.cli("vm", "delete", vm)
             assert result.returncode == 0 or "not found" in result.stderr, result.stderr
             server.cli("image", "delete", "tiny")
-        pid_file = home / "server.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGTERM)
-            wait_for(
-                lambda: (
-                    not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
-                ),
-                20,
-                "the server started by up.sh to stop",
-            )
+        stop_server(home)
     assert vm not in domains()
+
+
+def stop_server(home: Path) -> None:
+    """SIGTERM to the server up.sh started (by the PID it recorded), and wait for it to go."""
+    pid_file = home / "server.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    if not Path(f"/proc/{pid}").exists():
+        return
+    os.kill(pid, signal.SIGTERM)
+    wait_for(
+        lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(),
+        20,
+        "the server started by up.sh to stop",
+    )

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flexvm import programs
 from flexvm.drivers.libvirt.driver import LibvirtDriver
 from flexvm.errors import Conflict, FlexvmError, InvalidInput
 from flexvm.images.tiny import TinyImage, build_tiny_image
@@ -145,14 +146,63 @@ def test_subnets_overlapping_the_machine_are_refused(tmp_path: Path) -> None:
     assert lab_leftovers(tmp_path / "lab") == []
 
 
-def test_a_failed_up_removes_what_it_made(tmp_path: Path) -> None:
+def lab_daemons_outside_the_root_namespace() -> set[int]:
+    """PIDs of dnsmasq, libvirtd and virtlogd processes in any network namespace but this one's:
+    a lab's, or what is left of one whose name was deleted under it."""
+    ours = os.stat("/proc/self/ns/net").st_ino
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            net = os.stat(entry / "ns" / "net").st_ino
+        except OSError:  # gone meanwhile
+            continue
+        if comm in ("dnsmasq", "libvirtd", "virtlogd") and net != ours and processes.running(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def test_an_up_failing_midway_removes_everything_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real `up` whose second host's libvirtd will not start, after the switch, dnsmasq and
+    all of lab1 (namespaces, veths, mounts, both daemons) are made: nothing is left of any of it."""
+    real_libvirtd = programs.find("libvirtd")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    wrapper = fake_bin / "libvirtd"
+    # Found before the real one (PATH comes first); run inside the host, whose name it reads.
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$(uname -n)" = lab2 ]; then echo "injected: this libvirtd will not start" >&2; exit 1; fi\n'
+        f'exec {real_libvirtd} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert programs.find("libvirtd") == str(wrapper)
+    before = lab_daemons_outside_the_root_namespace()
+    root = tmp_path / "lab"
+    lab = Lab(root)
+    started = time.monotonic()
+    with pytest.raises(FlexvmError, match="libvirtd of lab2 failed to start.*injected: this libvirtd will not start"):
+        lab.up(LabSpec(hosts=2))
+    figure("lab up failing at lab2's libvirtd, made and removed (s)", f"{time.monotonic() - started:.2f}")
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert "flexvm-lab" not in listed, listed
+    assert lab_leftovers(root) == []
+    assert lab.status() is None
+    assert lab_daemons_outside_the_root_namespace() - before == set()
+
+
+def test_what_was_there_before_a_failed_up_stays(tmp_path: Path) -> None:
     root = tmp_path / "lab"
     root.mkdir()
-    (root / "lab2").write_text("in the way: lab2's private directory cannot be made\n")
+    planted = root / "lab2"
+    planted.write_text("in the way: lab2's private directory cannot be made\n")
     lab = Lab(root)
-    with pytest.raises(FlexvmError):
-        lab.up(LabSpec(hosts=2))
-    assert lab_leftovers(root) == []
+    with pytest.raises(FlexvmError, match="lab2"):
+        lab.up(LabSpec(hosts=2))  # fails after the switch and all of lab1 were made
+    assert lab_leftovers(root) == [f"file {planted}"]  # not up's to remove
     assert lab.status() is None
 
 

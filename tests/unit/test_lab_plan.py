@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from flexvm.errors import HypervisorUnavailable, InvalidInput
+from flexvm import programs
+from flexvm.errors import InvalidInput
 from flexvm.lab import LabHost, LabSpec, LabState
 from flexvm.lab.config import dnsmasq_argv, hosts_file, libvirtd_settings, reservation_line, set_conf_keys
 from flexvm.lab.daemons import _proc_ipv4
 from flexvm.lab.mountns import mounts_under
 from flexvm.lab.plan import check_no_overlap, check_spec, make_plan, parse_subnet
-from flexvm.lab.system import TOOLS, missing_tools, require_tools
+from flexvm.lab.system import LAB_PROGRAMS, require_tools
 
 ROOT = Path("/srv/flexvm/lab")
 
@@ -175,14 +176,17 @@ def test_state_round_trip() -> None:
     assert again == state
 
 
-def test_missing_tools_name_their_debian_packages() -> None:
-    assert missing_tools(lambda name, path=None: f"/usr/bin/{name}") == {}
-    missing = missing_tools(lambda name, path=None: None if name in ("dnsmasq", "libvirtd") else "/bin/x")
-    assert missing == {"dnsmasq": "dnsmasq-base", "libvirtd": "libvirt-daemon-system"}
-    with pytest.raises(HypervisorUnavailable) as caught:
-        require_tools(lambda name, path=None: None if name == "ip" else "/bin/x")
-    assert "iproute2" in caught.value.message
-    assert set(TOOLS) >= {"ip", "libvirtd", "virtlogd", "dnsmasq", "nsenter", "unshare"}
+def test_missing_programs_name_their_debian_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(LAB_PROGRAMS) >= {"ip", "libvirtd", "virtlogd", "dnsmasq", "nsenter", "unshare"}
+    assert set(LAB_PROGRAMS) <= set(programs.PROGRAMS)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("dnsmasq", "libvirtd"):  # as on a machine without them: found nowhere
+        monkeypatch.setitem(programs.PROGRAMS, name, programs.Program(programs.PROGRAMS[name].package, "", str(empty)))
+    with pytest.raises(programs.ProgramMissing) as caught:
+        require_tools()
+    assert caught.value.details["missing"] == {"dnsmasq": "dnsmasq-base", "libvirtd": "libvirt-daemon"}
+    assert "apt-get install dnsmasq-base libvirt-daemon" in caught.value.message
 
 
 def test_mounts_under_a_root_deepest_first_with_escaped_names() -> None:

@@ -290,6 +290,7 @@ EXPECTED_ERRORS = {
     "InvalidTransition": (409, "InvalidTransition", "InvalidState"),
     "LeaseLost": (409, "LeaseLost", "Conflict"),
     "ServerUnavailable": (503, "ServerUnavailable", "FlexvmError"),
+    "ProgramMissing": (503, "ProgramMissing", "FlexvmError"),
 }
 
 
@@ -384,6 +385,8 @@ def test_every_error_has_its_own_status_on_instances(name: str) -> None:
         err = cls("thing", "x")
     elif cls is errors.Busy:
         err = cls("thing", "x", "op")
+    elif cls is errors.ProgramMissing:
+        err = cls({"dnsmasq": "dnsmasq-base"})
     else:
         err = cls("message")
     assert (err.status, err.to_dict()["code"]) == (status, code)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flexvm import programs
 from flexvm.errors import AlreadyExists, ImageError, InvalidInput
 from flexvm.images import qemu_img
 
@@ -71,8 +72,9 @@ def test_inspect_missing_file_carries_qemu_img_message(tmp_path: Path) -> None:
 
 
 def test_missing_binary_says_install_qemu_utils(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu_img, "QEMU_IMG", str(tmp_path / "no-such-qemu-img"))
-    with pytest.raises(ImageError, match="install qemu-utils"):
+    # Found nowhere, as on a machine without qemu-utils.
+    monkeypatch.setitem(programs.PROGRAMS, "qemu-img", programs.Program("qemu-utils", "", str(tmp_path)))
+    with pytest.raises(programs.ProgramMissing, match="install the Debian package.* qemu-utils"):
         qemu_img.inspect(tmp_path / "a.qcow2")
 
 

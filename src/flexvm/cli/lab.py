@@ -30,8 +30,10 @@ def _lab() -> Lab:
     return Lab(Settings.from_env().home / "lab")
 
 
-def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | None) -> None:
-    """The lab network (its DHCP reservations are flexvm's) and every lab host, with the capacity it advertises."""
+def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | None, added: list[str]) -> None:
+    """The lab network (its DHCP reservations are flexvm's) and every lab host, with the capacity
+    it advertises. ``added`` gets each thing as the server takes it (``network:lab``,
+    ``host:lab1`` …), so a failure part-way can remove exactly those."""
     with contextlib.suppress(NotFound):  # a leftover from an earlier lab, with its old directory
         api.delete(f"/networks/{LAB_NETWORK}")
     api.post(
@@ -45,6 +47,7 @@ def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | N
             "dhcp_hosts_dir": str(state.dhcp_hosts_dir),
         },
     )
+    added.append(f"network:{LAB_NETWORK}")
     for host in state.hosts:
         body: dict[str, Any] = {"name": host.name, "uri": host.uri, "network": LAB_NETWORK, "bridge": host.bridge}
         if cpus is not None:
@@ -52,8 +55,17 @@ def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | N
         if memory is not None:
             body["memory"] = memory
         operation = api.post("/hosts", body)
+        added.append(f"host:{host.name}")  # accepted: it may be registered even if waiting fails
         done = _wait(api, operation, f"registering {host.name}")
         output.console.print(f"  {host.name}: {host.uri} ({done['result'].get('accelerator', '?')})")
+
+
+def _remove_added(api: ApiClient, added: list[str]) -> None:
+    """Undo ``_register``'s additions, newest first (hosts before the network they join)."""
+    for item in reversed(added):
+        kind, name = item.split(":", 1)
+        with contextlib.suppress(NotFound):
+            api.delete(f"/{kind}s/{name}")
 
 
 def _wait(api: ApiClient, operation: dict[str, Any], label: str) -> dict[str, Any]:
@@ -85,16 +97,21 @@ def up(
     api = client()
     api.get("/hosts")  # the server must be there before anything is built for it
     lab = _lab()
-    state = lab.up(LabSpec(hosts=hosts, subnet=subnet))
+    state = lab.up(LabSpec(hosts=hosts, subnet=subnet))  # on failure it removes what it made itself
     output.console.print(
         f"lab up: {len(state.hosts)} hosts on {state.subnet} (this machine reaches it as {state.gateway})"
     )
+    added: list[str] = []
     try:
-        _register(api, state, host_cpus, host_memory)
-    except (FlexvmError, KeyboardInterrupt):
-        output.err_console.print("registering the lab hosts failed; taking the lab down again")
-        _unregister(api, state)
-        lab.down()
+        _register(api, state, host_cpus, host_memory, added)
+    except (FlexvmError, KeyboardInterrupt) as err:
+        output.err_console.print("registering the lab hosts failed; removing them and taking the lab down again")
+        try:
+            _remove_added(api, added)
+        except FlexvmError as cleanup:  # the first failure stays the story
+            err.add_note(f"removing the lab's hosts from the server failed too: {cleanup.message}")
+        finally:
+            lab.down()  # even when the server cannot be asked any more
         raise
     status(fmt)
 

@@ -69,6 +69,8 @@ def main() -> None:
         app()
     except FlexvmError as err:
         output.err_console.print(f"[red]error:[/] {escape(explain(err))}", highlight=False, markup=True, soft_wrap=True)
+        for note in getattr(err, "__notes__", []):  # e.g. what a failed `lab up` could not remove
+            output.err_console.print(f"  {note}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

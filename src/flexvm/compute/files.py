@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flexvm import programs
 from flexvm.compute.hosts import HostService
 from flexvm.compute.images import ImageService, image_in, image_out
 from flexvm.compute.sizes import SizeService
@@ -362,7 +363,7 @@ def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _run(argv: list[str]) -> None:
     try:
-        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=3600)
+        subprocess.run(programs.command(argv), check=True, capture_output=True, text=True, timeout=3600)
     except subprocess.CalledProcessError as err:
         raise ImageError(f"{argv[0]} {argv[1]} failed: {err.stderr.strip()}") from err
     except FileNotFoundError as err:

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flexvm import programs
 from flexvm.errors import AlreadyExists, ImageError, InvalidInput
-
-# The command to run; a module constant so tests (and odd installs) can point elsewhere.
-QEMU_IMG = "qemu-img"
 
 # Formats qemu-img may be told to treat a file as. Anything else is refused before
 # qemu-img sees it, so a caller cannot smuggle in e.g. "vvfat" or a protocol driver.
@@ -76,7 +74,7 @@ def inspect(path: Path, *, fmt: str | None = None) -> DiskFacts:
     args = ["info", "--output=json", "-U"]
     if fmt is not None:
         args += ["-f", _known_format(fmt)]
-    result = _run([*args, _arg(path)], action=f"inspecting {path}", timeout=_INFO_TIMEOUT_S)
+    result = _qemu_img([*args, _arg(path)], action=f"inspecting {path}", timeout=_INFO_TIMEOUT_S)
     info = _parse_json(result.stdout, f"inspecting {path}")
     specific = info.get("format-specific", {}).get("data", {})
     try:
@@ -102,7 +100,7 @@ def check(path: Path, *, fmt: str = "qcow2") -> None:
     file is reported as an error instead.
     """
     args = ["check", "--output=json", "-f", _known_format(fmt), _arg(path)]
-    result = _run(args, action=f"checking {path}", accept=frozenset(range(256)), timeout=None)
+    result = _qemu_img(args, action=f"checking {path}", accept=frozenset(range(256)), timeout=None)
     code = result.returncode
     if code in (_CHECK_OK, _CHECK_LEAKS_ONLY, _CHECK_UNSUPPORTED):
         return
@@ -123,7 +121,7 @@ def convert(src: Path, dst: Path, fmt: str, *, src_fmt: str | None = None) -> No
     args = ["convert", "-O", _known_format(fmt)]
     if src_fmt is not None:
         args += ["-f", _known_format(src_fmt)]
-    _run([*args, _arg(src), _arg(dst)], action=f"converting {src} to {fmt}", timeout=None)
+    _qemu_img([*args, _arg(src), _arg(dst)], action=f"converting {src} to {fmt}", timeout=None)
 
 
 def create_overlay(backing: Path, backing_format: str, dst: Path, size_bytes: int | None = None) -> None:
@@ -145,7 +143,7 @@ def create_overlay(backing: Path, backing_format: str, dst: Path, size_bytes: in
     args = ["create", "-q", "-f", "qcow2", "-F", backing_format, "-b", _arg(backing), _arg(dst)]
     if size_bytes is not None:
         args.append(str(size_bytes))
-    _run(args, action=f"creating overlay {dst}", timeout=_INFO_TIMEOUT_S)
+    _qemu_img(args, action=f"creating overlay {dst}", timeout=_INFO_TIMEOUT_S)
 
 
 def resize(path: Path, size_bytes: int, *, fmt: str = "qcow2") -> None:
@@ -160,29 +158,26 @@ def resize(path: Path, size_bytes: int, *, fmt: str = "qcow2") -> None:
         raise InvalidInput("size", f"disks can only grow: {size_bytes} bytes < current {current} bytes")
     if size_bytes == current:
         return
-    _run(["resize", "-q", "-f", fmt, _arg(path), str(size_bytes)], action=f"resizing {path}", timeout=None)
+    _qemu_img(["resize", "-q", "-f", fmt, _arg(path), str(size_bytes)], action=f"resizing {path}", timeout=None)
 
 
-def _run(
+def _qemu_img(
     args: list[str],
     *,
     action: str,
     timeout: float | None,
     accept: frozenset[int] = frozenset({0}),
 ) -> subprocess.CompletedProcess[str]:
+    qemu_img = programs.find("qemu-img")  # ProgramMissing names qemu-utils
     try:
         result = subprocess.run(
-            [QEMU_IMG, *args],
+            [qemu_img, *args],
             capture_output=True,
             text=True,
             errors="replace",  # file names in messages need not be UTF-8
             timeout=timeout,
             check=False,
         )
-    except FileNotFoundError as err:
-        raise ImageError(
-            f"{action}: the qemu-img command was not found; install qemu-utils (apt-get install qemu-utils)"
-        ) from err
     except subprocess.TimeoutExpired as err:
         raise ImageError(f"{action}: qemu-img did not answer within {timeout:g} s") from err
     except OSError as err:

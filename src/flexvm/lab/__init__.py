@@ -12,7 +12,9 @@ and serves DHCP; guests bridge onto the switch, so their addresses survive live 
 Modules: ``model`` (the dataclasses), ``plan`` (addresses and names, pure), ``config``
 (configuration text, pure), ``netns`` (ip), ``mountns`` (pinned mount/UTS namespaces),
 ``daemons`` (starting dnsmasq, virtlogd, libvirtd), ``processes`` (PIDs), ``guests`` (powering
-guests off through libvirt), ``state`` (state.json), ``lab`` (the orchestration).
+guests off through libvirt), ``state`` (state.json), ``journal`` (what ``up`` made, to undo it
+exactly if it fails), ``system`` (running programs, the one seam tests replace), ``lab`` (the
+orchestration).
 """
 
 from flexvm.lab.lab import Lab

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import time
 from pathlib import Path
 
-from flexvm.lab import netns, processes
+from flexvm.lab import netns, processes, system
 from flexvm.lab.config import DAEMON_ARGV, dnsmasq_argv
 from flexvm.lab.mountns import HostNamespaces
 from flexvm.lab.plan import LIBVIRT_TCP_PORT, SWITCH_NETNS, HostPlan, LabPlan
-from flexvm.lab.system import COMMAND_TIMEOUT, LabCommandError, tool
+from flexvm.lab.system import LabCommandError
 
 PID_FILE_PATIENCE = 15.0
 LISTEN_PATIENCE = 60.0
@@ -27,30 +26,19 @@ TCP_LISTEN = "0A"
 def _start(argv: list[str], log: Path, what: str) -> None:
     """Run a self-daemonizing command; its output (and the daemon's, if it keeps the fds) goes
     to ``log``, never to a pipe the daemon could hold open."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [tool(argv[0]), *argv[1:]]
-    with log.open("ab") as out:
-        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
-        out.flush()
-        try:
-            done = subprocess.run(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=COMMAND_TIMEOUT, check=False
-            )
-        except subprocess.TimeoutExpired as err:
-            raise LabCommandError(f"starting {what} did not finish in {COMMAND_TIMEOUT:.0f} s") from err
-    if done.returncode != 0:
-        raise LabCommandError(f"{what} failed to start ({done.returncode}): {_tail(log)}")
-
-
-def _tail(log: Path, lines: int = 8) -> str:
     try:
-        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        system.run(argv, log=log)
+    except LabCommandError as err:
+        if "returncode" not in err.details:  # it did not finish: the message says so
+            raise
+        raise LabCommandError(
+            f"{what} failed to start ({err.details['returncode']}): {err.details['output']}", details=err.details
+        ) from err
 
 
-def wait_pid(pid_file: Path, kind: str, netns_name: str, timeout: float = PID_FILE_PATIENCE) -> int:
+def wait_pid(pid_file: Path, kind: str, netns_name: str, timeout: float | None = None) -> int:
     """The PID in ``pid_file`` once it names a running ``kind`` process in that namespace."""
+    timeout = PID_FILE_PATIENCE if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
         pid = processes.read_pid_file(pid_file)
@@ -100,7 +88,8 @@ def _proc_ipv4(address: str) -> str:
     return f"{struct.unpack('=I', socket.inet_aton(address))[0]:08X}"
 
 
-def wait_listening(address: str, pid: int, what: str, timeout: float = LISTEN_PATIENCE) -> None:
+def wait_listening(address: str, pid: int, what: str, timeout: float | None = None) -> None:
+    timeout = LISTEN_PATIENCE if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while not listening(pid, address):
         if not processes.running(pid):

@@ -6,9 +6,12 @@
                                                                       └─ lab2 ══ uplink ─[flexvm-lab2: br0, libvirtd]
 
 ``Lab(root)`` keeps everything under ``root`` (``state.json``, each host's private
-directories, dnsmasq's files). ``up`` records the lab before making anything, so ``down``
-can always remove all of it: guests (through each host's libvirtd, then by PID), daemons by
-PID, the pinned namespaces, network namespaces, the one root-namespace link and route, files.
+directories, dnsmasq's files). ``up`` records the lab before making anything, and then each
+thing as it makes it (``journal``): a failure at any step removes exactly what was made, newest
+first, and re-raises. ``down`` removes all of a lab whatever state it is in, from the names in
+``state.json`` alone (so also after an ``up`` that was killed): guests (through each host's
+libvirtd, then by PID), daemons by PID, the pinned namespaces, network namespaces, the one
+root-namespace link and route, files.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import uuid
 from pathlib import Path
 
 from flexvm.errors import Conflict, FlexvmError, InvalidState, NotFound
-from flexvm.lab import config, daemons, guests, mountns, netns, processes, state
+from flexvm.lab import config, daemons, guests, mountns, netns, processes, state, system
+from flexvm.lab.journal import DAEMON_GRACE, Journal
 from flexvm.lab.model import LabHost, LabSpec, LabState
 from flexvm.lab.plan import (
     BLACKHOLE_METRIC,
@@ -38,11 +42,10 @@ from flexvm.lab.plan import (
     make_plan,
     plan_for_state,
 )
-from flexvm.lab.system import LabCommandError, require_tools
+from flexvm.lab.system import LabCommandError
 
 SYSTEM_LIBVIRT_ETC = Path("/etc/libvirt")
 SYSTEM_QEMU_CAPS = Path("/var/cache/libvirt/qemu/capabilities")
-DAEMON_GRACE = 10.0
 QEMU_GRACE = 5.0
 
 
@@ -64,10 +67,11 @@ class Lab:
         """Make the lab and return its status once every host's libvirtd listens.
 
         InvalidInput for a bad spec (including a subnet overlapping the machine's networks),
-        Conflict when a lab is up already, HypervisorUnavailable naming the Debian packages when
-        a tool is missing. A failed ``up`` removes whatever it made before raising."""
+        Conflict when a lab is up already, ProgramMissing naming the Debian packages when a
+        program is missing. A failed ``up`` removes exactly what it made, newest first, then
+        raises the original error (anything not a FlexvmError wrapped in one, chained)."""
         subnet = check_spec(spec)
-        require_tools()
+        system.require_tools()
         with state.locked(self.lock_file):
             try:
                 self._refuse_if_up()
@@ -76,22 +80,19 @@ class Lab:
                 self._tidy_root()
                 raise
             plan = make_plan(self.root, spec.hosts, subnet)
-            record = plan.to_state(phase="starting")
-            state.save(plan.state_file, record)
+            journal = Journal(plan.to_state(phase="starting"), plan.state_file)
+            journal.save()  # before anything is made: from here on `down` can always find the lab
             try:
-                self._build(plan, record)
+                self._build(plan, journal)
+                journal.record.phase = "up"
+                journal.save()
+                current = self.status()  # an up that raises has made nothing, even if only this look fails
+                assert current is not None
             except BaseException as err:
-                try:
-                    self._teardown(plan, record)
-                except Exception as cleanup_err:  # report both; the first failure is the story
-                    err.add_note(f"and cleaning up after it failed too: {cleanup_err}")
+                self._roll_back(journal, err)
                 if isinstance(err, FlexvmError | KeyboardInterrupt | SystemExit):
                     raise
                 raise FlexvmError(f"lab up failed: {err}") from err
-            record.phase = "up"
-            state.save(plan.state_file, record)
-        current = self.status()
-        assert current is not None
         return current
 
     def status(self) -> LabState | None:
@@ -174,35 +175,47 @@ class Lab:
                 details={"found": leftovers},
             )
 
-    def _build(self, plan: LabPlan, record: LabState) -> None:
+    def _build(self, plan: LabPlan, journal: Journal) -> None:
+        record = journal.record
         for path in (plan.switch_dir, plan.dhcp_hosts_dir, plan.ns_dir):
-            path.mkdir(parents=True, exist_ok=True)
-        netns.add_blackhole(str(plan.subnet), BLACKHOLE_METRIC)
-        self._build_switch(plan)
+            journal.make_dir(path)
+        if netns.add_blackhole(str(plan.subnet), BLACKHOLE_METRIC):
+            journal.made("route", subnet=str(plan.subnet), metric=BLACKHOLE_METRIC)
+        self._build_switch(plan, journal)
+        # A daemon is recorded before it starts: one whose start fails late may run all the same.
+        journal.made("daemon", program="dnsmasq", netns=SWITCH_NETNS, pid_file=str(plan.dnsmasq_pid_file))
         record.dnsmasq_pid = daemons.start_dnsmasq(plan)
-        state.save(plan.state_file, record)
-        mountns.prepare_ns_dir(plan.ns_dir)
+        journal.save()
+        mountns.bind_in_place(plan.ns_dir)
+        journal.made("mount", path=str(plan.ns_dir))
+        mountns.make_private(plan.ns_dir)
         for host_plan, host in zip(plan.hosts, record.hosts, strict=True):
-            host.pids = self._build_host(plan, host_plan)
-            state.save(plan.state_file, record)
+            self._build_host(plan, host_plan, host, journal)
         for host_plan, host in zip(plan.hosts, record.hosts, strict=True):
             self._wait_listening(host_plan, host.pids["libvirtd"])
 
     @staticmethod
-    def _build_switch(plan: LabPlan) -> None:
+    def _build_switch(plan: LabPlan, journal: Journal) -> None:
+        # What is made inside the namespace (bridge, addresses) goes with it: no entries of its own.
         netns.add(SWITCH_NETNS)
+        journal.made("netns", name=SWITCH_NETNS)
+        netns.up(SWITCH_NETNS, "lo")
         netns.add_bridge(SWITCH_NETNS, SWITCH_BRIDGE)
         netns.add_address(SWITCH_NETNS, SWITCH_BRIDGE, plan.switch_address, plan.prefix)
         netns.up(SWITCH_NETNS, SWITCH_BRIDGE)
         netns.add_veth(GATEWAY_LINK, None, GATEWAY_PEER, SWITCH_NETNS)
+        journal.made("link", netns=None, name=GATEWAY_LINK)
         netns.enslave(SWITCH_NETNS, GATEWAY_PEER, SWITCH_BRIDGE)
         netns.up(SWITCH_NETNS, GATEWAY_PEER)
         netns.add_address(None, GATEWAY_LINK, plan.gateway, plan.prefix)
         netns.up(None, GATEWAY_LINK)
 
-    def _build_host(self, plan: LabPlan, host: HostPlan) -> dict[str, int]:
+    def _build_host(self, plan: LabPlan, host: HostPlan, record: LabHost, journal: Journal) -> None:
         netns.add(host.netns)
+        journal.made("netns", name=host.netns)
+        netns.up(host.netns, "lo")
         netns.add_veth(host.switch_port, SWITCH_NETNS, HOST_UPLINK, host.netns)
+        journal.made("link", netns=SWITCH_NETNS, name=host.switch_port)
         netns.enslave(SWITCH_NETNS, host.switch_port, SWITCH_BRIDGE)
         netns.up(SWITCH_NETNS, host.switch_port)
         netns.add_bridge(host.netns, HOST_BRIDGE)
@@ -210,16 +223,40 @@ class Lab:
         netns.add_address(host.netns, HOST_BRIDGE, host.address, plan.prefix)
         netns.up(host.netns, HOST_UPLINK)
         netns.up(host.netns, HOST_BRIDGE)
+        journal.make_dir(host.root)
         self._write_private_dirs(plan, host)
         ns = mountns.namespaces_for(plan.ns_dir, host.name, host.netns)
-        mountns.create(
+        for pin_file in ns.pins:
+            pin_file.touch(exist_ok=False)
+            journal.made("file", path=str(pin_file))
+        # Recorded first: an unshare that fails half-way may have pinned one of the two.
+        journal.made("pins", netns=host.netns, mnt=str(ns.mnt_file), uts=str(ns.uts_file))
+        mountns.pin(ns)
+        mountns.set_up(
             ns,
             hostname=host.name,
             binds=[(host.private_dir(key), target) for key, target in PRIVATE_DIRS],
             hosts_file=host.hosts_file,
             ns_dir=plan.ns_dir,
         )
-        return {kind: daemons.start_host_daemon(host, ns, kind) for kind in ("virtlogd", "libvirtd")}
+        for kind in ("virtlogd", "libvirtd"):
+            pid_file = host.virtlogd_pid_file if kind == "virtlogd" else host.libvirtd_pid_file
+            journal.made("daemon", program=kind, netns=host.netns, pid_file=str(pid_file))
+            record.pids[kind] = daemons.start_host_daemon(host, ns, kind)
+            journal.save()
+
+    def _roll_back(self, journal: Journal, err: BaseException) -> None:
+        """After a failed ``up``: remove what it made, newest first. What cannot be removed stays
+        recorded in state.json (for ``down`` to retry), and ``err`` says so."""
+        problems = journal.undo()
+        if problems:
+            err.add_note(
+                "removing what it had made failed for: " + "; ".join(problems)
+                + f"; still recorded in {self.state_file}: remove it with `flexvm lab down`"
+            )  # fmt: skip
+            return
+        self.state_file.unlink(missing_ok=True)
+        self._tidy_root()
 
     @staticmethod
     def _write_private_dirs(plan: LabPlan, host: HostPlan) -> None:

@@ -70,6 +70,9 @@ class LabState:
     # "up" once every host answered; "starting" while up runs, or if it was interrupted
     # (a crashed `lab up`): `down` cleans either.
     phase: str = "up"
+    # What `up` made, oldest first, recorded as it made each (see ``lab.journal``): a failed
+    # `up` removes exactly these, newest first.
+    made: list[dict[str, Any]] = field(default_factory=list)
 
     def host(self, name: str) -> LabHost | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -86,6 +89,7 @@ class LabState:
             "dhcp_hosts_dir": str(self.dhcp_hosts_dir),
             "dnsmasq_pid": self.dnsmasq_pid,
             "hosts": [h.to_dict() for h in self.hosts],
+            "made": [dict(entry) for entry in self.made],
         }
 
     @classmethod
@@ -102,4 +106,5 @@ class LabState:
             hosts=[LabHost.from_dict(h) for h in data["hosts"]],
             dynamic_range=(dyn_start, dyn_end),
             phase=data.get("phase", "up"),
+            made=[dict(entry) for entry in data.get("made", [])],
         )

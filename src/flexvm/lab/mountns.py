@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexvm.lab import system
 from flexvm.lab.netns import NETNS_DIR
-from flexvm.lab.system import LabCommandError, run
+from flexvm.lab.system import LabCommandError
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class HostNamespaces:
             f"--uts={self.uts_file}",
             "--",
         ]
+
+    @property
+    def pins(self) -> tuple[Path, Path]:
+        return self.mnt_file, self.uts_file
 
     @property
     def pinned(self) -> bool:
@@ -71,11 +76,15 @@ def is_mountpoint(path: Path) -> bool:
     return str(path) in mount_points()
 
 
+def unmount(point: Path | str) -> None:
+    # Lazy: a pinned namespace file is "busy" only in name; detach it regardless.
+    system.run(["umount", "--lazy", str(point)], check=False)
+
+
 def unmount_all_under(root: Path) -> None:
     """Unmount everything at or below ``root`` in the root namespace, deepest first."""
     for point in mounts_under(root):
-        # Lazy: a pinned namespace file is "busy" only in name; detach it regardless.
-        run(["umount", "--lazy", point], check=False)
+        unmount(point)
     left = mounts_under(root)
     if left:
         raise LabCommandError(f"could not unmount {', '.join(left)}")
@@ -84,14 +93,22 @@ def unmount_all_under(root: Path) -> None:
 # --------------------------------------------------------------------------- making a host
 
 
-def prepare_ns_dir(ns_dir: Path) -> None:
-    ns_dir.mkdir(parents=True, exist_ok=True)
-    if not is_mountpoint(ns_dir):
-        run(["mount", "--bind", str(ns_dir), str(ns_dir)])
-    run(["mount", "--make-private", str(ns_dir)])
+def bind_in_place(path: Path) -> None:
+    """Bind ``path`` onto itself: a mount of its own, which ``make_private`` can then change."""
+    system.run(["mount", "--bind", str(path), str(path)])
 
 
-def create(
+def make_private(path: Path) -> None:
+    """nsfs files can only be pinned on a private mount (no propagation to or from peers)."""
+    system.run(["mount", "--make-private", str(path)])
+
+
+def pin(ns: HostNamespaces) -> None:
+    """Make the host's mount and UTS namespaces, pinned to their (existing, empty) files."""
+    system.run(["unshare", f"--mount={ns.mnt_file}", f"--uts={ns.uts_file}", "--propagation", "private", "--", "true"])
+
+
+def set_up(
     ns: HostNamespaces,
     *,
     hostname: str,
@@ -99,27 +116,25 @@ def create(
     hosts_file: Path,
     ns_dir: Path,
 ) -> None:
-    """Make and set up the host's mount and UTS namespaces (its network namespace exists)."""
-    for pin in (ns.mnt_file, ns.uts_file):
-        pin.touch()
-    run(["unshare", f"--mount={ns.mnt_file}", f"--uts={ns.uts_file}", "--propagation", "private", "true"])
+    """Inside the pinned namespaces: the host's own directories, /sys, /etc/hosts and name.
+    Nothing here needs undoing: it all lives in the host's mount namespace, and goes with it."""
     inside = ns.enter()
     # Copies of the root's pinned namespace files and netns files would keep other hosts'
     # namespaces alive as long as this one lives: drop them here.
-    run([*inside, "umount", "--lazy", str(ns_dir)], check=False)
-    run([*inside, "umount", "--lazy", str(NETNS_DIR)], check=False)
+    system.run([*inside, "umount", "--lazy", str(ns_dir)], check=False)
+    system.run([*inside, "umount", "--lazy", str(NETNS_DIR)], check=False)
     # sysfs shows the network namespace of whoever mounts it: this host's.
-    run([*inside, "umount", "--lazy", "/sys"])
-    run([*inside, "mount", "-t", "sysfs", "sysfs", "/sys"])
+    system.run([*inside, "umount", "--lazy", "/sys"])
+    system.run([*inside, "mount", "-t", "sysfs", "sysfs", "/sys"])
     for source, target in binds:
-        run([*inside, "mkdir", "-p", target])
-        run([*inside, "mount", "--bind", str(source), target])
-    run([*inside, "mount", "--bind", str(hosts_file), "/etc/hosts"])
-    run([*inside, "hostname", hostname])
+        system.run([*inside, "mkdir", "-p", target])
+        system.run([*inside, "mount", "--bind", str(source), target])
+    system.run([*inside, "mount", "--bind", str(hosts_file), "/etc/hosts"])
+    system.run([*inside, "hostname", hostname])
 
 
 def destroy(ns: HostNamespaces) -> None:
     """Unpin the host's namespaces; they end when their last process has gone too."""
-    for pin in (ns.mnt_file, ns.uts_file):
-        if is_mountpoint(pin):
-            run(["umount", "--lazy", str(pin)], check=False)
+    for pin_file in ns.pins:
+        if is_mountpoint(pin_file):
+            unmount(pin_file)

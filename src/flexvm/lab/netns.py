@@ -11,14 +11,14 @@ import ipaddress
 import json
 from pathlib import Path
 
-from flexvm.lab.system import run
+from flexvm.lab import system
 
 NETNS_DIR = Path("/run/netns")
 
 
 def _ip(netns: str | None, *args: str, check: bool = True) -> str:
     prefix = ["ip", "-n", netns] if netns else ["ip"]
-    return run([*prefix, *args], check=check).stdout
+    return system.run([*prefix, *args], check=check).stdout
 
 
 def exists(name: str) -> bool:
@@ -33,20 +33,20 @@ def names(prefix: str) -> list[str]:
 
 
 def add(name: str) -> None:
-    run(["ip", "netns", "add", name])
-    _ip(name, "link", "set", "lo", "up")
+    """A new, empty network namespace (its loopback still down)."""
+    system.run(["ip", "netns", "add", name])
 
 
 def delete(name: str) -> None:
     if exists(name):
-        run(["ip", "netns", "delete", name])
+        system.run(["ip", "netns", "delete", name])
 
 
 def pids(name: str) -> list[int]:
     """Processes in that namespace (what ``ip netns pids`` finds scanning /proc)."""
     if not exists(name):
         return []
-    out = run(["ip", "netns", "pids", name], check=False).stdout
+    out = system.run(["ip", "netns", "pids", name], check=False).stdout
     return [int(tok) for tok in out.split() if tok.isdigit()]
 
 
@@ -97,9 +97,12 @@ def root_links(prefix: str) -> list[str]:
     return sorted(link["ifname"] for link in found if link.get("ifname", "").startswith(prefix))
 
 
-def add_blackhole(subnet: str, metric: int) -> None:
-    if not _has_blackhole(subnet, metric):
-        _ip(None, "route", "add", "blackhole", subnet, "metric", str(metric))
+def add_blackhole(subnet: str, metric: int) -> bool:
+    """Add the route unless it is there; whether this call added it (and so owns it)."""
+    if _has_blackhole(subnet, metric):
+        return False
+    _ip(None, "route", "add", "blackhole", subnet, "metric", str(metric))
+    return True
 
 
 def delete_blackhole(subnet: str, metric: int) -> None:
@@ -116,7 +119,7 @@ def route_device(address: str) -> str | None:
     """The interface the root namespace would send a packet for ``address`` out of (None if it
     would not send it at all). Check this before talking to a lab address: it must be the lab
     link, never the machine's own network."""
-    done = run(["ip", "-j", "route", "get", address], check=False)
+    done = system.run(["ip", "-j", "route", "get", address], check=False)
     if done.returncode != 0:
         return None
     routes = json.loads(done.stdout or "[]")

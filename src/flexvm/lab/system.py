@@ -1,66 +1,70 @@
-"""Running the system tools the lab is made with, and saying which Debian package is missing."""
+"""Running the system programs the lab is made with.
+
+``run`` is the lab's one way to run a program, so tests can replace it (``system.run``) with a
+fake that records commands or fails at a chosen one. Programs are found through
+``flexvm.programs``, which says which Debian package is missing when one is.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
+from flexvm import programs
 from flexvm.errors import HypervisorUnavailable, LabCommandError  # LabCommandError: also imported from here
 
-# Each tool the lab runs, and the Debian package that provides it.
-TOOLS = {
-    "ip": "iproute2",
-    "nsenter": "util-linux",
-    "unshare": "util-linux",
-    "mount": "mount",
-    "umount": "mount",
-    "libvirtd": "libvirt-daemon-system",
-    "virtlogd": "libvirt-daemon-system",
-    "dnsmasq": "dnsmasq-base",
-    "hostname": "hostname",
-}
-# Daemons and ip live in sbin, which a non-login shell's PATH may lack.
-SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+# Every program the lab runs (directly, or inside a host through nsenter).
+LAB_PROGRAMS = (
+    "ip", "nsenter", "unshare", "mount", "umount", "mkdir", "true", "hostname", "dnsmasq", "libvirtd", "virtlogd",
+)  # fmt: skip
 COMMAND_TIMEOUT = 60.0
 
 
-Which = Callable[..., "str | None"]
-
-
-def missing_tools(which: Which = shutil.which) -> dict[str, str]:
-    """{tool: package} for every tool not found. ``which`` is injectable for tests."""
-    return {name: pkg for name, pkg in TOOLS.items() if not which(name, path=SEARCH_PATH)}
-
-
-def require_tools(which: Which = shutil.which) -> None:
-    missing = missing_tools(which)
-    if missing:
-        packages = sorted(set(missing.values()))
-        raise HypervisorUnavailable(
-            f"the lab needs {', '.join(sorted(missing))}, not found on this machine: "
-            f"install the Debian package(s) {' '.join(packages)} (apt-get install {' '.join(packages)})",
-            details={"missing": missing},
-        )
+def require_tools() -> None:
+    """Before the lab makes anything: every program it runs is installed, and we are root."""
+    programs.require(LAB_PROGRAMS)
     if os.geteuid() != 0:
         raise HypervisorUnavailable("the lab makes network namespaces, mounts and daemons: it must run as root")
 
 
-def tool(name: str) -> str:
-    return shutil.which(name, path=SEARCH_PATH) or name
-
-
 def run(
-    argv: Sequence[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT
+    argv: Sequence[str], *, check: bool = True, timeout: float = COMMAND_TIMEOUT, log: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion, output captured; a failure becomes LabCommandError."""
-    cmd = [tool(argv[0]), *argv[1:]]
+    """Run a command to completion; a failure becomes LabCommandError.
+
+    Output is captured, or with ``log`` appended to that file: a daemon that forks into the
+    background may keep its output open, and must never hold a pipe we wait on."""
+    cmd = programs.command(argv)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if log is None:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        else:
+            done = _run_logged(cmd, argv, log, timeout)
     except subprocess.TimeoutExpired as err:
         raise LabCommandError(f"`{' '.join(argv)}` did not finish in {timeout:.0f} s") from err
     if check and done.returncode != 0:
-        output = (done.stderr or done.stdout).strip()
-        raise LabCommandError(f"`{' '.join(argv)}` failed ({done.returncode}): {output}")
+        output = _tail(log) if log is not None else (done.stderr or done.stdout).strip()
+        raise LabCommandError(
+            f"`{' '.join(argv)}` failed ({done.returncode}): {output}",
+            details={"argv": list(argv), "returncode": done.returncode, "output": output},
+        )
     return done
+
+
+def _run_logged(cmd: list[str], argv: Sequence[str], log: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        out.flush()
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, "", "")
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

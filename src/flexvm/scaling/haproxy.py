@@ -28,7 +28,6 @@ import csv
 import fcntl
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexvm import programs
 from flexvm.errors import LoadBalancerError, NotFound
 from flexvm.scaling.haproxy_config import (
     ADMIN_SOCKET,
@@ -129,13 +129,10 @@ class HAProxy:
         return self.run_dir / MASTER_SOCKET
 
     def _binary(self) -> str:
+        """A path given is used as is; a name is found through ``flexvm.programs``."""
         if "/" in self.binary:
             return self.binary
-        path = os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/sbin:/sbin"
-        found = shutil.which(self.binary, path=path)
-        if found is None:
-            raise LoadBalancerError(f"'{self.binary}' was not found; install haproxy (scripts/setup.sh does)")
-        return found
+        return programs.find(self.binary)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

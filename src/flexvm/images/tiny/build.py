@@ -36,10 +36,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexvm import programs
 from flexvm.errors import ImageError
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
-BUSYBOX = Path("/bin/busybox")
 GUEST_DIR = Path(__file__).with_name("guest")
 # memhp_default_state=online: DIMMs plugged before boot (a hot-grown VM restarted) are online
 # before the balloon can inflate; without it such a guest runs out of memory while booting.
@@ -252,15 +252,6 @@ class NewcArchive:
 # --------------------------------------------------------------------------- tools
 
 
-def _tool(name: str, package: str) -> str:
-    # /usr/sbin is not on a normal user's PATH, but mke2fs lives there.
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    found = shutil.which(name, path=path)
-    if not found:
-        raise ImageError(f"{name} not found: install the Debian package {package} (apt-get install {package})")
-    return found
-
-
 def _run(cmd: list[str]) -> str:
     try:
         done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
@@ -284,30 +275,31 @@ def _is_static_elf(path: Path) -> bool:
     )
 
 
-def _check_busybox() -> list[str]:
-    """Applet names of the host's static busybox (the guest has no libc to link against)."""
-    if not BUSYBOX.is_file() or not _is_static_elf(BUSYBOX):
+def _check_busybox() -> tuple[Path, list[str]]:
+    """The host's static busybox and its applet names (the guest has no libc to link against)."""
+    busybox = Path(programs.find("busybox"))
+    if not _is_static_elf(busybox):
         raise ImageError(
-            f"{BUSYBOX} is missing or not statically linked: "
+            f"{busybox} is not statically linked: "
             "install the Debian package busybox-static (apt-get install busybox-static)"
         )
-    applets = _run([str(BUSYBOX), "--list"]).split()
+    applets = _run([str(busybox), "--list"]).split()
     missing = {"sh", "nc", "udhcpc", "switch_root", "insmod", "poweroff", "dd"} - set(applets)
     if missing:
-        raise ImageError(f"{BUSYBOX} lacks applets {sorted(missing)}; install busybox-static")
-    return applets
+        raise ImageError(f"{busybox} lacks applets {sorted(missing)}; install busybox-static")
+    return busybox, applets
 
 
 # --------------------------------------------------------------------------- image parts
 
 
-def _stage_userland(root: Path, applets: list[str]) -> None:
+def _stage_userland(root: Path, busybox: Path, applets: list[str]) -> None:
     """The tree shared by the disk and the initramfs: busybox, stage 2 and its helpers, /etc."""
     for d in ["bin", "dev", "proc", "sys", "run", "root", "etc/flexvm", "var/lib/flexvm", GUEST_LIB]:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "tmp").mkdir(mode=0o1777)
     (root / "tmp").chmod(0o1777)
-    shutil.copy2(BUSYBOX, root / "bin/busybox")
+    shutil.copy2(busybox, root / "bin/busybox")
     for applet in applets:
         if "/" not in applet and applet != "busybox":
             (root / "bin" / applet).symlink_to("busybox")
@@ -348,8 +340,8 @@ def _build_initramfs(userland: Path, kernel: DebianKernel, target: Path) -> None
 
 
 def _build_disk(userland: Path, work: Path, target: Path) -> None:
-    mke2fs = _tool("mke2fs", "e2fsprogs")
-    qemu_img = _tool("qemu-img", "qemu-utils")
+    mke2fs = programs.find("mke2fs")
+    qemu_img = programs.find("qemu-img")
     (userland / "var/lib/flexvm/boots").write_text("0\n")
     raw = work / "disk.raw"
     # -d fills the filesystem from a directory, so no loop mount (and no root) is needed.
@@ -368,7 +360,7 @@ def build_tiny_image(out_dir: Path) -> TinyImage:
     kernel = find_debian_kernel()
     if not os.access(kernel.vmlinuz, os.R_OK):
         raise ImageError(f"{kernel.vmlinuz} is not readable (Debian installs it mode 0600): build as root")
-    applets = _check_busybox()
+    busybox, applets = _check_busybox()
     out_dir.mkdir(parents=True, exist_ok=True)
     image = TinyImage(
         kernel=out_dir / "vmlinuz",
@@ -379,7 +371,7 @@ def build_tiny_image(out_dir: Path) -> TinyImage:
     with tempfile.TemporaryDirectory(prefix=".tiny-build-", dir=out_dir) as tmp:
         work = Path(tmp)
         userland = work / "root"
-        _stage_userland(userland, applets)
+        _stage_userland(userland, busybox, applets)
         _build_initramfs(userland, kernel, work / "initrd.img")
         _build_disk(userland, work, work / "disk.qcow2")
         shutil.copyfile(kernel.vmlinuz, work / "vmlinuz")
