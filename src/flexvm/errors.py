@@ -17,6 +17,8 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     │   └── HypervisorUnavailable (503)   libvirtd cannot be reached
     ├── OperationFailed (500)         a long-running operation ended in failure
     │   └── OperationTimeout (504)    it ran out of time (e.g. a guest never became ready)
+    ├── DatabaseUnavailable (503)     the database cannot be reached, or did not answer in time
+    ├── SchemaTooNew (500)            the database was migrated by a newer flexvm than this one
     └── ServerUnavailable (503)       the CLI cannot reach the flexvm server
 
 Library code raises these and chains the cause (``raise X(...) from err``); only the edges
@@ -118,6 +120,22 @@ class OperationFailed(FlexvmError):
 class OperationTimeout(OperationFailed):
     status = 504
     code = "OperationTimeout"
+
+
+class DatabaseUnavailable(FlexvmError):
+    status = 503
+    code = "DatabaseUnavailable"
+
+
+class SchemaTooNew(FlexvmError):
+    code = "SchemaTooNew"
+
+    def __init__(self, found: str, newest_known: str) -> None:
+        super().__init__(
+            f"the database is at schema revision {found}, newer than this flexvm "
+            f"(newest it knows: {newest_known}); upgrade flexvm",
+            details={"found": found, "newest_known": newest_known},
+        )
 
 
 class ServerUnavailable(FlexvmError):

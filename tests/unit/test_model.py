@@ -272,6 +272,8 @@ EXPECTED_ERRORS = {
     "HypervisorUnavailable": (503, "HypervisorUnavailable", "HypervisorError"),
     "OperationFailed": (500, "OperationFailed", "FlexvmError"),
     "OperationTimeout": (504, "OperationTimeout", "OperationFailed"),
+    "DatabaseUnavailable": (503, "DatabaseUnavailable", "FlexvmError"),
+    "SchemaTooNew": (500, "SchemaTooNew", "FlexvmError"),
     "ServerUnavailable": (503, "ServerUnavailable", "FlexvmError"),
 }
 
@@ -333,7 +335,7 @@ def test_every_error_has_its_own_status_on_instances(name: str) -> None:
     status, code, _parent = EXPECTED_ERRORS[name]
     if cls is InvalidInput:
         err: FlexvmError = cls("f", "m")
-    elif cls in (errors.NotFound, errors.AlreadyExists):
+    elif cls in (errors.NotFound, errors.AlreadyExists, errors.SchemaTooNew):
         err = cls("thing", "x")
     elif cls is errors.Busy:
         err = cls("thing", "x", "op")
