@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from flexvm.errors import AlreadyExists, NotFound, SchemaTooNew
 from flexvm.model.host import Accelerator, Host, HostState
 from flexvm.model.image import Image
 from flexvm.model.operation import Operation, OperationStatus, Step
+from flexvm.model.scaleset import InstanceState, ScaleInPolicy
 from flexvm.model.sizes import Size
 from flexvm.model.units import GIB
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
@@ -548,3 +550,22 @@ def test_the_server_refuses_to_start_on_a_database_from_a_newer_flexvm(db_url: s
     assert f"error: the database is at schema revision {FUTURE}, newer than this flexvm" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "home" / "server.url").exists()  # it never got as far as serving
+
+
+# SQLite stores any length in a VARCHAR(n); PostgreSQL refuses a longer value, so a new enum value
+# that is too long would fail only there. The columns each enum is stored in:
+ENUM_COLUMNS = [
+    (HostState, "hosts", "state"),
+    (Accelerator, "hosts", "accelerator"),
+    (ProvisioningState, "vms", "provisioning_state"),
+    (PowerState, "vms", "power_state"),
+    (OperationStatus, "operations", "status"),
+    (ScaleInPolicy, "scale_sets", "scale_in_policy"),
+    (InstanceState, "scale_set_instances", "state"),
+]
+
+
+@pytest.mark.parametrize(("enum", "table", "column"), ENUM_COLUMNS, ids=[c[0].__name__ for c in ENUM_COLUMNS])
+def test_every_enum_value_fits_its_column(enum: type[StrEnum], table: str, column: str) -> None:
+    length = Base.metadata.tables[table].c[column].type.length  # type: ignore[attr-defined]
+    assert [value for value in enum if len(value) > length] == []
