@@ -158,7 +158,8 @@ class Database:
         session as an argument; this says so at once.
 
         A database that cannot be reached (or a lock not granted in time) raises
-        ``DatabaseUnavailable``; the transaction was not committed, so nothing of it is stored.
+        ``DatabaseUnavailable``. Nothing is ever half-written: the transaction is rolled back (or,
+        when the connection is lost during COMMIT itself, the server applies it whole or not at all).
         """
         if getattr(self._local, "open", False):
             raise RuntimeError("a database session was opened inside another in the same thread")
