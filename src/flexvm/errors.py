@@ -23,6 +23,8 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     │   ├── OperationTimeout (504)    it ran out of time (e.g. a guest never became ready)
     │   ├── OperationCanceled (409)   someone canceled it; what it had done was undone
     │   └── WorkflowDiverged (500)    a resumed operation took another path than its recorded steps
+    ├── DatabaseUnavailable (503)     the database cannot be reached, or did not answer in time
+    ├── SchemaTooNew (500)            the database was migrated by a newer flexvm than this one
     ├── ProgramMissing (503)          a program flexvm runs is not installed (names its Debian package)
     └── ServerUnavailable (503)       the CLI cannot reach the flexvm server
 
@@ -261,6 +263,22 @@ class ProgramMissing(FlexvmError):
             f"{names} not found on this machine: install the Debian package(s) {packages} "
             f"(apt-get install {packages}, or run scripts/setup.sh)",
             details={"missing": dict(missing)},
+        )
+
+
+class DatabaseUnavailable(FlexvmError):
+    status = 503
+    code = "DatabaseUnavailable"
+
+
+class SchemaTooNew(FlexvmError):
+    code = "SchemaTooNew"
+
+    def __init__(self, found: str, newest_known: str) -> None:
+        super().__init__(
+            f"the database is at schema revision {found}, newer than this flexvm "
+            f"(newest it knows: {newest_known}); upgrade flexvm",
+            details={"found": found, "newest_known": newest_known},
         )
 
 

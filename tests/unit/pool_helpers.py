@@ -51,12 +51,11 @@ def snap(host: Host, allocated: Allocation = NOTHING) -> HostSnapshot:
 # --- a platform's pool of fake hosts -----------------------------------------------------------
 
 
-def pool_settings(tmp_path: Path, **changes: Any) -> Settings:
+def pool_settings(tmp_path: Path, db_url: str, **changes: Any) -> Settings:
     """No local host, no periodic health check during a test, short timeouts."""
-    home = tmp_path / "home"
     settings = Settings(
-        home=home,
-        db_url=f"sqlite:///{home / 'flexvm.db'}",
+        home=tmp_path / "home",
+        db_url=db_url,
         local_uri="",
         ready_timeout=5.0,
         stop_timeout=1.0,

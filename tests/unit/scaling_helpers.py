@@ -17,6 +17,7 @@ from flexvm.errors import NotFound
 from flexvm.platform import Platform
 from flexvm.scaling.balancer import LoadBalancer
 from flexvm.scaling.haproxy import Frontend, FrontendStatus, ServerStatus
+from tests.conftest import close_platform
 from tests.unit.pool_helpers import add_host, wait_for
 
 
@@ -117,12 +118,9 @@ class ScalingPlatform:
 
 
 @pytest.fixture
-def scaling(tmp_path: Path) -> Iterator[ScalingPlatform]:
+def scaling(tmp_path: Path, db_url: str) -> Iterator[ScalingPlatform]:
     """No local host; three fake hosts (fault domains fd1, fd2, fd3) on network 'lan'."""
-    home = tmp_path / "home"
-    settings = Settings(
-        home=home, db_url=f"sqlite:///{home / 'flexvm.db'}", local_uri="", ready_timeout=2.0, stop_timeout=2.0
-    )
+    settings = Settings(home=tmp_path / "home", db_url=db_url, local_uri="", ready_timeout=2.0, stop_timeout=2.0)
     haproxy = FakeHAProxy()
     probe = Probe()
     platform = Platform.open(settings, connect, balancer=None, prober=probe)
@@ -140,7 +138,7 @@ def scaling(tmp_path: Path) -> Iterator[ScalingPlatform]:
         }
         yield ScalingPlatform(platform, haproxy, probe, hosts)
     finally:
-        platform.close()
+        close_platform(platform)
 
 
 __all__ = ["FakeHAProxy", "LoadBalancer", "Probe", "ScalingPlatform", "scaling", "settle"]

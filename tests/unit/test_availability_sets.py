@@ -21,8 +21,8 @@ from tests.unit.pool_helpers import add_host, pool_settings, run
 
 
 @pytest.fixture
-def fake_settings(tmp_path: Path) -> Settings:
-    return pool_settings(tmp_path)
+def fake_settings(tmp_path: Path, db_url: str) -> Settings:
+    return pool_settings(tmp_path, db_url)
 
 
 def create_in_set(platform: Platform, name: str, set_name: str = "web", **kwargs: object) -> None:

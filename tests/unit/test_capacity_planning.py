@@ -27,12 +27,13 @@ from flexvm.model.host import HostState
 from flexvm.model.units import GIB
 from flexvm.platform import Platform
 from flexvm.scheduler.placement import Request
+from tests.conftest import BACKENDS, fresh_database
 from tests.unit.pool_helpers import NOTHING, add_host, make_host, pool_settings, room_of, run, snap
 
 
 @pytest.fixture
-def fake_settings(tmp_path: Path) -> Settings:
-    return pool_settings(tmp_path)
+def fake_settings(tmp_path: Path, db_url: str) -> Settings:
+    return pool_settings(tmp_path, db_url)
 
 
 def build_pool(platform: Platform, image: str) -> dict[str, FakeDriver]:
@@ -58,11 +59,16 @@ def pool(platform: Platform, image: str) -> dict[str, FakeDriver]:
     return build_pool(platform, image)
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """One platform with the pool for the tests that only read it (building it takes a while)."""
     tmp = tmp_path_factory.mktemp("capacity")
-    platform = Platform.open(pool_settings(tmp), connect)
+    with fresh_database(request, tmp / "home") as url:
+        yield from _shared_platform(tmp, url)
+
+
+def _shared_platform(tmp: Path, db_url: str) -> Iterator[Platform]:
+    platform = Platform.open(pool_settings(tmp, db_url), connect)
     try:
         platform.start()
         disk = tmp / "small.qcow2"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,8 +24,11 @@ from tests.helpers import wait_for
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return open_database(f"sqlite:///{tmp_path / 'engine.db'}")
+def db(db_url: str) -> Iterator[Database]:
+    """On each backend (SQLite and the private PostgreSQL: see tests/conftest.py)."""
+    database = open_database(db_url)
+    yield database
+    database.engine.dispose()
 
 
 class World:

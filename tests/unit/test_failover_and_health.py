@@ -35,8 +35,8 @@ LEFTOVERS = ["domain web1", "volume web1-os.qcow2", "volume web1.console.log"]
 
 
 @pytest.fixture
-def fake_settings(tmp_path: Path) -> Settings:
-    return pool_settings(tmp_path, health_timeout=HEALTH_TIMEOUT)
+def fake_settings(tmp_path: Path, db_url: str) -> Settings:
+    return pool_settings(tmp_path, db_url, health_timeout=HEALTH_TIMEOUT)
 
 
 def dies_at(monkeypatch: pytest.MonkeyPatch, driver: FakeDriver, method: str) -> None:

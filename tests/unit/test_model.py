@@ -289,6 +289,8 @@ EXPECTED_ERRORS = {
     "WorkflowDiverged": (500, "WorkflowDiverged", "OperationFailed"),
     "InvalidTransition": (409, "InvalidTransition", "InvalidState"),
     "LeaseLost": (409, "LeaseLost", "Conflict"),
+    "DatabaseUnavailable": (503, "DatabaseUnavailable", "FlexvmError"),
+    "SchemaTooNew": (500, "SchemaTooNew", "FlexvmError"),
     "ServerUnavailable": (503, "ServerUnavailable", "FlexvmError"),
     "ProgramMissing": (503, "ProgramMissing", "FlexvmError"),
 }
@@ -381,7 +383,7 @@ def test_every_error_has_its_own_status_on_instances(name: str) -> None:
     status, code, _parent = EXPECTED_ERRORS[name]
     if cls is InvalidInput:
         err: FlexvmError = cls("f", "m")
-    elif cls in (errors.NotFound, errors.AlreadyExists):
+    elif cls in (errors.NotFound, errors.AlreadyExists, errors.SchemaTooNew):
         err = cls("thing", "x")
     elif cls is errors.Busy:
         err = cls("thing", "x", "op")

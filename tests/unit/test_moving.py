@@ -35,8 +35,8 @@ WEB1 = Allocation(1, 1024, DISK)  # a Standard_B1s
 
 
 @pytest.fixture
-def fake_settings(tmp_path: Path) -> Settings:
-    return pool_settings(tmp_path)
+def fake_settings(tmp_path: Path, db_url: str) -> Settings:
+    return pool_settings(tmp_path, db_url)
 
 
 @pytest.fixture

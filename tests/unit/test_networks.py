@@ -32,8 +32,8 @@ from tests.unit.pool_helpers import add_host, pool_settings, run
 
 
 @pytest.fixture
-def fake_settings(tmp_path: Path) -> Settings:
-    return pool_settings(tmp_path)
+def fake_settings(tmp_path: Path, db_url: str) -> Settings:
+    return pool_settings(tmp_path, db_url)
 
 
 @pytest.fixture

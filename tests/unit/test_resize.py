@@ -32,8 +32,8 @@ DISK = 4 * GIB  # the OS disk of the B1 sizes
 
 
 @pytest.fixture
-def fake_settings(tmp_path: Path) -> Settings:
-    return pool_settings(tmp_path)
+def fake_settings(tmp_path: Path, db_url: str) -> Settings:
+    return pool_settings(tmp_path, db_url)
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ DISK = "web1-os.qcow2"
 
 
 @pytest.fixture
-def fake_settings(tmp_path: Path) -> Settings:
-    return pool_settings(tmp_path)
+def fake_settings(tmp_path: Path, db_url: str) -> Settings:
+    return pool_settings(tmp_path, db_url)
 
 
 @pytest.fixture

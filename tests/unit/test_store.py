@@ -1,12 +1,17 @@
-"""The store: the Alembic schema and tables.py agree, migrating is idempotent, and repositories
-round-trip model dataclasses (timezone-aware datetimes, JSON lists) and account claims per host.
+"""The store, on SQLite and PostgreSQL: the Alembic schema (migrated from empty, or upgraded from the
+first revision with data in it) and tables.py agree, migrating is idempotent, a database from a newer
+flexvm is refused, and repositories round-trip model dataclasses (timezone-aware datetimes, JSON
+lists) and account claims per host.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
@@ -14,31 +19,31 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import UniqueConstraint, inspect, text
+from sqlalchemy import MetaData, Table, UniqueConstraint, inspect, text
 
-from flexvm.errors import AlreadyExists, NotFound
+from flexvm.errors import AlreadyExists, NotFound, SchemaTooNew
 from flexvm.model.host import Accelerator, Host, HostState
 from flexvm.model.image import Image
 from flexvm.model.operation import Operation, OperationStatus, Step, StepStatus
+from flexvm.model.scaleset import InstanceState, ScaleInPolicy
 from flexvm.model.sizes import Size
 from flexvm.model.units import GIB
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
 from flexvm.store.db import MIGRATIONS, Database, open_database
 from flexvm.store.repositories import HostRepo, ImageRepo, OperationRepo, SizeRepo, VmRepo
 from flexvm.store.tables import Base
+from tests.helpers import FLEXVM, free_port
 
 TABLES = sorted(Base.metadata.tables)
+# PostgreSQL stores FLOAT (without a precision) as double precision, and reflects it by that name.
+SPELLED_AS = {("postgresql", "FLOAT"): "DOUBLE PRECISION"}
 PLUS_TWO = timezone(timedelta(hours=2))
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'flexvm.db'}"
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = open_database(db_url)
+def db(empty_db_url: str) -> Iterator[Database]:
+    """A database migrated from empty to the newest revision, on each backend."""
+    database = open_database(empty_db_url)
     yield database
     database.engine.dispose()
 
@@ -70,6 +75,7 @@ def test_migrated_columns_match_the_tables(db: Database, table: str) -> None:
     for column in model.columns:
         found = migrated[column.name]
         expected_type = column.type.compile(dialect=dialect)
+        expected_type = SPELLED_AS.get((dialect.name, expected_type), expected_type)
         assert str(found["type"].compile(dialect=dialect)) == expected_type, f"{table}.{column.name} type"
         assert found["nullable"] == column.nullable, f"{table}.{column.name} nullable"
     assert set(inspector.get_pk_constraint(table)["constrained_columns"]) == {c.name for c in model.primary_key}
@@ -86,7 +92,9 @@ def test_migrated_constraints_and_indexes_match_the_tables(db: Database, table: 
         if isinstance(constraint, UniqueConstraint)
     }
     assert unique == model_unique
-    indexed = {(tuple(i["column_names"]), bool(i.get("unique"))) for i in inspector.get_indexes(table)}
+    # PostgreSQL backs each unique constraint with an index and reflects that too: not another index.
+    indexes = [i for i in inspector.get_indexes(table) if "duplicates_constraint" not in i]
+    indexed = {(tuple(i["column_names"]), bool(i.get("unique"))) for i in indexes}
     assert indexed == {(tuple(c.name for c in index.columns), bool(index.unique)) for index in model.indexes}
     foreign = {(tuple(f["constrained_columns"]), f["referred_table"]) for f in inspector.get_foreign_keys(table)}
     assert foreign == {((fk.parent.name,), fk.column.table.name) for fk in model.foreign_keys}
@@ -98,12 +106,12 @@ def test_alembic_sees_no_difference_between_migration_and_model(db: Database) ->
         assert compare_metadata(context, Base.metadata) == []
 
 
-def test_migrating_again_is_a_no_op_and_keeps_data(db_url: str) -> None:
-    first = open_database(db_url)
+def test_migrating_again_is_a_no_op_and_keeps_data(empty_db_url: str) -> None:
+    first = open_database(empty_db_url)
     with first.session() as session:
         SizeRepo(session).add(Size("Mine", 1, 256, GIB, "custom", builtin=False))
     first.engine.dispose()
-    second = open_database(db_url)
+    second = open_database(empty_db_url)
     second.migrate()
     try:
         with second.engine.connect() as connection:
@@ -430,3 +438,142 @@ def test_operation_list_is_newest_first_and_filters(db: Database) -> None:
         unfinished = repo.list(statuses=[OperationStatus.PENDING, OperationStatus.RUNNING])
         assert [o.id for o in unfinished] == ["op-new", "op-mid"]
         assert repo.find("nope") is None
+
+
+# --- migrations: upgrades with data, and a schema from a newer flexvm -----------------------
+
+
+def rows_of_the_first_revision() -> dict[str, list[dict[str, object]]]:
+    """One row per table the first revision made, in its own columns (none of the later ones)."""
+    created = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    return {
+        "sizes": [dict(name="Old_1", vcpus=1, memory_mib=512, disk_bytes=GIB, family="custom", created_at=created)],
+        "images": [
+            dict(
+                name="img", format="qcow2", disk_file="img.qcow2", virtual_size=2 * GIB, file_size=123,
+                sha256="ab" * 32, kernel_file=None, initrd_file=None, cmdline=None, ready_marker="flexvm: ready",
+                cloud_init=True, description="from 0001", created_at=created,
+            )
+        ],
+        "hosts": [
+            dict(
+                name="h1", uri="fake://h1", state="up", state_reason="", cpus=4, memory_mib=8192,
+                disk_capacity_bytes=100 * GIB, accelerator="tcg", accelerator_reason="", libvirt_version="9.0.0",
+                hypervisor_version="7.2.0", hostname="box", cpu_model="", cpu_ratio=4.0, ram_ratio=1.0,
+                disk_ratio=1.0, reserved_memory_mib=512, fault_domain=None, last_seen=created, created_at=created,
+            )
+        ],
+        "vms": [
+            dict(
+                id="id-old", name="old", size="Standard_B1s", image="img", vcpus=1, memory_mib=1024,
+                disk_bytes=4 * GIB, provisioning_state="succeeded", power_state="running", host="h1",
+                disk_host="h1", created_at=created, ready_at=None, boot_seconds=4.5, user_data=None,
+                active_operation_id=None, error=None, disks=[{"name": "old-os.qcow2", "role": "os",
+                "size_bytes": 4 * GIB}], nics=[{"network": "user", "mac": "52:54:00:00:00:01", "ip": None}],
+            )
+        ],
+        "operations": [
+            dict(
+                id="op-old", kind="vm.create", target_kind="vm", target_name="old", status="succeeded",
+                progress=100, message="", steps=[], error=None, result={"boot_seconds": 4.5}, params={},
+                created_at=created, started_at=created, finished_at=created,
+            )
+        ],
+    }  # fmt: skip
+
+
+def test_upgrading_from_the_first_revision_keeps_the_data_and_ends_at_the_model(empty_db_url: str) -> None:
+    database = Database(empty_db_url)
+    try:
+        database.migrate("0001")
+        with database.engine.begin() as connection:
+            for table_name, rows in rows_of_the_first_revision().items():
+                table = Table(table_name, MetaData(), autoload_with=connection)
+                connection.execute(table.insert(), rows)
+        database.migrate()
+        with database.engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+                head_revision()
+            ]
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+        with database.session() as session:
+            host = HostRepo(session).get("h1")
+            image = ImageRepo(session).get("img")
+            vm = VmRepo(session).get("old")
+            operation = OperationRepo(session).get("op-old")
+            sizes = SizeRepo(session).custom()
+        assert (host.cpus, host.advertised_cpus, host.network) == (4, None, None)
+        assert_same_instant(host.last_seen, datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC))
+        assert (image.description, image.requires) == ("from 0001", [])  # the column 0002 added, defaulted
+        assert (vm.host, vm.availability_set, vm.max_size, vm.moving_to) == ("h1", None, None, None)
+        assert vm.disks == [Disk("old-os.qcow2", "os", 4 * GIB)]
+        assert (operation.status, operation.result) == (OperationStatus.SUCCEEDED, {"boot_seconds": 4.5})
+        assert [s.name for s in sizes] == ["Old_1"]
+    finally:
+        database.engine.dispose()
+
+
+FUTURE = "9999_from_a_newer_flexvm"
+
+
+def from_the_future(url: str) -> None:
+    """Migrate the database at ``url``, then mark it as a newer flexvm would have left it."""
+    database = open_database(url)
+    with database.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE})
+    database.engine.dispose()
+
+
+def test_a_database_from_a_newer_flexvm_is_refused_and_left_alone(db_url: str) -> None:
+    from_the_future(db_url)
+    with pytest.raises(SchemaTooNew) as caught:
+        open_database(db_url)
+    assert caught.value.message == (
+        f"the database is at schema revision {FUTURE}, newer than this flexvm "
+        f"(newest it knows: {head_revision()}); upgrade flexvm"
+    )
+    assert caught.value.details == {"found": FUTURE, "newest_known": head_revision()}
+    database = Database(db_url)
+    try:
+        with database.engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [FUTURE]
+    finally:
+        database.engine.dispose()
+
+
+def test_the_server_refuses_to_start_on_a_database_from_a_newer_flexvm(db_url: str, tmp_path: Path) -> None:
+    from_the_future(db_url)
+    env = {
+        **os.environ,
+        "FLEXVM_HOME": str(tmp_path / "home"),
+        "FLEXVM_DB_URL": db_url,
+        "FLEXVM_PORT": str(free_port()),
+        "FLEXVM_LIBVIRT_URI": "",
+    }
+    done = subprocess.run(
+        [FLEXVM, "serve"], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"error: the database is at schema revision {FUTURE}, newer than this flexvm" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "home" / "server.url").exists()  # it never got as far as serving
+
+
+# SQLite stores any length in a VARCHAR(n); PostgreSQL refuses a longer value, so a new enum value
+# that is too long would fail only there. The columns each enum is stored in:
+ENUM_COLUMNS = [
+    (HostState, "hosts", "state"),
+    (Accelerator, "hosts", "accelerator"),
+    (ProvisioningState, "vms", "provisioning_state"),
+    (PowerState, "vms", "power_state"),
+    (OperationStatus, "operations", "status"),
+    (ScaleInPolicy, "scale_sets", "scale_in_policy"),
+    (InstanceState, "scale_set_instances", "state"),
+]
+
+
+@pytest.mark.parametrize(("enum", "table", "column"), ENUM_COLUMNS, ids=[c[0].__name__ for c in ENUM_COLUMNS])
+def test_every_enum_value_fits_its_column(enum: type[StrEnum], table: str, column: str) -> None:
+    length = Base.metadata.tables[table].c[column].type.length  # type: ignore[attr-defined]
+    assert [value for value in enum if len(value) > length] == []

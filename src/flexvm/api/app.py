@@ -30,7 +30,7 @@ from flexvm.api.routes import (
     vm_files,
     vms,
 )
-from flexvm.errors import FlexvmError, Unauthorized
+from flexvm.errors import DatabaseUnavailable, FlexvmError, Unauthorized
 from flexvm.monitor.prometheus import exposition
 from flexvm.platform import Platform
 
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Prometheus scrapes without a token; what it reads is measurements, no secrets or controls.
 OPEN_PATHS = {"/healthz", "/openapi.json", "/metrics"}
+# The database is reconnected to as soon as it answers again (pool_pre_ping): a client may retry soon.
+RETRY_AFTER_SECONDS = 5
 
 
 def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
@@ -81,7 +83,11 @@ def create_app(platform: Platform, token: str) -> FastAPI:
 
     @app.exception_handler(FlexvmError)
     async def flexvm_error(_request: Request, err: FlexvmError) -> JSONResponse:
-        return _error(err.status, err.code, err.message, with_hint(err.details))
+        response = _error(err.status, err.code, err.message, with_hint(err.details))
+        if isinstance(err, DatabaseUnavailable):
+            log.warning("answered 503: %s", err.message)  # the operator sees an outage in the log too
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,8 @@
-"""Repositories: the only code that touches rows. They take a session and speak model dataclasses."""
+"""Repositories: the only code that touches rows. They take a session and speak model dataclasses.
+
+Every list has an ORDER BY: without one SQLite happens to answer in insertion order and PostgreSQL
+in whatever order its pages hold the rows (an updated row moves), so code could work on one only.
+"""
 
 from __future__ import annotations
 
@@ -254,7 +258,7 @@ class VmRepo:
 
     def held_by(self, operation_id: str) -> builtins.list[Vm]:
         """VMs an operation holds busy."""
-        query = select(VmRow).where(VmRow.active_operation_id == operation_id)
+        query = select(VmRow).where(VmRow.active_operation_id == operation_id).order_by(VmRow.name)
         return [_vm(r) for r in self.session.scalars(query)]
 
     def in_set(self, availability_set: str) -> builtins.list[Vm]:
@@ -442,15 +446,16 @@ class NetworkRepo:
 
     def addresses_of(self, vm_id: str) -> builtins.list[tuple[str, str, str]]:
         """(network, ip, mac) of every address a VM holds."""
-        rows = self.session.scalars(select(AddressRow).where(AddressRow.vm_id == vm_id))
-        return [(r.network, r.ip, r.mac) for r in rows]
+        query = select(AddressRow).where(AddressRow.vm_id == vm_id).order_by(AddressRow.network, AddressRow.ip)
+        return [(r.network, r.ip, r.mac) for r in self.session.scalars(query)]
 
     def release(self, vm_id: str) -> None:
         for row in self.session.scalars(select(AddressRow).where(AddressRow.vm_id == vm_id)):
             self.session.delete(row)
 
     def holders(self, network: str) -> builtins.list[str]:
-        return list(self.session.scalars(select(AddressRow.vm_id).where(AddressRow.network == network)))
+        query = select(AddressRow.vm_id).where(AddressRow.network == network).order_by(AddressRow.ip)
+        return list(self.session.scalars(query))
 
 
 # --- availability sets -----------------------------------------------------------------------
