@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from flexvm.compute.hosts import HostService, call_with_timeout
 from flexvm.compute.vm_records import power_state_of
+from flexvm.drivers.base import Driver
 from flexvm.errors import FlexvmError
 from flexvm.model.host import HostState
 from flexvm.model.vm import PowerState, ProvisioningState, Vm
@@ -93,8 +94,9 @@ class Reconciler:
                     PowerState.STARTING,
                     PowerState.STOPPING,
                 ):
-                    report.power_changes[vm.name] = f"{vm.power_state.value} -> {observed.value}"
-                    self._change(vm, lambda v, s=observed: v.set_power(s))
+                    changed = self._record_power(vm, driver)
+                    if changed is not None:
+                        report.power_changes[vm.name] = changed
         return report
 
     def _mark_unknown(self, host: str) -> None:
@@ -110,10 +112,29 @@ class Reconciler:
             return VmRepo(session).by_id(vm_id) is not None
 
     # --- helpers -------------------------------------------------------------------------
-    def _change(self, vm: Vm, apply: object) -> None:
+    def _record_power(self, seen: Vm, driver: Driver) -> str | None:
+        """Record the guest's power state, unless an operation took the VM since the guests were
+        listed: the list may predate what that operation did (a resumed create defines and
+        starts the guest after it). Inside the unit of work, so no operation can start meanwhile,
+        the guest is asked again, and nothing is written unless the record is still as seen."""
         with self.db.session() as session:
             repo = VmRepo(session)
-            current = repo.by_id(vm.id)
-            if current is not None:
-                apply(current)  # type: ignore[operator]
-                repo.save(current)
+            current = repo.by_id(seen.id)
+            if current is None or current != seen:
+                return None
+            try:
+                guest = call_with_timeout(
+                    lambda: driver.guest_info(current.domain_name),
+                    self.timeout,
+                    f"the host of {current.name} did not answer within {self.timeout} s",
+                )
+            except FlexvmError as err:  # the next pass asks again
+                log.warning("not recording %s's power state: %s", current.name, err)
+                return None
+            observed = power_state_of(guest.state if guest else None)
+            if observed is current.power_state:
+                return None
+            change = f"{current.power_state.value} -> {observed.value}"
+            current.set_power(observed)
+            repo.save(current)
+            return change
