@@ -220,16 +220,19 @@ class VmMover:
         assert plan.source is not None
         source, dest = self.hosts.driver(plan.source), self.hosts.driver(plan.destination)
         outer = run.undo_mark()  # what the operation around the move may still undo after it
+        # Whether the guest ran is decided once, here, and replayed from the record: a resumed
+        # cold move finds the VM stopped by its own first steps, and must still take their path.
+        running = vm.power_state in (PowerState.RUNNING, PowerState.STARTING)
         began: dict[str, Any] = run.step(
             "hold",
-            lambda: {"at": time.time(), "to": plan.destination},
+            lambda: {"at": time.time(), "to": plan.destination, "running": running},
             undo=lambda _out: self._let_go(vm),
             detail=f"room held on {plan.destination}",
         )
         if plan.mode == "live":
             result = self._live(run, vm, image, source, dest, plan, outer)
         else:
-            result = self._cold(run, vm, image, source, dest, plan, outer)
+            result = self._cold(run, vm, image, source, dest, plan, outer, bool(began.get("running", running)))
         result.update(
             {
                 "from": plan.source,
@@ -309,9 +312,16 @@ class VmMover:
         return dict(moved)
 
     def _cold(
-        self, run: Run, vm: Vm, image: Image, source: Driver, dest: Driver, plan: MovePlan, outer: int
+        self,
+        run: Run,
+        vm: Vm,
+        image: Image,
+        source: Driver,
+        dest: Driver,
+        plan: MovePlan,
+        outer: int,
+        was_running: bool,
     ) -> dict[str, Any]:
-        was_running = vm.power_state in (PowerState.RUNNING, PowerState.STARTING)
         if was_running:
             power_step(run, "stopping", vm.id, PowerState.STOPPING)
             self.booter.power_off(run, source, vm, force=False)
