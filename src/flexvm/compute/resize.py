@@ -32,6 +32,7 @@ from flexvm.compute.placing import build_request, pool_snapshots
 from flexvm.compute.sizes import SizeService
 from flexvm.compute.vm_records import VmRecords, change_in, check_usable, power_state_of, power_step
 from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState, NotFound, Option, Remedy
+from flexvm.model.guest import GuestInfo, GuestSpec
 from flexvm.model.host import Accelerator
 from flexvm.model.image import Image
 from flexvm.model.operation import Operation
@@ -283,6 +284,7 @@ class ResizeService:
                     "to": plan.target,
                     "path": plan.path,
                     "destination": plan.destination,
+                    "source": before.host or before.disk_host,  # a resumed run may find it moved
                     "plan_steps": plan.steps,
                     "warnings": plan.warnings,
                     "from_vcpus": before.vcpus,
@@ -317,17 +319,19 @@ class ResizeService:
             undo=lambda _out: self._restore(run, before, original),
             detail=f"{target.name} claimed on the VM's host",
         )
+        # Where the VM was when asked (the record says the destination once a move switched).
+        source = p.get("source", vm.host if vm.host is not None else vm.disk_host)
         if path == "move-then-hot":
             assert destination is not None
-            move = MovePlan(vm.name, vm.host, destination, "live", 0.0)
+            move = MovePlan(vm.name, source, destination, "live", 0.0)
             result["move"] = self.mover.move(run, vm, image, move)
             vm = self._as_recorded(self.records.get(vm.name), original)
         if path in ("hot", "move-then-hot"):
             result.update(self._hot(run, vm, image, target, original))
         elif path == "restart":
-            result.update(self._restart(run, vm, image, target, destination))
+            result.update(self._restart(run, vm, image, target, source, destination))
         else:
-            result.update(self._offline(run, vm, image, target, destination))
+            result.update(self._offline(run, vm, image, target, source, destination))
         return result
 
     def _restore(self, run: Run, vm: Vm, original: tuple[Any, ...]) -> None:
@@ -438,15 +442,17 @@ class ResizeService:
             time.sleep(0.5)
         return False
 
-    def _restart(self, run: Run, vm: Vm, image: Image, target: Size, destination: str | None) -> dict[str, Any]:
-        assert vm.host is not None
-        driver = self.hosts.driver(vm.host)
+    def _restart(
+        self, run: Run, vm: Vm, image: Image, target: Size, source: str | None, destination: str | None
+    ) -> dict[str, Any]:
+        assert source is not None
+        driver = self.hosts.driver(source)
         power_step(run, "stopping", vm.id, PowerState.STOPPING)
         self.booter.power_off(run, driver, vm, force=False)
         power_step(run, "stopped", vm.id, PowerState.STOPPED)
         if destination is not None:
             stopped = dataclasses.replace(vm, power_state=PowerState.STOPPED)
-            self.mover.move(run, stopped, image, MovePlan(vm.name, vm.host, destination, "cold", 0.0))
+            self.mover.move(run, stopped, image, MovePlan(vm.name, source, destination, "cold", 0.0))
             driver = self.hosts.driver(destination)
         resized = self._record_new_size(run, vm, target)
         self._redefine(run, driver, resized, image, f"at {target.name} with ceilings {resized.max_size}")
@@ -454,9 +460,11 @@ class ResizeService:
         booted = self.booter.boot(run, driver, resized, image, creating=False)
         return {"restarted": True, **booted}
 
-    def _offline(self, run: Run, vm: Vm, image: Image, target: Size, destination: str | None) -> dict[str, Any]:
+    def _offline(
+        self, run: Run, vm: Vm, image: Image, target: Size, source: str | None, destination: str | None
+    ) -> dict[str, Any]:
         if destination is not None:
-            self.mover.move(run, vm, image, MovePlan(vm.name, vm.host, destination, "cold", 0.0))
+            self.mover.move(run, vm, image, MovePlan(vm.name, source, destination, "cold", 0.0))
         resized = self._record_new_size(run, vm, target)
         if resized.power_state is PowerState.STOPPED and resized.host is not None:
             driver = self.hosts.driver(resized.host)
@@ -468,8 +476,11 @@ class ResizeService:
         host = self.hosts.get(resized.host)
 
         def redefine() -> None:
+            spec = guest_boot.guest_spec(resized, image, host.accelerator, host.bridge)
+            if _defined_as(driver.guest_info(resized.domain_name), spec):
+                return  # a re-run after a crash: the first attempt redefined it already
             driver.undefine(resized.domain_name)
-            driver.define(guest_boot.guest_spec(resized, image, host.accelerator, host.bridge))
+            driver.define(spec)
 
         run.step("redefine", redefine, detail=detail)
 
@@ -485,3 +496,16 @@ class ResizeService:
 
         run.db_step("new-size", record, detail=f"recording {target.name} and its ceilings")
         return self.records.get(vm.name)
+
+
+def _defined_as(info: GuestInfo | None, spec: GuestSpec) -> bool:
+    """Whether the host's definition of the guest already has the shape of ``spec``."""
+    if info is None:
+        return False
+    ceiling_mib = spec.max_memory_mib or spec.memory_mib
+    return (info.vcpus, info.max_vcpus, info.memory_kib, info.max_memory_kib) == (
+        spec.vcpus,
+        spec.max_vcpus or spec.vcpus,
+        spec.memory_mib * 1024,
+        ceiling_mib * 1024,
+    )
