@@ -161,6 +161,34 @@ def test_a_server_that_lost_its_lease_cannot_record_anything(db: Database) -> No
     first.abandon()
 
 
+def test_a_server_that_lost_its_lease_cannot_write_from_inside_a_step_either(db: Database) -> None:
+    """A long step that writes records of its own as it goes (a scale set's converge) writes them
+    through run.fenced(): once another server owns the operation, nothing gets through."""
+    world = World()
+    engine = Engine(db, EngineSettings(lease_seconds=2.0, poll_seconds=0.05))
+
+    def long_step(run: Run) -> None:
+        with run.fenced():
+            world.log.append("wrote while it owned the operation")
+        world.gate.wait(10)
+        with run.fenced():
+            world.log.append("wrote after losing it")
+
+    engine.register("test.long", lambda run: run.step("long", lambda: long_step(run)))
+    engine.start()
+    op_id = submit(engine, "test.long")
+    wait_for(lambda: world.log, 5, "the step's first write")
+    with db.session() as session:
+        row = OperationRepo(session).row(op_id, lock=True)
+        assert row is not None
+        row.owner, row.fence = "someone-else", row.fence + 1
+    world.gate.set()
+    wait_for(lambda: op_id not in engine.running(), 5, "the server stopped its run")
+    assert world.log == ["wrote while it owned the operation"]
+    assert engine.get(op_id).status is OperationStatus.RUNNING
+    engine.abandon()
+
+
 def test_cancel_stops_at_the_next_boundary_and_compensates(db: Database) -> None:
     world = World()
     engine = engine_for(db, world)

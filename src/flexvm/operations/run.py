@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -295,15 +296,7 @@ class Run:
             raise Stop()
         with self.db.session() as session:
             repo = OperationRepo(session)
-            row = repo.row(self.id, lock=True)
-            if row is None or row.owner != self.engine.server_id or row.fence != self.fence:
-                # Another server took it over (this one was paused past its lease, or it is
-                # shutting down): it must not record, or act, any more. Not an error of the
-                # operation, so nothing in the workflow may handle it: a Stop.
-                owner = None if row is None else f"server {row.owner} (fence {row.fence})"
-                log.warning("operation %s: lease lost to %s; this server stops running it", self.id, owner)
-                self.engine.lost(self.id)
-                raise Stop()
+            row = self._owned_row(repo)
             self._cancel_seen = bool(row.cancel_requested)
             if boundary and self._cancel_seen and self.engine.cancelable(self.operation.kind):
                 raise OperationCanceled(f"operation {self.id} was canceled", details={"operation_id": self.id})
@@ -311,3 +304,26 @@ class Run:
                 work(session)
             change(self.operation)
             repo.write_run_state(self.operation)
+
+    @contextmanager
+    def fenced(self) -> Iterator[Session]:
+        """A transaction of the workflow's own (a scale set's instance records, written between
+        steps) that, like every step record, first checks this server still owns the operation:
+        a server that wakes after losing it cannot change anything through it."""
+        if self.engine.stopping(self.id):
+            raise Stop()
+        with self.db.session() as session:
+            self._owned_row(OperationRepo(session))
+            yield session
+
+    def _owned_row(self, repo: OperationRepo) -> Any:
+        row = repo.row(self.id, lock=True)
+        if row is None or row.owner != self.engine.server_id or row.fence != self.fence:
+            # Another server took it over (this one was paused past its lease, or it is
+            # shutting down): it must not record, or act, any more. Not an error of the
+            # operation, so nothing in the workflow may handle it: a Stop.
+            owner = None if row is None else f"server {row.owner} (fence {row.fence})"
+            log.warning("operation %s: lease lost to %s; this server stops running it", self.id, owner)
+            self.engine.lost(self.id)
+            raise Stop()
+        return row

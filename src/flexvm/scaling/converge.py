@@ -186,11 +186,12 @@ class Converger:
     # --- growing -----------------------------------------------------------------------------
     def _grow(self, run: Run, name: str, count: int) -> int:
         """Create ``count`` instances of the current model; how many came up and serve."""
-        names, scale_set = self._reserve(name, count)
+        names, scale_set = self._reserve(run, name, count)
         run.progress(run.operation.progress, f"creating {', '.join(names)}")
         operations: dict[str, str] = {}
         refusal: FlexvmError | None = None
         for vm_name in names:
+            still_owned(run)
             try:
                 operations[vm_name] = self.vms.create(
                     vm_name,
@@ -202,7 +203,7 @@ class Converger:
                 ).id
             except FlexvmError as err:  # no room, most likely: the rest would be refused too
                 refusal = err
-                self._forget(name, [n for n in names if n not in operations])
+                self._forget(run, name, [n for n in names if n not in operations])
                 break
         booted = []
         for vm_name, operation_id in operations.items():
@@ -214,14 +215,14 @@ class Converger:
                 self._replace(run, name, [self._instance(vm_name)], f"its create failed: {reason}")
         came_up = self._admit_all(run, name, booted)
         if refusal is not None:
-            self._note_error(name, f"could not create more instances: {refusal.message}")
+            self._note_error(run, name, f"could not create more instances: {refusal.message}")
             raise refusal
         return came_up
 
-    def _reserve(self, name: str, count: int) -> tuple[list[str], ScaleSet]:
+    def _reserve(self, run: Run, name: str, count: int) -> tuple[list[str], ScaleSet]:
         """Names for new instances, recorded as joining before any VM exists (a server that stops
         now leaves records the next converge can settle, never unnamed VMs)."""
-        with self.db.session() as session:
+        with run.fenced() as session:
             sets = ScaleSetRepo(session)
             scale_set = sets.lock(name)
             names = [scale_set.instance_name(scale_set.next_index + n) for n in range(count)]
@@ -255,7 +256,7 @@ class Converger:
             if problem is not None:
                 self._replace(run, name, [self._instance(vm_name)], problem)
                 continue
-            self._set_state(vm_name, InstanceState.SERVING)
+            self._set_state(run, vm_name, InstanceState.SERVING)
             self.balancer.sync()
             if view.scale_set.load_balancer is not None and not self.balancer.wait_up(name, vm_name, LB_UP_TIMEOUT):
                 log.warning("%s: the load balancer's checks have not passed after %.0f s", vm_name, LB_UP_TIMEOUT)
@@ -306,7 +307,7 @@ class Converger:
     def _remove(self, run: Run, name: str, vm_names: list[str]) -> None:
         """Drain, take out of the load balancer, delete."""
         for vm_name in vm_names:
-            self._set_state(vm_name, InstanceState.LEAVING)
+            self._set_state(run, vm_name, InstanceState.LEAVING)
         run.progress(run.operation.progress, f"draining {', '.join(vm_names)}")
         if self._view(name).scale_set.load_balancer is not None:
             # All at once: a large set's delete waits for its slowest request, not for the sum.
@@ -324,16 +325,17 @@ class Converger:
         operations = {}
         for vm_name in vm_names:
             with contextlib.suppress(NotFound):  # already gone
-                operations[vm_name] = self._delete_vm(vm_name)
+                operations[vm_name] = self._delete_vm(run, vm_name)
         for vm_name, operation_id in operations.items():
             finished = self.engine.wait(operation_id, 300)
             if finished.status != OperationStatus.SUCCEEDED:
                 raise OperationFailed(f"could not delete instance {vm_name}: {finished.message}")
-        self._forget(name, vm_names)
+        self._forget(run, name, vm_names)
         run.progress(run.operation.progress, f"removed {', '.join(vm_names)}")
 
-    def _delete_vm(self, vm_name: str) -> str:
+    def _delete_vm(self, run: Run, vm_name: str) -> str:
         """Start the VM's delete, first waiting for an operation that holds it (a resize, a move)."""
+        still_owned(run)
         try:
             return self.vms.delete(vm_name).id
         except Busy:
@@ -347,10 +349,10 @@ class Converger:
         names = [i.vm_name for i in instances]
         log.warning("scale set %s: replacing %s: %s", name, ", ".join(names), reason)
         for vm_name in names:
-            self._set_state(vm_name, InstanceState.LEAVING)
+            self._set_state(run, vm_name, InstanceState.LEAVING)
         self.balancer.sync()
         self._delete_vms(run, name, names)
-        with self.db.session() as session:
+        with run.fenced() as session:
             sets = ScaleSetRepo(session)
             scale_set = sets.lock(name)
             scale_set.replaced += len(names)
@@ -384,7 +386,7 @@ class Converger:
         names = [i.vm_name for i in view.instances]
         if names:
             self._remove(run, name, names)
-        with self.db.session() as session:
+        with run.fenced() as session:
             ScaleSetRepo(session).delete(name)
             availability = AvailabilitySetRepo(session)
             if name in {a.name for a in availability.list()}:
@@ -399,20 +401,27 @@ class Converger:
         assert found is not None, vm_name
         return found
 
-    def _set_state(self, vm_name: str, state: InstanceState) -> None:
-        with self.db.session() as session:
+    def _set_state(self, run: Run, vm_name: str, state: InstanceState) -> None:
+        with run.fenced() as session:
             ScaleSetRepo(session).set_state(vm_name, state)
 
-    def _forget(self, name: str, vm_names: list[str]) -> None:
-        with self.db.session() as session:
+    def _forget(self, run: Run, name: str, vm_names: list[str]) -> None:
+        with run.fenced() as session:
             sets = ScaleSetRepo(session)
             for vm_name in vm_names:
                 sets.remove_instance(vm_name)
 
-    def _note_error(self, name: str, message: str) -> None:
-        with self.db.session() as session:
+    def _note_error(self, run: Run, name: str, message: str) -> None:
+        with run.fenced() as session:
             sets = ScaleSetRepo(session)
             scale_set = sets.find(name)
             if scale_set is not None:
                 scale_set.error = message
                 sets.save(scale_set)
+
+
+def still_owned(run: Run) -> None:
+    """Stop here unless this server still owns the operation: a converge of a server that was
+    paused past its lease must not start VMs' operations the new owner does not know about."""
+    with run.fenced():
+        pass
