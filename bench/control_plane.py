@@ -3,8 +3,9 @@
 Each VM goes through create (Standard_B1s), a hot resize (to Standard_B2s) and delete, one
 operation at a time, each waited for as the unit tests wait (tests/unit/waiting.py: the
 operation's record polled every 10 ms). Milliseconds per operation (median, p95), operations per
-second (one at a time), the median's ratio to bare and to the old engine, and the median of the
-operation's own record, created to finished (the rest is the caller's wait), for:
+second (one at a time), the median's ratio to bare and to the old engine, the median of the
+operation's own record, created to finished (the rest is the caller's wait), and the median
+number of database transactions that wrote during one operation (commits), for:
 
 - bare: the same fake-driver calls a create, resize and delete make, called directly with no
   platform, no database and no operation records (the least the control plane can cost);
@@ -123,6 +124,7 @@ def bare_worker(cycles: int, warmup: int) -> Times:
 
     def one(operation: str, name: str) -> None:
         steps[operation](name)
+        return None
 
     return cycle(one, cycles, warmup)
 
@@ -155,11 +157,14 @@ def platform_worker(engine: str, db_url: str, cycles: int, warmup: int) -> Times
                 "delete": lambda name: platform.vms.delete(name),
             }
 
-            def one(operation: str, name: str) -> float:
+            commits = count_write_commits(platform.db.engine)
+
+            def one(operation: str, name: str) -> tuple[float, float]:
+                before = commits[0]
                 done = wait_done(platform, calls[operation](name).id, 60.0)
                 if done.status.value != "succeeded":
                     raise RuntimeError(f"{operation} of {name} ended {done.status.value}: {done.error}")
-                return float((done.finished_at - done.created_at).total_seconds())
+                return float((done.finished_at - done.created_at).total_seconds()), float(commits[0] - before)
 
             return cycle(one, cycles, warmup)
         finally:
@@ -169,21 +174,44 @@ def platform_worker(engine: str, db_url: str, cycles: int, warmup: int) -> Times
             platform.close()
 
 
-def cycle(one: Callable[[str, str], float | None], cycles: int, warmup: int) -> Times:
+def cycle(one: Callable[[str, str], tuple[float, float] | None], cycles: int, warmup: int) -> Times:
     """``warmup`` VMs through create, resize, delete untimed, then ``cycles`` timed: each
-    operation from the call to its end seen by the caller, and (``op:recorded``) from the
-    operation's own record, created to finished, where ``one`` returns that."""
-    times: Times = {key: [] for operation in OPERATIONS for key in (operation, f"{operation}:recorded")}
+    operation from the call to its end seen by the caller and, where ``one`` returns them, from the
+    operation's own record, created to finished (``op:recorded``), and the transactions that wrote
+    meanwhile (``op:commits``)."""
+    keys = ("", ":recorded", ":commits")
+    times: Times = {f"{operation}{key}": [] for operation in OPERATIONS for key in keys}
     for i in range(warmup + cycles):
         name = f"b{i:05d}"
         for operation in OPERATIONS:
             started = time.perf_counter()
-            recorded = one(operation, name)
+            extra = one(operation, name)
             took = time.perf_counter() - started
             if i >= warmup:
+                recorded, commits = extra if extra is not None else (took, 0.0)
                 times[operation].append(took)
-                times[f"{operation}:recorded"].append(took if recorded is None else recorded)
+                times[f"{operation}:recorded"].append(recorded)
+                times[f"{operation}:commits"].append(commits)
     return times
+
+
+def count_write_commits(engine: Any) -> list[int]:
+    """A counter (a one-item list) of the commits of transactions that wrote, on any thread."""
+    from sqlalchemy import event
+
+    counter = [0]
+
+    def executed(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+            conn.info["wrote"] = True
+
+    def committed(conn: Any) -> None:
+        if conn.info.pop("wrote", False):
+            counter[0] += 1
+
+    event.listen(engine, "before_cursor_execute", executed)
+    event.listen(engine, "commit", committed)
+    return counter
 
 
 # --- the run: one worker per engine, then the table ----------------------------------------------
@@ -234,7 +262,7 @@ def table(results: dict[str, Times]) -> str:
     bare, old = results["bare fake-driver calls"], results[f"old engine ({OLD_COMMIT}), SQLite"]
     head = (
         f"{'operation':<10}{'engine':<30}{'median ms':>10}{'p95 ms':>9}{'ops/s':>9}"
-        f"{'x bare':>8}{'x old':>7}{'recorded ms':>13}"
+        f"{'x bare':>8}{'x old':>7}{'recorded ms':>13}{'commits':>9}"
     )
     lines = [head, "-" * len(head)]
     for operation in OPERATIONS:
@@ -248,6 +276,7 @@ def table(results: dict[str, Times]) -> str:
             lines.append(
                 f"{operation:<10}{label:<30}{median * 1000:>10.3f}{p95(values) * 1000:>9.3f}"
                 f"{per_second:>9.0f}{x_bare:>8.0f}{x_old:>7}{recorded * 1000:>13.3f}"
+                f"{statistics.median(times[f'{operation}:commits']):>9.0f}"
             )
         lines.append("")
     return "\n".join(lines)
