@@ -2,8 +2,10 @@
 
 Two real `flexvm serve` processes share one private PostgreSQL 15 (tests/pg.py) and one
 FLEXVM_HOME, as two servers on one machine (tests/integration/test_several_servers.py). Each run
-creates a VM of the tiny image and, while the create waits for the guest to boot (its `wait-ready`
-step running), stops the server that owns it, in one of two ways:
+creates a VM of the tiny image, ticking (`flexvm.tick=1`) and counted ready at its Nth tick, so the
+create's `wait-ready` step lasts as long as chosen; at a moment drawn uniformly within one lease
+renewal period after that step started, it stops the server that owns the create, in one of two
+ways:
 
 - `kill -9`: the process is gone; the survivor sees it (same machine: the pid and the kernel's
   start time of that pid no longer match) at its next look for orphans, without waiting for the
@@ -23,6 +25,7 @@ orphans every FLEXVM_TAKEOVER_POLL_SECONDS (default 1 s). Run under the heavy-wo
 from __future__ import annotations
 
 import argparse
+import random
 import signal
 import statistics
 import sys
@@ -34,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import FlexvmServer, domains, unique, wait_for  # noqa: E402
+from tests.helpers import FlexvmServer, domains, import_tiny_copy, unique, wait_for  # noqa: E402
 from tests.integration.test_several_servers import create_until_booting, owner_of, server_id  # noqa: E402
 from tests.pg import PrivateCluster  # noqa: E402
 
@@ -61,9 +64,10 @@ def survivor_owns(survivor: FlexvmServer, survivor_id: str, operation_id: str, t
     return time.time()
 
 
-def one_run(servers: list[FlexvmServer], image: str, prefix: str, how: str, lease: float) -> Takeover:
+def one_run(servers: list[FlexvmServer], image: str, prefix: str, how: str, lease: float, delay: float) -> Takeover:
     name = unique(prefix)
     operation_id = create_until_booting(servers[0], name, image)
+    time.sleep(delay)
     owner = owner_of(servers[0], operation_id)
     victim = next(s for s in servers if server_id(s) == owner)
     survivor = next(s for s in servers if s is not victim)
@@ -94,7 +98,7 @@ def one_run(servers: list[FlexvmServer], image: str, prefix: str, how: str, leas
     return Takeover(recorded_at - stopped_at, seen_at - stopped_at, finished_at - stopped_at, attempts)
 
 
-def cleanup(servers: list[FlexvmServer], image: str, prefix: str) -> None:
+def cleanup(servers: list[FlexvmServer], images: list[str], prefix: str) -> None:
     for srv in servers:
         if srv.proc is not None and srv.proc.poll() is None:
             srv.proc.send_signal(signal.SIGCONT)
@@ -103,7 +107,8 @@ def cleanup(servers: list[FlexvmServer], image: str, prefix: str) -> None:
         with alive.api() as api:
             for vm in api.get("/vms").json():
                 alive.wait_operation(api.delete(f"/vms/{vm['name']}").json()["id"])
-            api.delete(f"/images/{image}")
+            for image in images:
+                api.delete(f"/images/{image}")
     for srv in servers:
         srv.stop()
     left = sorted(d for d in domains() if d.startswith(prefix))
@@ -129,10 +134,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="runs per way of stopping")
     parser.add_argument("--lease", type=float, default=15.0, help="FLEXVM_LEASE_SECONDS (default 15, flexvm's)")
     parser.add_argument("--quick", action="store_true", help="3 runs each")
+    parser.add_argument("--seed", type=int, default=10, help="of the moments the servers are stopped at")
     args = parser.parse_args()
     runs = 3 if args.quick else args.runs
     prefix = unique("bench-takeover")
-    image = f"{prefix}-tiny"
+    tiny, image = f"{prefix}-tiny", f"{prefix}-ticking"
+    renewal = args.lease / 3
+    ticks = int(renewal) + 15  # ready well after the latest stop, and after a takeover by lease
+    moments = random.Random(args.seed)
     results: dict[str, list[Takeover]] = {"kill -9": [], "SIGSTOP": []}
     cluster = PrivateCluster.create()
     try:
@@ -148,23 +157,28 @@ def main() -> None:
             try:
                 for srv in servers:
                     srv.start()
-                servers[0].ok("image", "build", "tiny", "--name", image)
+                servers[0].ok("image", "build", "tiny", "--name", tiny)
+                ready = f"flexvm: tick {ticks} "
+                import_tiny_copy(servers[0], servers[0], tiny, image, ready_marker=ready, cmdline_extra="flexvm.tick=1")
                 for how in results:
                     for i in range(runs):
-                        took = one_run(servers, image, prefix, how, args.lease)
+                        delay = moments.uniform(0, renewal)
+                        took = one_run(servers, image, prefix, how, args.lease, delay)
                         results[how].append(took)
                         print(
-                            f"  {how} run {i + 1}: resumed after {took.recorded:.2f} s "
+                            f"  {how} run {i + 1} (stopped {delay:.2f} s into wait-ready): "
+                            f"resumed after {took.recorded:.2f} s "
                             f"(seen {took.seen:.2f} s, done {took.finished:.2f} s, attempts {took.attempts})",
                             file=sys.stderr,
                         )
             finally:
-                cleanup(servers, image, prefix)
+                cleanup(servers, [image, tiny], prefix)
     finally:
         cluster.destroy()
     print(
-        f"\nTakeover of a VM create (waiting for its guest) by the other of two servers on one PostgreSQL;\n"
-        f"lease {args.lease:g} s (renewed every {args.lease / 3:.3g} s), orphans looked for every {POLL_SECONDS:g} s:\n"
+        f"\nTakeover of a VM create (waiting for its guest, ready at tick {ticks}) by the other of two servers\n"
+        f"on one PostgreSQL, stopped at a random moment within a renewal period; lease {args.lease:g} s\n"
+        f"(renewed every {renewal:.3g} s), orphans looked for every {POLL_SECONDS:g} s:\n"
     )
     print(table(results, args.lease))
 
