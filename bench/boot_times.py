@@ -150,7 +150,7 @@ def main() -> None:
             time_flexvm(server, image, f"{tag}-warm")
             template = virsh("dumpxml", f"{tag}-warm")
             libvirt_backing = ET.fromstring(template).find("devices/disk[@device='disk']/backingStore/source")
-            backing = libvirt_backing.get("file") if libvirt_backing is not None else backing_image
+            backing = (libvirt_backing.get("file") if libvirt_backing is not None else None) or backing_image
             accel = "kvm" if host["accelerator"] == "kvm" else "tcg"
             for run in range(args.runs):
                 results["flexvm vm create"].append(time_flexvm(server, image, f"{tag}-{run}"))
