@@ -16,7 +16,10 @@ that two runs can be compared by.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import shutil
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,7 +34,7 @@ from flexvm.compute.hosts import HostChanges, HostRequest
 from flexvm.config import Settings
 from flexvm.drivers import connect
 from flexvm.drivers.base import Driver
-from flexvm.drivers.fake import FakeDriver
+from flexvm.drivers.fake import FakeDriver, FakeHost
 from flexvm.operations.run import Stop
 from flexvm.platform import Platform
 from flexvm.store.tables import AddressRow
@@ -168,7 +171,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     PostgreSQL it would double a long list (the engine's own tests run on both)."""
     home = tmp_path / "home"
     dhcp = tmp_path / "dhcp"
-    dhcp.mkdir(parents=True)
+    dhcp.mkdir(parents=True, exist_ok=True)
     settings = pool_settings(tmp_path, f"sqlite:///{tmp_path / 'flexvm.db'}", takeover_poll_seconds=0.05)
     assert settings.home == home
     made = World(settings, dhcp)
@@ -176,6 +179,37 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield made
     finally:
         made.close()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A world set up once, to be copied for each case: its files (database, home, DHCP entries)
+    and what its fake hosts and HAProxy hold in memory. A copy costs a few milliseconds; setting
+    a world up again, a few hundred (a schema migrated, hosts added, an image imported)."""
+
+    directory: Path
+    hosts: dict[str, tuple[str, FakeHost]]  # name -> (URI, state)
+    haproxy: FakeHAProxy
+
+
+def keep(made: World) -> Prepared:
+    """What ``made`` holds now (its servers must have stopped: the database is copied as a file)."""
+    hosts = {name: (driver.uri, copy.deepcopy(driver.host)) for name, driver in made.hosts.items()}
+    return Prepared(made.settings.home.parent, hosts, copy.deepcopy(made.haproxy))
+
+
+@contextmanager
+def copy_of(prepared: Prepared, tmp_path: Path) -> Iterator[World]:
+    """A world of its own, as ``prepared`` was: the same host URIs, now holding fresh copies."""
+    shutil.copytree(prepared.directory, tmp_path, dirs_exist_ok=True)
+    with world(tmp_path) as made:
+        with sqlite3.connect(tmp_path / "flexvm.db") as db:  # the DHCP entries now live here
+            db.execute("UPDATE networks SET dhcp_hosts_dir = ?", (str(made.dhcp_dir),))
+        db.close()
+        for name, (uri, host) in prepared.hosts.items():
+            made.hosts[name] = FakeDriver.with_host(uri, copy.deepcopy(host))
+        made.haproxy = copy.deepcopy(prepared.haproxy)
+        yield made
 
 
 def furnish(world: World, platform: Platform, small_disk: Path, host_mib: dict[str, int] | None = None) -> None:

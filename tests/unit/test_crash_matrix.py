@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from flexvm.model.operation import Operation
-from tests.unit.matrix_helpers import Point, differences, fingerprint, world
+from tests.unit.matrix_helpers import Point, Prepared, copy_of, differences, fingerprint, keep, world
 from tests.unit.matrix_scenarios import SCENARIOS, Scenario, prepare
 from tests.unit.pool_helpers import wait_for
 from tests.unit.waiting import wait_done
@@ -231,38 +231,44 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("matrix") / "small.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
-    return path
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Prepared]:
+    """Each scenario's world, set up once (when first asked for) and copied for every case."""
+    disk = tmp_path_factory.mktemp("matrix") / "small.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+
+    class Worlds(dict[str, Prepared]):
+        def __missing__(self, name: str) -> Prepared:
+            with world(tmp_path_factory.mktemp(f"prepared-{name}")) as made:
+                prepare(made, SCENARIOS[name], disk)
+            self[name] = keep(made)
+            return self[name]
+
+    return Worlds()
 
 
 @pytest.fixture(scope="module")
-def clean_runs(tmp_path_factory: pytest.TempPathFactory, disk: Path) -> dict[str, Outcome]:
+def clean_runs(tmp_path_factory: pytest.TempPathFactory, prepared: dict[str, Prepared]) -> dict[str, Outcome]:
     """Each scenario run once without a kill, as the cases' baseline (made when first asked for)."""
 
     class Runs(dict[str, Outcome]):
         def __missing__(self, name: str) -> Outcome:
-            self[name] = clean_run(tmp_path_factory.mktemp(f"clean-{name}"), SCENARIOS[name], disk)
+            self[name] = clean_run(tmp_path_factory.mktemp(f"clean-{name}"), SCENARIOS[name], prepared[name])
             return self[name]
 
     return Runs()
 
 
-def clean_run(tmp_path: Path, scenario: Scenario, disk: Path) -> Outcome:
-    with world(tmp_path) as w:
-        prepare(w, scenario, disk)
-        w.reached.clear()
+def clean_run(tmp_path: Path, scenario: Scenario, prepared: Prepared) -> Outcome:
+    with copy_of(prepared, tmp_path) as w:
         server = w.open()
         done = wait_done(server, scenario.act(server).id, FINISH_SECONDS)
         return Outcome(done, fingerprint(w, server), w.counted_calls(), list(w.reached))
 
 
-def crashed_run(tmp_path: Path, scenario: Scenario, disk: Path, point: Point, mode: str) -> tuple[Outcome, str]:
+def crashed_run(tmp_path: Path, scenario: Scenario, prepared: Prepared, point: Point, mode: str) -> tuple[Outcome, str]:
     """Kill the server that runs the operation at ``point``; return how another one finished it
     (and that other server's id)."""
-    with world(tmp_path) as w:
-        prepare(w, scenario, disk)
+    with copy_of(prepared, tmp_path) as w:
         first = w.open(crash=point)
         beside = w.open() if mode == "survivor" else None
         operation = scenario.act(first)
@@ -285,10 +291,15 @@ def test_the_matrix_covers_every_point_a_run_reaches(name: str, clean_runs: dict
 
 @pytest.mark.parametrize(("name", "point", "mode"), CASES)
 def test_a_server_killed_here_changes_nothing_in_the_end(
-    name: str, point: Point, mode: str, clean_runs: dict[str, Outcome], disk: Path, tmp_path: Path
+    name: str,
+    point: Point,
+    mode: str,
+    clean_runs: dict[str, Outcome],
+    prepared: dict[str, Prepared],
+    tmp_path: Path,
 ) -> None:
     clean = clean_runs[name]
-    got, finisher = crashed_run(tmp_path, SCENARIOS[name], disk, point, mode)
+    got, finisher = crashed_run(tmp_path, SCENARIOS[name], prepared[name], point, mode)
 
     assert got.operation.status == clean.operation.status, got.operation.error
     assert (got.operation.error or {}).get("code") == (clean.operation.error or {}).get("code"), got.operation.error

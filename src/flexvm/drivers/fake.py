@@ -125,6 +125,14 @@ class FakeDriver(Driver):
         return cls(uri, host)
 
     @classmethod
+    def with_host(cls, uri: str, host: FakeHost) -> FakeDriver:
+        """Make ``host`` the in-memory host of ``uri`` from now on (tests restore a saved state)."""
+        key = urlparse(uri).netloc or urlparse(uri).path
+        with cls._registry_lock:
+            cls._hosts[key] = host
+        return cls(uri, host)
+
+    @classmethod
     def reset_all(cls) -> None:
         with cls._registry_lock:
             cls._hosts.clear()
