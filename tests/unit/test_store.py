@@ -123,6 +123,59 @@ def test_migrating_again_is_a_no_op_and_keeps_data(empty_db_url: str) -> None:
         second.engine.dispose()
 
 
+def test_a_database_of_the_one_process_flexvm_upgrades_keeping_its_operations(empty_db_url: str) -> None:
+    """An install from before durable operations (revision 0005) upgrades in place: its finished
+    operations keep what they said, and gain the columns of who runs them (no one: they are done)."""
+    old = Database(empty_db_url)
+    old.migrate("0005")
+    with old.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO operations (id, kind, target_kind, target_name, status, progress, message,"
+                " steps, error, result, params, created_at, started_at, finished_at) VALUES"
+                " ('op-1', 'vm.create', 'vm', 'web1', 'succeeded', 100, 'done', :steps, NULL, :result,"
+                " :params, :at, :at, :at)"
+            ),
+            {
+                "steps": (  # as the one-process engine recorded them
+                    '[{"name": "define", "status": "done", "started_at": "2026-11-30T12:00:00",'
+                    ' "finished_at": "2026-11-30T12:00:01", "detail": ""},'
+                    ' {"name": "start", "status": "rolled-back", "started_at": "2026-11-30T12:00:01"}]'
+                ),
+                "result": '{"host": "local"}',
+                "params": '{"size": "Standard_B1s"}',
+                "at": datetime(2026, 11, 30, 12, 0, tzinfo=UTC),
+            },
+        )
+    old.engine.dispose()
+    upgraded = open_database(empty_db_url)  # what `flexvm serve` does at start
+    try:
+        with upgraded.engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+                head_revision()
+            ]
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == [], "upgraded differs from migrated from empty"
+        with upgraded.session() as session:
+            row = OperationRepo(session).row("op-1")
+            assert row is not None
+            assert (row.status, row.result, row.params) == ("succeeded", {"host": "local"}, {"size": "Standard_B1s"})
+            assert (row.owner, row.fence, row.lease_expires, row.claims, row.cancel_requested) == (
+                None,
+                0,
+                None,
+                0,
+                False,
+            )
+            steps = OperationRepo(session).get("op-1").steps
+            assert [(step.name, step.status) for step in steps] == [
+                ("define", StepStatus.DONE),
+                ("start", StepStatus.UNDONE),
+            ]
+    finally:
+        upgraded.engine.dispose()
+
+
 def test_a_failed_unit_of_work_leaves_nothing(db: Database) -> None:
     with pytest.raises(RuntimeError), db.session() as session:
         SizeRepo(session).add(Size("Gone", 1, 256, GIB, "custom", builtin=False))
