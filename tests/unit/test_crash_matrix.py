@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from flexvm.model.operation import Operation
+from flexvm.platform import Platform
 from tests.unit.matrix_helpers import Point, Prepared, copy_of, differences, fingerprint, keep, world
 from tests.unit.matrix_scenarios import SCENARIOS, Scenario, prepare
 from tests.unit.pool_helpers import wait_for
@@ -258,10 +259,17 @@ def clean_runs(tmp_path_factory: pytest.TempPathFactory, prepared: dict[str, Pre
     return Runs()
 
 
+def settle(server: Platform) -> None:
+    """Wait for every operation to end, not only the one asked for: a scale set's converge may
+    admit an instance whose create, resumed on its own, is still writing its last record."""
+    wait_for(lambda: all(op.status.finished for op in server.runner.list()), FINISH_SECONDS, "every operation to end")
+
+
 def clean_run(tmp_path: Path, scenario: Scenario, prepared: Prepared) -> Outcome:
     with copy_of(prepared, tmp_path) as w:
         server = w.open()
         done = wait_done(server, scenario.act(server).id, FINISH_SECONDS)
+        settle(server)
         return Outcome(done, fingerprint(w, server), w.counted_calls(), list(w.reached))
 
 
@@ -276,6 +284,7 @@ def crashed_run(tmp_path: Path, scenario: Scenario, prepared: Prepared, point: P
         assert point in w.reached, f"the operation finished without reaching {point.id}"
         second = beside or w.open()
         done = wait_done(second, operation.id, FINISH_SECONDS)
+        settle(second)
         return Outcome(done, fingerprint(w, second), w.counted_calls(), list(w.reached)), second.engine.server_id
 
 
