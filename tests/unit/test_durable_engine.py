@@ -218,14 +218,32 @@ def test_one_leader_at_a_time_and_a_stale_one_is_refused(db: Database) -> None:
     first, second = engine_for(db, world), engine_for(db, world)
     assert [first.leader.is_leader(), second.leader.is_leader()].count(True) == 1
     leader, other = (first, second) if first.leader.is_leader() else (second, first)
-    # The leader is paused: its lease runs out and the other takes the role.
-    leader.abandon()
+    # The leader is paused (alive, but it renews nothing): its lease runs out and the other takes the role.
+    leader._closing.set()  # its upkeep loop ends; it is not seen dead, as a SIGSTOPped process is not
     wait_for(lambda: (other.leader.tick(), other.leader.is_leader())[1], 10, "the other server leads")
     with pytest.raises(LeaseLost, match="no longer leads"), leader.leader.fenced(), db.session():
         pass  # the guard refuses the transaction before anything can be written in it
     assert other.leader.as_leader(lambda: None) is True
     assert leader.leader.as_leader(lambda: None) is False
+    leader.abandon()
     other.close()
+
+
+def test_a_leader_seen_dead_hands_its_role_over_without_waiting_for_its_lease(db: Database) -> None:
+    lease = 30.0
+    first = Engine(db, EngineSettings(lease_seconds=lease, poll_seconds=0.05))
+    first.start()
+    assert first.leader.is_leader()
+    second = Engine(db, EngineSettings(lease_seconds=lease, poll_seconds=0.05))
+    second.start()
+    assert not second.leader.is_leader()
+    started = time.monotonic()
+    first.abandon()  # as kill -9 on this machine: its process is seen gone
+    wait_for(second.leader.is_leader, 5, "the other server to lead")
+    assert time.monotonic() - started < lease / 3, "taken at once, not at the lease's next renewal"
+    with pytest.raises(LeaseLost), first.leader.fenced(), db.session():
+        pass
+    second.close()
 
 
 def wait_done_engine(engine: Engine, op_id: str, timeout: float = 15.0):  # noqa: ANN201

@@ -108,8 +108,9 @@ class Engine:
         """Join the servers, and take up at once what dead servers left. Returns those ids."""
         self.servers.register()
         self._started = True
-        self.leader.tick()
-        resumed = self._claim_orphans()
+        dead = self._dead_servers()
+        self.leader.tick(dead)
+        resumed = self._claim_orphans(dead)
         self._keeper = threading.Thread(target=self._keep, name="flexvm-leases", daemon=True)
         self._keeper.start()
         return resumed
@@ -373,12 +374,15 @@ class Engine:
         next_renewal = 0.0
         while not self._closing.wait(self.settings.poll_seconds):
             try:
+                dead = self._dead_servers()
                 if time.monotonic() >= next_renewal:
                     next_renewal = time.monotonic() + self.settings.lease_seconds / 3
                     self._renew()
                     self.servers.heartbeat()
-                    self.leader.tick()
-                self._claim_orphans()
+                    self.leader.tick(dead)
+                elif dead and not self.leader.is_leader():
+                    self.leader.tick(dead)  # a leader seen dead hands its role over at once
+                self._claim_orphans(dead)
             except Exception:  # the loop must outlive a database hiccup; the next pass retries
                 log.exception("lease upkeep failed")
 
@@ -400,12 +404,16 @@ class Engine:
             log.warning("operation %s: this server's lease was taken over", op_id)
             self.lost(op_id)
 
-    def _claim_orphans(self) -> builtins.list[str]:
+    def _dead_servers(self) -> set[str]:
+        """Servers certainly gone (see ServerRegistry.dead_here), heard from recently enough to matter."""
+        return self.servers.dead_here(within=max(60.0, 4 * self.settings.lease_seconds))
+
+    def _claim_orphans(self, dead: set[str] | None = None) -> builtins.list[str]:
         """Claim every unfinished operation whose server is gone or whose lease ran out."""
         if self._closing.is_set():
             return []
         now = time.time()
-        dead = self.servers.dead_here(within=max(60.0, 4 * self.settings.lease_seconds))
+        dead = self._dead_servers() if dead is None else dead
         with self.db.session() as session:
             rows = session.execute(
                 select(

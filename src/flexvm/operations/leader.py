@@ -2,7 +2,8 @@
 autoscale and healing, the load balancer), under a lease with a fencing number.
 
 The lease is a row (``leases``, name "leader"): holder, epoch, expiry. A server takes it when it
-is free or has run out, raising the epoch; the holder renews it. Leadership is not only believed
+is free, has run out, or its holder is known dead (a process of this machine that is gone),
+raising the epoch; the holder renews it. Leadership is not only believed
 but checked where it matters: the periodic work writes inside ``fenced()``, which makes every
 transaction of that thread first lock the lease row and check that this server still holds it
 with its epoch, before the write can commit. A leader paused past its lease wakes up to find its
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.exc import IntegrityError
@@ -41,13 +42,14 @@ class LeaderLease:
     def is_leader(self) -> bool:
         return self.epoch is not None and time.monotonic() < self._valid_until
 
-    def tick(self) -> None:
-        """Take the lease if it is free or ran out, renew it if held; called a few times a lease."""
+    def tick(self, dead: Collection[str] = ()) -> None:
+        """Take the lease if it is free, ran out or is held by a server known ``dead``; renew it
+        if held. Called a few times a lease, and at once when a server is seen gone."""
         asked = time.monotonic()
         now = time.time()
         try:
             with self.db.session() as session:
-                epoch = self._take_or_renew(session, now)
+                epoch = self._take_or_renew(session, now, dead)
         except IntegrityError:  # another server created the row at the same moment
             epoch = None
         with self._lock:
@@ -61,7 +63,7 @@ class LeaderLease:
             elif was is not None:
                 log.warning("this server no longer leads the periodic work (it held epoch %d)", was)
 
-    def _take_or_renew(self, session: Session, now: float) -> int | None:
+    def _take_or_renew(self, session: Session, now: float, dead: Collection[str]) -> int | None:
         row = session.get(LeaseRow, LEADER, with_for_update=True)
         expires = now + self.lease_seconds
         if row is None:
@@ -71,7 +73,7 @@ class LeaderLease:
         if row.holder == self.server_id and row.epoch == self.epoch:
             row.expires = expires
             return row.epoch
-        if row.holder is None or row.expires <= now:
+        if row.holder is None or row.expires <= now or row.holder in dead:
             row.holder, row.epoch, row.expires = self.server_id, row.epoch + 1, expires
             return row.epoch
         return None
