@@ -7,6 +7,7 @@ platform's own workflows are crashed at every step in test_crash_matrix.py.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +19,10 @@ from flexvm.errors import InvalidState, LeaseLost, OperationFailed
 from flexvm.model.operation import OperationStatus, StepStatus
 from flexvm.operations.engine import Engine, EngineSettings
 from flexvm.operations.run import Run, Stop
+from flexvm.operations.servers import ServerRegistry
 from flexvm.store.db import Database, open_database
 from flexvm.store.repositories import OperationRepo
+from flexvm.store.tables import ServerRow
 from tests.helpers import wait_for
 
 
@@ -244,6 +247,32 @@ def test_a_leader_seen_dead_hands_its_role_over_without_waiting_for_its_lease(db
     with pytest.raises(LeaseLost), first.leader.fenced(), db.session():
         pass
     second.close()
+
+
+def test_a_server_is_judged_dead_by_its_pid_only_on_its_own_machine(db: Database) -> None:
+    """A pid means something only in the kernel and pid namespace that gave it: a row with this
+    hostname but another machine (a cloned host, a container with the host's name) is left to
+    its lease, however dead its pid looks from here."""
+    me = ServerRegistry(db)
+    me.register()
+    gone_pid = subprocess.Popen(["true"])
+    gone_pid.wait()  # a pid whose process has ended
+    now = time.time()
+    with db.session() as session:
+        for server_id, machine in (("here", me.machine), ("elsewhere", "another-boot/4026531836")):
+            session.add(
+                ServerRow(
+                    id=server_id,
+                    hostname=me.hostname,
+                    machine=machine,
+                    pid=gone_pid.pid,
+                    process_started="12345",
+                    started_at=now,
+                    heartbeat=now,
+                )
+            )
+    assert me.dead_here(within=60) == {"here"}
+    me.stopped()
 
 
 def wait_done_engine(engine: Engine, op_id: str, timeout: float = 15.0):  # noqa: ANN201

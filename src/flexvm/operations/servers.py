@@ -3,8 +3,9 @@
 Every `flexvm serve` process has a row: a random id, its machine's name, its pid and the time
 the kernel started that process (so a reused pid is not mistaken for it), where it answers, and
 a heartbeat renewed with its leases. A server is judged dead at once when it ran on this
-machine and its process is gone (or, inside one test process, its engine was abandoned); a
-server on another machine only when its leases run out.
+machine (the same kernel boot and pid namespace, not only the same hostname) and its process
+is gone (or, inside one test process, its engine was abandoned); a server on another machine
+only when its leases run out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ from flexvm.store.tables import ServerRow
 # Engines alive in this process: a row of this machine and this pid that is not among them was
 # left by an engine that stopped without a word (in tests, a simulated crash).
 _LIVE_IN_THIS_PROCESS: set[str] = set()
+
+
+def this_machine() -> str:
+    """Where a pid names this process: the kernel's boot id and the pid namespace. Two servers
+    whose hostnames agree but whose machines differ (cloned hosts, containers sharing the host's
+    name) must not judge each other's pids: only their leases tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
 
 
 def process_started(pid: int) -> str:
@@ -74,16 +87,20 @@ class ServerRegistry:
         self.db = db
         self.id = str(uuid.uuid4())
         self.hostname = socket.gethostname()
+        self.machine = this_machine()
         self.pid = os.getpid()
         self.url = url
 
     def register(self) -> None:
         now = time.time()
+        # Live before its row exists: another engine of this process must never see the row alone.
+        _LIVE_IN_THIS_PROCESS.add(self.id)
         with self.db.session() as session:
             session.add(
                 ServerRow(
                     id=self.id,
                     hostname=self.hostname,
+                    machine=self.machine,
                     pid=self.pid,
                     process_started=process_started(self.pid),
                     url=self.url,
@@ -92,7 +109,6 @@ class ServerRegistry:
                     heartbeat=now,
                 )
             )
-        _LIVE_IN_THIS_PROCESS.add(self.id)
 
     def heartbeat(self) -> None:
         with self.db.session() as session:
@@ -130,13 +146,13 @@ class ServerRegistry:
             rows = session.scalars(
                 select(ServerRow).where(ServerRow.heartbeat >= cutoff, ServerRow.id != self.id)
             ).all()
-            found = [(r.id, r.hostname, r.pid, r.process_started, r.stopped_at) for r in rows]
+            found = [(r.id, r.hostname, r.machine, r.pid, r.process_started, r.stopped_at) for r in rows]
         dead = set()
-        for server_id, hostname, pid, started, stopped_at in found:
+        for server_id, hostname, machine, pid, started, stopped_at in found:
             if stopped_at is not None:
                 dead.add(server_id)
-            elif hostname != self.hostname:
-                continue
+            elif hostname != self.hostname or not machine or machine != self.machine:
+                continue  # another machine (or one that did not say): its lease tells
             elif pid == self.pid:
                 if server_id not in _LIVE_IN_THIS_PROCESS:
                     dead.add(server_id)

@@ -176,6 +176,8 @@ class ServerRow(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     process_started: Mapped[str] = mapped_column(String(32), default="")  # from /proc: tells a reused pid
+    # The kernel's boot id and the pid namespace: where the pid means something ("" before 0007).
+    machine: Mapped[str] = mapped_column(String(80), default="", server_default="")
     url: Mapped[str] = mapped_column(String(255), default="")
     version: Mapped[str] = mapped_column(String(32), default="")
     started_at: Mapped[float] = mapped_column(Float)
