@@ -380,7 +380,7 @@ class Engine:
                     self._renew()
                     self.servers.heartbeat()
                     self.leader.tick(dead)
-                elif dead and not self.leader.is_leader():
+                elif dead and not self.leader.is_leader() and self.leader.holder()[0] in dead:
                     self.leader.tick(dead)  # a leader seen dead hands its role over at once
                 self._claim_orphans(dead)
             except Exception:  # the loop must outlive a database hiccup; the next pass retries
