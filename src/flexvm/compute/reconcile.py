@@ -115,24 +115,25 @@ class Reconciler:
     def _record_power(self, seen: Vm, driver: Driver) -> str | None:
         """Record the guest's power state, unless an operation took the VM since the guests were
         listed: the list may predate what that operation did (a resumed create defines and
-        starts the guest after it). Inside the unit of work, so no operation can start meanwhile,
-        the guest is asked again, and nothing is written unless the record is still as seen."""
+        starts the guest after it). The host is asked again (outside any unit of work: a host
+        that hangs must not hold the database), then the state is written only if the record is
+        still exactly as seen before that question — so nothing changed it in between."""
+        try:
+            guest = call_with_timeout(
+                lambda: driver.guest_info(seen.domain_name),
+                self.timeout,
+                f"the host of {seen.name} did not answer within {self.timeout} s",
+            )
+        except FlexvmError as err:  # the next pass asks again
+            log.warning("not recording %s's power state: %s", seen.name, err)
+            return None
+        observed = power_state_of(guest.state if guest else None)
+        if observed is seen.power_state:
+            return None
         with self.db.session() as session:
             repo = VmRepo(session)
             current = repo.by_id(seen.id)
             if current is None or current != seen:
-                return None
-            try:
-                guest = call_with_timeout(
-                    lambda: driver.guest_info(current.domain_name),
-                    self.timeout,
-                    f"the host of {current.name} did not answer within {self.timeout} s",
-                )
-            except FlexvmError as err:  # the next pass asks again
-                log.warning("not recording %s's power state: %s", current.name, err)
-                return None
-            observed = power_state_of(guest.state if guest else None)
-            if observed is current.power_state:
                 return None
             change = f"{current.power_state.value} -> {observed.value}"
             current.set_power(observed)
