@@ -74,11 +74,17 @@ class SetView:
         return [i for i in self.staying if i.model_version != self.scale_set.model_version]
 
     def broken(self) -> list[Instance]:
-        """Instances whose VM is gone or failed: they will never serve."""
+        """Instances that should serve but never will: their VM is gone or failed. Not broken: a
+        joining one with no VM yet (its VM was never asked for; converging asks for it), and a
+        leaving one whose VM is gone (its delete got that far; converging forgets it)."""
         return [
             i
             for i in self.instances
-            if i.vm_name not in self.vms or self.vms[i.vm_name].provisioning_state == ProvisioningState.FAILED
+            if i.state != InstanceState.LEAVING
+            and (
+                (i.vm_name not in self.vms and i.state != InstanceState.JOINING)
+                or (i.vm_name in self.vms and self.vms[i.vm_name].provisioning_state == ProvisioningState.FAILED)
+            )
         ]
 
 
@@ -156,6 +162,10 @@ class Converger:
                 self._replace(run, name, view.broken(), "it failed or vanished")
                 continue
             stranded = [i for i in view.instances if i.state == InstanceState.JOINING]
+            unborn = [i.vm_name for i in stranded if i.vm_name not in view.vms]
+            if unborn:  # reserved by a server that stopped before it asked for their VMs
+                self._create(run, name, unborn, view.scale_set)
+                continue
             if stranded:  # left joining by a server that stopped mid-way: admit or replace
                 self._admit_all(run, name, [i.vm_name for i in stranded])
                 continue
@@ -187,6 +197,10 @@ class Converger:
     def _grow(self, run: Run, name: str, count: int) -> int:
         """Create ``count`` instances of the current model; how many came up and serve."""
         names, scale_set = self._reserve(run, name, count)
+        return self._create(run, name, names, scale_set)
+
+    def _create(self, run: Run, name: str, names: list[str], scale_set: ScaleSet) -> int:
+        """Create the VMs of reserved instances, wait for them to boot, admit those that did."""
         run.progress(run.operation.progress, f"creating {', '.join(names)}")
         operations: dict[str, str] = {}
         refusal: FlexvmError | None = None
