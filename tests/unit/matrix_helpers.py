@@ -43,7 +43,7 @@ from tests.unit.scaling_helpers import FakeHAProxy, Probe
 from tests.unit.waiting import wait_done
 
 # Calls whose count must not change because a server died: each defines, boots or moves a guest.
-COUNTED = ("define", "start", "migrate")
+COUNTED = ("define", "start", "migrate", "set_vcpus", "attach_memory")
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,11 @@ class World:
 
     def counted_calls(self) -> dict[str, int]:
         """How many times any server defined, started or migrated a guest, by method and guest."""
+        host_of = {driver.uri: name for name, driver in self.hosts.items()}
         return {
-            f"{method} {subject}": n for (_uri, method, subject), n in sorted(self.calls.items()) if method in COUNTED
+            f"{method} {subject} on {host_of.get(uri, uri)}": n
+            for (uri, method, subject), n in sorted(self.calls.items())
+            if method in COUNTED
         }
 
 
@@ -235,8 +238,10 @@ def fingerprint(world: World, platform: Platform) -> dict[str, Any]:
             "provisioning": vm.provisioning_state.value,
             "size": vm.size,
             "shape": (vm.vcpus, vm.memory_mib),
+            "ceilings": (vm.max_size, vm.max_vcpus, vm.max_memory_mib),
             "moving_to": vm.moving_to,
             "busy": vm.active_operation_id is not None,
+            "error": vm.error,
         }
         for vm in platform.vms.list()
     }
@@ -255,7 +260,15 @@ def fingerprint(world: World, platform: Platform) -> dict[str, Any]:
         detail = platform.hosts.detail(name)
         hosts[name] = {
             "state": detail.host.state.value,
-            "guests": {g: (x.state.value, x.vcpus, x.memory_mib) for g, x in sorted(driver.host.guests.items())},
+            "guests": {
+                g: {
+                    "state": x.state.value,
+                    "vcpus": (x.vcpus, x.spec.max_vcpus),
+                    "memory": (x.memory_mib, x.plugged_mib, x.dimms, x.spec.max_memory_mib),
+                    "disks": [d.volume for d in x.spec.disks],
+                }
+                for g, x in sorted(driver.host.guests.items())
+            },
             "instance volumes": sorted(driver.host.instances),
             "claims": dataclasses.astuple(detail.allocated),
             "leftovers": sorted(detail.leftovers),
@@ -263,6 +276,8 @@ def fingerprint(world: World, platform: Platform) -> dict[str, Any]:
     sets = {
         s.name: {
             "capacity": s.capacity,
+            "replaced": s.replaced,
+            "error": s.error,
             "instances": sorted(
                 (i.instance.vm_name, i.instance.state.value) for i in platform.scale_sets.instances(s.name)
             ),
@@ -274,7 +289,8 @@ def fingerprint(world: World, platform: Platform) -> dict[str, Any]:
         "hosts": hosts,
         "addresses": addresses,
         "dhcp entries": sorted(dhcp),
-        "haproxy backends": sorted(b.name for f in world.haproxy.config for b in f.backends),
+        "haproxy backends": sorted((b.name, b.address) for f in world.haproxy.config for b in f.backends),
+        "haproxy draining": sorted(world.haproxy.draining),
         "scale sets": sets,
         "operations unfinished": sorted(
             f"{op.kind} {op.status.value}" for op in platform.runner.list() if not op.status.finished
