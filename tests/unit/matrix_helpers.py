@@ -73,32 +73,12 @@ class Cut:
             raise Stop()
 
 
-class GuardedDriver:
-    """A host's driver as one server holds it: logs every call, refuses them once it has died."""
+class Guarded:
+    """Something of the world (a host's driver, the shared HAProxy) as one server reaches it:
+    every call refused once that server has died, and, with ``log``, each call reported first."""
 
-    def __init__(self, inner: Driver, cut: Cut, calls: Counter[tuple[str, str, str]]) -> None:
-        self._inner, self._cut, self._calls = inner, cut, calls
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._inner, name)
-        if not callable(value):
-            return value
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._cut.check()
-            first = args[0] if args else ""
-            subject = first if isinstance(first, str) else str(getattr(first, "name", ""))  # a GuestSpec
-            self._calls[(self._inner.uri, name, subject)] += 1
-            return value(*args, **kwargs)
-
-        return call
-
-
-class GuardedHAProxy:
-    """The shared HAProxy as one server reaches it: refused once that server has died."""
-
-    def __init__(self, inner: FakeHAProxy, cut: Cut) -> None:
-        self._inner, self._cut = inner, cut
+    def __init__(self, inner: Any, cut: Cut, log: Callable[[str, tuple[Any, ...]], None] | None = None) -> None:
+        self._inner, self._cut, self._log = inner, cut, log
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._inner, name)
@@ -107,6 +87,8 @@ class GuardedHAProxy:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self._cut.check()
+            if self._log is not None:
+                self._log(name, args)
             return value(*args, **kwargs)
 
         return call
@@ -140,10 +122,15 @@ class World:
                 raise Stop()
 
         def guarded_connect(uri: str) -> Driver:
-            return GuardedDriver(connect(uri), cut, self.calls)  # type: ignore[return-value]
+            def log(method: str, args: tuple[Any, ...]) -> None:
+                first = args[0] if args else ""
+                subject = first if isinstance(first, str) else str(getattr(first, "name", ""))  # a GuestSpec
+                self.calls[(uri, method, subject)] += 1
+
+            return Guarded(connect(uri), cut, log)  # type: ignore[return-value]
 
         platform = Platform.open(self.settings, guarded_connect, balancer=None, prober=self.probe, failpoint=failpoint)
-        platform.balancer.haproxy = GuardedHAProxy(self.haproxy, cut)  # type: ignore[assignment]
+        platform.balancer.haproxy = Guarded(self.haproxy, cut)  # type: ignore[assignment]
         platform.collect_metrics = False
         platform.run_scaling = False
         holder.append(platform)
@@ -308,6 +295,3 @@ def differences(expected: dict[str, Any], got: dict[str, Any], prefix: str = "")
         elif left != right:
             lines.append(f"{prefix}{key}: without the kill {left!r}, after it {right!r}")
     return lines
-
-
-Act = Callable[[Platform], Any]

@@ -145,16 +145,21 @@ def test_two_servers_racing_for_an_orphan_run_it_once(db: Database) -> None:
         engine.close()
 
 
+def take_over(db: Database, op_id: str) -> None:
+    """Another server claims the operation, as if its owner had been paused past its lease."""
+    with db.session() as session:
+        row = OperationRepo(session).row(op_id, lock=True)
+        assert row is not None
+        row.owner, row.fence = "someone-else", row.fence + 1
+
+
 def test_a_server_that_lost_its_lease_cannot_record_anything(db: Database) -> None:
     world = World()
     first = engine_for(db, world)
     op_id = submit(first, "test.waits")
     wait_for(lambda: len(first.get(op_id).steps) == 2, 5, "the run reached its wait")
     # Another server takes the operation over, as if the first had been paused past its lease.
-    with db.session() as session:
-        row = OperationRepo(session).row(op_id, lock=True)
-        assert row is not None
-        row.owner, row.fence = "someone-else", row.fence + 1
+    take_over(db, op_id)
     world.gate.set()
     wait_for(lambda: op_id not in first.running(), 5, "the first server stopped its run")
     after = first.get(op_id)
@@ -181,10 +186,7 @@ def test_a_server_that_lost_its_lease_cannot_write_from_inside_a_step_either(db:
     engine.start()
     op_id = submit(engine, "test.long")
     wait_for(lambda: world.log, 5, "the step's first write")
-    with db.session() as session:
-        row = OperationRepo(session).row(op_id, lock=True)
-        assert row is not None
-        row.owner, row.fence = "someone-else", row.fence + 1
+    take_over(db, op_id)
     world.gate.set()
     wait_for(lambda: op_id not in engine.running(), 5, "the server stopped its run")
     assert world.log == ["wrote while it owned the operation"]
