@@ -11,9 +11,11 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     │   ├── Busy (409)                another operation holds the resource
     │   ├── InvalidState (409)        the resource is in the wrong state for this
     │   │   └── InvalidTransition (409)   a state machine refused a change (names both states)
-    │   └── LeaseLost (409)           another server holds the operation or the leader role now
+    │   ├── LeaseLost (409)           another server holds the operation or the leader role now
+    │   └── QuotaExceeded (409)       a project's quota would be exceeded (names it, the ask, use, limit)
     ├── CapacityError (409)           no host can hold it (details name each host's reason)
-    ├── Unauthorized (401)            missing or wrong bearer token
+    ├── Unauthorized (401)            a missing, malformed, wrong, expired or revoked token: one answer
+    ├── Forbidden (403)               the caller may see it but lacks the role to do this (names the role)
     ├── ImageError (422)              an image file is corrupt, truncated or unusable
     ├── HypervisorError (502)         libvirt/QEMU refused or failed
     │   └── HypervisorUnavailable (503)   libvirtd cannot be reached
@@ -192,6 +194,20 @@ class LeaseLost(Conflict):
     code = "LeaseLost"
 
 
+class QuotaExceeded(Conflict):
+    code = "QuotaExceeded"
+
+    def __init__(self, project: str, quota: str, asked: int, used: int, limit: int, unit: str = "") -> None:
+        def shown(value: int) -> str:
+            return f"{value} {unit}".strip()
+
+        super().__init__(
+            f"project '{project}' quota '{quota}' exceeded: asked for {shown(asked)}, "
+            f"{shown(used)} used of a limit of {shown(limit)}",
+            details={"project": project, "quota": quota, "asked": asked, "used": used, "limit": limit, "unit": unit},
+        )
+
+
 class CapacityError(FlexvmError):
     status = 409
     code = "InsufficientCapacity"
@@ -200,6 +216,18 @@ class CapacityError(FlexvmError):
 class Unauthorized(FlexvmError):
     status = 401
     code = "Unauthorized"
+
+    def __init__(self, message: str, *, reason: str = "", token_id: str | None = None) -> None:
+        super().__init__(message)
+        # Which of missing, malformed, unknown, expired, revoked, disabled: for the audit trail
+        # only, never for the answer (one answer for all, so a prober learns nothing).
+        self.reason = reason
+        self.token_id = token_id
+
+
+class Forbidden(FlexvmError):
+    status = 403
+    code = "AuthorizationFailed"
 
 
 class ImageError(FlexvmError):

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flexvm.access.audit import AuditLog
+from flexvm.access.projects import ProjectService
 from flexvm.capacity.service import CapacityService
 from flexvm.compute.availability import AvailabilitySetService
 from flexvm.compute.booting import Booter
@@ -98,6 +100,8 @@ class Platform:
     balancer: LoadBalancer
     scale_sets: ScaleSetService
     autoscale: AutoscaleService
+    projects: ProjectService
+    audit: AuditLog
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
@@ -186,6 +190,8 @@ class Platform:
             balancer,
             scale_sets,
             AutoscaleService(db, scale_sets, query),
+            ProjectService(db),
+            AuditLog(db),
         )
 
     def start(self) -> ReconcileReport:

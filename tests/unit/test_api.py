@@ -22,11 +22,12 @@ from flexvm.platform import Platform
 VM_KEYS = {
     "id", "name", "size", "image", "vcpus", "memory_mib", "disk_bytes", "provisioning_state", "power_state",
     "host", "disk_host", "created_at", "ready_at", "boot_seconds", "active_operation_id", "error", "disks", "nics",
-    "availability_set", "max_size", "max_vcpus", "max_memory_mib", "moving_to",
+    "availability_set", "max_size", "max_vcpus", "max_memory_mib", "moving_to", "project",
 }  # fmt: skip
 OPERATION_KEYS = {
     "id", "kind", "target_kind", "target_name", "status", "progress", "message", "created_at", "started_at",
     "finished_at", "duration_seconds", "steps", "error", "result", "owner", "claims", "cancel_requested",
+    "project",
 }  # fmt: skip
 
 PUBLIC_SURFACE = {
@@ -99,6 +100,26 @@ PUBLIC_SURFACE = {
     ("GET", "/v1/operations/{operation_id}"),
     ("POST", "/v1/operations/{operation_id}/cancel"),
     ("GET", "/v1/servers"),
+    ("GET", "/v1/projects"),
+    ("POST", "/v1/projects"),
+    ("GET", "/v1/projects/{name}"),
+    ("PATCH", "/v1/projects/{name}"),
+    ("DELETE", "/v1/projects/{name}"),
+    ("GET", "/v1/me"),
+    ("GET", "/v1/users"),
+    ("POST", "/v1/users"),
+    ("PATCH", "/v1/users/{name}"),
+    ("GET", "/v1/tokens"),
+    ("POST", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/{token_id}"),
+    ("GET", "/v1/roles"),
+    ("POST", "/v1/roles"),
+    ("DELETE", "/v1/roles"),
+    ("GET", "/v1/platform-roles"),
+    ("POST", "/v1/platform-roles"),
+    ("DELETE", "/v1/platform-roles"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/audit/all"),
 }
 
 
@@ -167,7 +188,7 @@ BAD_AUTH = [
 ]
 
 
-@pytest.mark.parametrize("path", ["/v1/vms", "/v1/sizes", "/v1/operations", "/v1/hosts/local", "/docs"])
+@pytest.mark.parametrize("path", ["/v1/vms", "/v1/sizes", "/v1/operations", "/v1/hosts/local"])
 def test_requests_without_the_right_token_are_refused(anonymous: TestClient, path: str) -> None:
     for headers in BAD_AUTH:
         error_of(anonymous.get(path, headers=headers), 401, "Unauthorized")

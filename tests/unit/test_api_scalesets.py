@@ -22,13 +22,13 @@ from flexvm.platform import Platform
 from tests.unit.api_helpers import error_of, finished
 
 SET_KEYS = {
-    "name", "size", "image", "capacity", "fault_domains", "scale_in_policy", "load_balancer", "network",
+    "name", "project", "size", "image", "capacity", "fault_domains", "scale_in_policy", "load_balancer", "network",
     "model_version", "max_unavailable", "active_operation_id", "error", "replaced", "autoscale", "rules",
     "created_at", "instances",
 }  # fmt: skip
 INSTANCE_KEYS = {
     "name", "index", "state", "model_version", "current_model", "host", "ip", "power_state", "provisioning_state",
-    "lb_status", "created_at",
+    "lb_status", "created_at", "project",
 }  # fmt: skip
 OUT_RULE = {"metric": "cpu_percent", "operator": "gt", "threshold": 70, "action": "increase"}
 IN_RULE = {"metric": "cpu_percent", "operator": "lt", "threshold": 30, "action": "decrease"}

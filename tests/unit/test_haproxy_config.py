@@ -77,7 +77,7 @@ def test_ipv6_addresses_are_written_so_haproxy_splits_at_the_last_colon() -> Non
         (web(name="web site"), "frontends[0].name"),
         (web(name="web/1"), "frontends[0].name"),
         (web(name=""), "frontends[0].name"),
-        (web(name="x" * 64), "frontends[0].name"),
+        (web(name="x" * 65), "frontends[0].name"),
         (web(Backend("web 0", "10.0.0.5", 80)), "frontends[0].backends[0].name"),
         (web(Backend("web-0;", "10.0.0.5", 80)), "frontends[0].backends[0].name"),
         (web(Backend("web-0", "example.com", 80)), "frontends[0].backends[0].address"),

@@ -289,6 +289,8 @@ EXPECTED_ERRORS = {
     "WorkflowDiverged": (500, "WorkflowDiverged", "OperationFailed"),
     "InvalidTransition": (409, "InvalidTransition", "InvalidState"),
     "LeaseLost": (409, "LeaseLost", "Conflict"),
+    "QuotaExceeded": (409, "QuotaExceeded", "Conflict"),
+    "Forbidden": (403, "AuthorizationFailed", "FlexvmError"),
     "DatabaseUnavailable": (503, "DatabaseUnavailable", "FlexvmError"),
     "SchemaTooNew": (500, "SchemaTooNew", "FlexvmError"),
     "ServerUnavailable": (503, "ServerUnavailable", "FlexvmError"),
@@ -389,6 +391,8 @@ def test_every_error_has_its_own_status_on_instances(name: str) -> None:
         err = cls("thing", "x", "op")
     elif cls is errors.ProgramMissing:
         err = cls({"dnsmasq": "dnsmasq-base"})
+    elif cls is errors.QuotaExceeded:
+        err = cls("team-a", "vcpus", 2, 3, 4, "vCPUs")
     else:
         err = cls("message")
     assert (err.status, err.to_dict()["code"]) == (status, code)

@@ -1,19 +1,24 @@
-"""The FastAPI application: routes, bearer-token auth, and errors in Azure's shape."""
+"""The FastAPI application: routes (each with its access rule), the audit trail, and errors in
+Azure's shape."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flexvm import __version__
-from flexvm.api.auth import token_matches
+from flexvm.access.people import People
+from flexvm.api.access import require_rules
+from flexvm.api.audit import audit_event
 from flexvm.api.deps import PREFIX
 from flexvm.api.hints import with_hint
 from flexvm.api.routes import (
@@ -24,13 +29,15 @@ from flexvm.api.routes import (
     metrics,
     networks,
     operations,
+    people,
     pool,
+    projects,
     scalesets,
     sizes,
     vm_files,
     vms,
 )
-from flexvm.errors import DatabaseUnavailable, FlexvmError, Unauthorized
+from flexvm.errors import DatabaseUnavailable, FlexvmError
 from flexvm.monitor.prometheus import exposition
 from flexvm.platform import Platform
 
@@ -47,7 +54,15 @@ def _error(status: int, code: str, message: str, details: dict[str, Any] | None 
 
 
 def create_app(platform: Platform, token: str) -> FastAPI:
-    app = FastAPI(title="flexvm", version=__version__, description="Real VMs on your own hosts, Azure-style.")
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and flexvm works offline.
+    # The OpenAPI document itself is served (/openapi.json).
+    app = FastAPI(
+        title="flexvm",
+        version=__version__,
+        description="Real VMs on your own hosts, Azure-style.",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.platform = platform
     for module in (
         vms,
@@ -65,6 +80,10 @@ def create_app(platform: Platform, token: str) -> FastAPI:
     ):
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(operations.servers_router, prefix=PREFIX)
+    for module in (projects, people):
+        app.include_router(module.router, prefix=PREFIX)
+    app.include_router(people.audit_router, prefix=PREFIX)
+    app.state.people = People(platform.db, token)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
@@ -75,11 +94,17 @@ def create_app(platform: Platform, token: str) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     @app.middleware("http")
-    async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path not in OPEN_PATHS and not token_matches(token, request.headers.get("authorization")):
-            err = Unauthorized("missing or wrong bearer token (the CLI reads it from the server's token file)")
-            return _error(err.status, err.code, err.message)
-        return await call_next(request)
+    async def audited(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = str(uuid.uuid4())
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        event = audit_event(request, response.status_code)
+        if event is not None:
+            try:
+                await run_in_threadpool(platform.audit.append, event)
+            except FlexvmError as err:  # the answer stands; the operator sees the gap in the log
+                log.error("audit event of request %s not written: %s", request.state.request_id, err.message)
+        return response
 
     @app.exception_handler(FlexvmError)
     async def flexvm_error(_request: Request, err: FlexvmError) -> JSONResponse:
@@ -107,4 +132,5 @@ def create_app(platform: Platform, token: str) -> FastAPI:
         code = {404: "NotFound", 405: "MethodNotAllowed"}.get(err.status_code, "HttpError")
         return _error(err.status_code, code, str(err.detail))
 
+    require_rules(app, OPEN_PATHS)
     return app

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from flexvm.model.projects import image_project, project_of_target, split_key
 
 
 class Strict(BaseModel):
@@ -14,6 +16,26 @@ class Strict(BaseModel):
 
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+class Keyed(BaseModel):
+    """A resource of a project, known below the API by its key (model/projects.py): shown as its
+    project and its name. ``_keyed`` lists the fields that hold keys, the first naming the resource."""
+
+    project: str = ""
+    _keyed: ClassVar[tuple[str, ...]] = ("name",)
+
+    @model_validator(mode="after")
+    def _split_keys(self) -> Keyed:
+        for index, field_name in enumerate(self._keyed):
+            key = getattr(self, field_name)
+            if not key:
+                continue
+            project, name = split_key(key)
+            if index == 0 and not self.project:
+                self.project = project
+            setattr(self, field_name, name)
+        return self
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -116,6 +138,7 @@ class OperationOut(Out):
     kind: str
     target_kind: str
     target_name: str
+    project: str | None = Field(None, description="the project it acts in; none for platform work")
     status: str
     progress: int
     message: str
@@ -129,6 +152,13 @@ class OperationOut(Out):
     owner: str | None = Field(None, description="the server running it (holding its lease)")
     claims: int = Field(0, description="how many times a server took it up: 1, plus one per resume")
     cancel_requested: bool = False
+
+    @model_validator(mode="after")
+    def _split_target(self) -> OperationOut:
+        self.project = project_of_target(self.target_kind, self.target_name)
+        if self.project is not None:
+            self.target_name = self.target_name.partition(".")[2] or self.target_name
+        return self
 
 
 class ServerOut(Out):
@@ -156,7 +186,8 @@ class NicOut(Out):
     ip: str | None
 
 
-class VmOut(Out):
+class VmOut(Out, Keyed):
+    _keyed: ClassVar[tuple[str, ...]] = ("name", "availability_set")
     id: str
     name: str
     size: str
@@ -193,6 +224,7 @@ class SizeOut(BaseModel):
 
 
 class ImageOut(Out):
+    project: str | None = Field(None, description="the project a private image belongs to; none if public")
     name: str
     format: str
     virtual_size: int
@@ -206,6 +238,13 @@ class ImageOut(Out):
     description: str
     requires: list[str]
     created_at: datetime
+
+    @model_validator(mode="after")
+    def _split_key(self) -> ImageOut:
+        self.project = image_project(self.name)
+        if self.project is not None:
+            self.name = self.name.partition(".")[2]
+        return self
 
 
 class HostOut(Out):
@@ -263,7 +302,7 @@ class NetworkOut(Out):
     created_at: datetime
 
 
-class AvailabilitySetOut(BaseModel):
+class AvailabilitySetOut(Keyed):
     name: str
     fault_domains: int
     created_at: datetime
@@ -526,7 +565,7 @@ class AddedRuleOut(BaseModel):
     warnings: list[str] = Field(description="rules that work against each other (the rule was added)")
 
 
-class ScaleSetOut(BaseModel):
+class ScaleSetOut(Keyed):
     name: str
     size: str
     image: str
@@ -546,7 +585,7 @@ class ScaleSetOut(BaseModel):
     instances: dict[str, int] = Field(description="instance state -> how many (joining, serving, leaving)")
 
 
-class InstanceOut(BaseModel):
+class InstanceOut(Keyed):
     name: str
     index: int
     state: str

@@ -21,6 +21,8 @@ _BY_CODE: dict[str, type[errors.FlexvmError]] = {
         errors.InvalidState,
         errors.CapacityError,
         errors.Unauthorized,
+        errors.Forbidden,
+        errors.QuotaExceeded,
         errors.ImageError,
         errors.HypervisorError,
         errors.HypervisorUnavailable,

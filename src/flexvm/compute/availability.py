@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from flexvm.errors import Conflict, InvalidInput
 from flexvm.model.availability import MAX_FAULT_DOMAINS, AvailabilitySet
-from flexvm.model.names import check_name
+from flexvm.model.projects import check_key
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, VmRepo
 from flexvm.store.scaling import ScaleSetRepo
@@ -29,7 +29,7 @@ class AvailabilitySetService:
             return AvailabilitySetRepo(session).list()
 
     def create(self, name: str, fault_domains: int) -> AvailabilitySet:
-        check_name("name", name)
+        check_key("name", name)
         if not 1 <= fault_domains <= MAX_FAULT_DOMAINS:
             raise InvalidInput("fault_domains", f"must be between 1 and {MAX_FAULT_DOMAINS} (got {fault_domains})")
         availability_set = AvailabilitySet(name, fault_domains, utcnow())

@@ -21,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from flexvm import programs
+from flexvm.access.quotas import admit
 from flexvm.compute.hosts import HostService
 from flexvm.compute.images import ImageService, image_in, image_out
 from flexvm.compute.sizes import SizeService
 from flexvm.compute.vm_create import OsDiskSource, VmCreator
 from flexvm.compute.vm_records import VmRecords, check_usable, power_step
 from flexvm.errors import AlreadyExists, ImageError, InvalidInput, InvalidState, NotFound
+from flexvm.model.access import Quotas
 from flexvm.model.guest import GuestState
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
+from flexvm.model.projects import DEFAULT_PROJECT, check_key, image_project, key_of, name_of
 from flexvm.model.vm import PowerState, Vm
 from flexvm.operations.engine import Engine
 from flexvm.operations.run import Run
@@ -137,10 +140,13 @@ class VmFiles:
     # --- capture and export --------------------------------------------------------------
     def capture(self, name: str, image_name: str) -> Operation:
         """A new image from a stopped VM's disk (flattened onto the image it was made from)."""
-        check_name("image", image_name)
+        check_key("image", image_name)
         with self.db.session() as session:
             if ImageRepo(session).find(image_name) is not None:
                 raise AlreadyExists("image", image_name)
+            project = image_project(image_name)
+            if project is not None:  # a private image counts against its project's disk quota
+                admit(session, project, Quotas(disk_bytes=VmRepo(session).get(name).disk_bytes))
         return self._on_vm(name, "vm.capture", {"image": image_name}, stopped=True)
 
     def _capture_work(self, run: Run) -> dict[str, Any]:
@@ -218,12 +224,14 @@ class VmFiles:
         run.step("tidy", lambda: self._tidy(run), detail="removing the working files")
         return {"file": str(target), "bytes": target.stat().st_size}
 
-    def import_vm(self, source: Path, name: str | None = None, size: str | None = None) -> Operation:
-        """Make a VM from an exported file; it starts from the disk exactly as exported."""
+    def import_vm(
+        self, source: Path, name: str | None = None, size: str | None = None, *, project: str = DEFAULT_PROJECT
+    ) -> Operation:
+        """Make a VM from an exported file, in ``project``; it starts from the disk exactly as exported."""
         if not source.is_absolute() or not source.is_file():
             raise InvalidInput("file", f"{source} is not a file (give an absolute path the server can read)")
         manifest = read_manifest(source)
-        name = check_name("name", name or manifest.name)
+        name = key_of(project, check_name("name", name or name_of(manifest.name)))
         size_name = size or manifest.size
         self.sizes.get(size_name)
         with self.db.session() as session:

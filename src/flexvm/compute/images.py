@@ -44,6 +44,10 @@ class ImageService:
         with self.db.session() as session:
             return ImageRepo(session).get(name)
 
+    def find(self, name: str) -> Image | None:
+        with self.db.session() as session:
+            return ImageRepo(session).find(name)
+
     # --- making images -------------------------------------------------------------------
     def import_image(
         self,

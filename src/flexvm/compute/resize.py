@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from flexvm.access.quotas import admit_vm
 from flexvm.capacity.fit import Allocation, room_on, why_not
 from flexvm.compute import guest_boot
 from flexvm.compute.booting import Booter
@@ -32,6 +33,7 @@ from flexvm.compute.placing import build_request, pool_snapshots
 from flexvm.compute.sizes import SizeService
 from flexvm.compute.vm_records import VmRecords, change_in, check_usable, power_state_of, power_step
 from flexvm.errors import CapacityError, Conflict, FlexvmError, InvalidInput, InvalidState, NotFound, Option, Remedy
+from flexvm.model.access import Quotas
 from flexvm.model.guest import GuestInfo, GuestSpec
 from flexvm.model.host import Accelerator
 from flexvm.model.image import Image
@@ -269,6 +271,8 @@ class ResizeService:
                 HostRepo(session).lock(plan.destination)
                 vm.moving_to = plan.destination
             if vm.host is not None:
+                grows = Quotas(vcpus=target.vcpus - vm.vcpus, memory_mib=target.memory_mib - vm.memory_mib)
+                admit_vm(session, name, grows)
                 # Claim the new size now: where it runs and, while it moves, where it goes (the
                 # source is held at the new size too until the move ends: briefly cautious, never short).
                 vm.vcpus, vm.memory_mib = target.vcpus, target.memory_mib

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from flexvm.access.quotas import admit_vm
 from flexvm.compute import guest_boot
 from flexvm.compute.booting import Booter, upload_seed
 from flexvm.compute.hosts import HostService
@@ -35,9 +36,10 @@ from flexvm.compute.vm_records import VmRecords, leave_behind, remove_guest_and_
 from flexvm.config import Settings
 from flexvm.drivers.base import Driver
 from flexvm.errors import Action, AlreadyExists, FlexvmError, HypervisorUnavailable, InvalidInput, NotFound, Remedy
+from flexvm.model.access import Quotas
 from flexvm.model.image import Image
-from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
+from flexvm.model.projects import check_key
 from flexvm.model.sizes import Size
 from flexvm.model.units import format_bytes
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
@@ -114,7 +116,7 @@ class VmCreator:
         os_disk: OsDiskSource | None = None,
         network: str | None = None,
     ) -> Operation:
-        check_name("name", name)
+        check_key("name", name)
         size = self.sizes.get(size_name)
         ceiling = self.ceiling(size, max_size)
         if user_data is not None and len(user_data.encode()) > MAX_USER_DATA:
@@ -123,6 +125,7 @@ class VmCreator:
             image = self._image(session, image_name, user_data)
             self._check_references(session, name, host, availability_set, network)
             vm = self._new_vm(name, size, ceiling, image, user_data, availability_set, network, os_disk)
+            admit_vm(session, name, Quotas(vcpus=vm.vcpus, memory_mib=vm.memory_mib, vms=1, disk_bytes=vm.disk_bytes))
             placement = place_vm(session, vm, image, pinned=host, policy=policy)
             VmRepo(session).add(vm)
             session.flush()

@@ -10,10 +10,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from flexvm.access.quotas import admit_vm
 from flexvm.capacity.fit import Allocation, room_on, why_not
 from flexvm.compute.hosts import HostService
 from flexvm.compute.vm_records import VmRecords, change_in, check_usable
 from flexvm.errors import CapacityError, InvalidInput, NotFound
+from flexvm.model.access import Quotas
 from flexvm.model.guest import GuestState
 from flexvm.model.operation import Operation
 from flexvm.model.units import format_bytes
@@ -49,6 +51,7 @@ class VmDisks:
                     f"and shrinking would destroy the data past {format_bytes(size_bytes)}",
                 )
             assert vm.disk_host is not None
+            admit_vm(session, name, Quotas(disk_bytes=size_bytes - vm.disk_bytes))
             host = HostRepo(session).lock(vm.disk_host)
             room = room_on(host, Allocation(*vms.allocated_on(host.name)))
             reason = why_not(room, 0, 0, size_bytes - vm.disk_bytes)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from flexvm.access.quotas import admit_vm
 from flexvm.capacity.fit import Allocation, room_on, why_not
 from flexvm.compute import guest_boot
 from flexvm.compute.booting import Booter
@@ -20,6 +21,7 @@ from flexvm.compute.images import ImageService
 from flexvm.compute.vm_records import VmRecords, change_in, check_usable, power_state_of, power_step
 from flexvm.drivers.base import Driver
 from flexvm.errors import CapacityError, FlexvmError, NotFound
+from flexvm.model.access import Quotas
 from flexvm.model.operation import Operation
 from flexvm.model.vm import PowerState, Vm, check_action
 from flexvm.operations.engine import Engine
@@ -63,6 +65,7 @@ class VmPower:
     def _claim_again(session: Session, vm: Vm) -> str:
         """Claim CPU and memory again where a deallocated VM's disk lives, in this transaction."""
         assert vm.disk_host is not None
+        admit_vm(session, vm.name, Quotas(vcpus=vm.vcpus, memory_mib=vm.memory_mib))
         host = HostRepo(session).lock(vm.disk_host)
         vcpus, memory, disk = VmRepo(session).allocated_on(host.name)
         reason = why_not(room_on(host, Allocation(vcpus, memory, disk)), vm.vcpus, vm.memory_mib, 0)

@@ -26,7 +26,7 @@ from pathlib import Path
 from flexvm.errors import AlreadyExists, ImageError, InvalidInput
 from flexvm.images import qemu_img
 from flexvm.model.image import Image
-from flexvm.model.names import check_name
+from flexvm.model.projects import check_key
 
 CHUNK = 1024 * 1024
 _ZERO_CHUNK = bytes(CHUNK)
@@ -143,7 +143,7 @@ class ImageStore:
         expected_sha256: str | None = None,
     ) -> Image:
         """Validate and copy an image's files into the store; return the ``Image`` to record."""
-        check_name("name", name)
+        check_key("name", name)
         disk = _source_file("disk", disk)
         kernel = _source_file("kernel", kernel) if kernel is not None else None
         initrd = _source_file("initrd", initrd) if initrd is not None else None

@@ -38,7 +38,9 @@ def key_of(project: str, name: str, field: str = "name") -> str:
     key = f"{project}{SEPARATOR}{name}"
     if len(key) > KEY_LENGTH:
         room = KEY_LENGTH - len(project) - len(SEPARATOR)
-        raise InvalidInput(field, f"{name!r} is too long for project {project!r}: names there take at most {room} characters")
+        raise InvalidInput(
+            field, f"{name!r} is too long for project {project!r}: names there take at most {room} characters"
+        )
     return key
 
 
@@ -54,3 +56,42 @@ def project_of(key: str) -> str:
 
 def name_of(key: str) -> str:
     return split_key(key)[1]
+
+
+def check_key(field: str, key: str) -> str:
+    """A key passes if its project and name each pass their rule (services take keys, not names)."""
+    from flexvm.model.names import check_name
+
+    if not isinstance(key, str):
+        raise InvalidInput(field, f"{key!r} is not a valid name")
+    project, name = split_key(key)
+    if project != DEFAULT_PROJECT or SEPARATOR in key:
+        check_project(field, project)
+    check_name(field, name)
+    if len(key) > KEY_LENGTH:
+        raise InvalidInput(field, f"{name!r} is too long for project {project!r}")
+    return key
+
+
+PROJECT_TARGETS = ("vm", "scaleset", "availability_set")  # operation targets named by keys
+
+
+def project_of_target(target_kind: str, target_name: str) -> str | None:
+    """The project an operation belongs to, from what it acts on; None for platform work (hosts,
+    the pool, public images)."""
+    if target_kind in PROJECT_TARGETS:
+        return project_of(target_name)
+    if target_kind == "image":
+        return image_project(target_name)
+    return None
+
+
+def image_key(project: str | None, name: str) -> str:
+    """Images are public (the bare name) or private to a project (``project.name``, for the
+    ``default`` project too: a bare name is always a public image)."""
+    return name if project is None else f"{project}{SEPARATOR}{name}"
+
+
+def image_project(key: str) -> str | None:
+    project, separator, _ = key.partition(SEPARATOR)
+    return project if separator else None

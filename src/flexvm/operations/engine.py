@@ -488,9 +488,11 @@ class Engine:
         with self.db.session() as session:
             return OperationRepo(session).get(operation_id)
 
-    def list(self, *, limit: int = 50, target: str | None = None) -> builtins.list[Operation]:
+    def list(
+        self, *, limit: int = 50, target: str | None = None, project: str | None = None, with_platform: bool = False
+    ) -> builtins.list[Operation]:
         with self.db.session() as session:
-            return OperationRepo(session).list(limit=limit, target=target)
+            return OperationRepo(session).list(limit=limit, target=target, project=project, with_platform=with_platform)
 
     def running(self) -> builtins.list[str]:
         with self._lock:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flexvm.errors import InvalidInput
+from flexvm.access.quotas import admit_instances
+from flexvm.errors import InvalidInput, QuotaExceeded
 from flexvm.model.autoscale import (
     AutoscaleProfile,
     AutoscaleRule,
@@ -193,20 +194,34 @@ class AutoscaleService:
         return series.summary()
 
     def _act(self, name: str, decision: Decision, now: float) -> None:
-        with self.db.session() as session:
-            sets = ScaleSetRepo(session)
-            scale_set = sets.lock(name)
-            changed = scale_set.capacity != decision.current or operation_live(session, scale_set.active_operation_id)
-            if changed or scale_set.deleting:
-                return  # someone scaled (or deleted) the set while we measured: theirs stands
-            scale_set.capacity = decision.target
-            scale_set.last_scale_at = now
-            scale_set.last_scale_rule = decision.rule_id
-            sets.save(scale_set)
-            sets.add_event(self._event(name, decision, now, decision.action))
-            sets.forget_old_events(name)
+        size = self.scale_sets.sizes.get(self.scale_sets.get(name).size)
+        try:
+            with self.db.session() as session:
+                sets = ScaleSetRepo(session)
+                scale_set = sets.lock(name)
+                changed = scale_set.capacity != decision.current or operation_live(
+                    session, scale_set.active_operation_id
+                )
+                if changed or scale_set.deleting:
+                    return  # someone scaled (or deleted) the set while we measured: theirs stands
+                # The project's quota holds for autoscale as for a person scaling by hand.
+                admit_instances(session, name, size, decision.target - scale_set.capacity)
+                self._scaled(sets, scale_set, name, decision, now)
+        except QuotaExceeded as err:
+            reason = f"{decision.reason}; held: {err.message}"
+            held = dataclasses.replace(decision, action="held", target=decision.current, reason=reason)
+            self._record_held(name, held, now)
+            return
         log.info("autoscale %s: %d -> %d: %s", name, decision.current, decision.target, decision.reason)
         self.scale_sets.heal(name, now=True)  # starts the converge now, unless one is already running
+
+    def _scaled(self, sets: ScaleSetRepo, scale_set: ScaleSet, name: str, decision: Decision, now: float) -> None:
+        scale_set.capacity = decision.target
+        scale_set.last_scale_at = now
+        scale_set.last_scale_rule = decision.rule_id
+        sets.save(scale_set)
+        sets.add_event(self._event(name, decision, now, decision.action))
+        sets.forget_old_events(name)
 
     def _record_held(self, name: str, decision: Decision, now: float) -> None:
         with self.db.session() as session:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from flexvm.errors import InvalidInput
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # "." for project keys (team-a.web1)
 PROBE_PATH_RE = re.compile(r"^/[\x21-\x7e]*$")  # printable, no spaces: it becomes one config word
 
 ADMIN_SOCKET = "admin.sock"
@@ -82,7 +82,7 @@ class Frontend:
 
 def check_name(field: str, value: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise InvalidInput(field, f"'{value}' must be 1-63 letters, digits, '-' or '_'")
+        raise InvalidInput(field, f"'{value}' must be 1-64 letters, digits, '-', '_' or '.'")
     return value
 
 

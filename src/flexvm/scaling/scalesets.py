@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from flexvm.access.quotas import admit_instances
 from flexvm.capacity.planning import take_room
 from flexvm.compute.placing import pool_snapshots, spread_of
 from flexvm.compute.sizes import SizeService
@@ -24,8 +25,8 @@ from flexvm.images.cloudinit import MAX_USER_DATA
 from flexvm.model.availability import MAX_FAULT_DOMAINS, AvailabilitySet
 from flexvm.model.host import HostState
 from flexvm.model.image import Image
-from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
+from flexvm.model.projects import check_key
 from flexvm.model.scaleset import MAX_INSTANCES, Instance, InstanceState, LoadBalancerSpec, ScaleInPolicy, ScaleSet
 from flexvm.model.sizes import Size
 from flexvm.model.vm import Vm
@@ -195,13 +196,14 @@ class ScaleSetService:
                 self._check_front_port_free(sets.list(), scale_set.load_balancer)
             scale_set.fault_domains = self._fault_domains(session, spec, scale_set.network)
             self._check_room(session, scale_set, size, spec.instances, image, existing=False)
+            admit_instances(session, scale_set.name, size, spec.instances)
             sets.add(scale_set)
             AvailabilitySetRepo(session).add(AvailabilitySet(scale_set.name, scale_set.fault_domains, utcnow()))
             operation = self._record(session, scale_set, "scaleset.create", {"instances": spec.instances, "new": True})
         return self.engine.launch(operation)
 
     def _check_spec(self, spec: ScaleSetSpec) -> ScaleSet:
-        check_name("name", spec.name)
+        check_key("name", spec.name)
         if len(spec.name) > MAX_SET_NAME:
             raise InvalidInput("name", f"at most {MAX_SET_NAME} characters (instances are named <set>-<index>)")
         size = self.sizes.get(spec.size)
@@ -349,6 +351,7 @@ class ScaleSetService:
             staying = [i for i in ScaleSetRepo(session).instances(name) if i.state != InstanceState.LEAVING]
             extra = instances - len(staying)
             self._check_room(session, scale_set, size, extra, image, existing=True)
+            admit_instances(session, name, size, instances - scale_set.capacity)
             was = scale_set.capacity
             scale_set.capacity = instances
             operation = self._record(

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from flexvm.errors import AlreadyExists, NotFound
@@ -20,8 +20,10 @@ from flexvm.model.host import Accelerator, Host, HostState
 from flexvm.model.image import Image
 from flexvm.model.network import Network
 from flexvm.model.operation import Operation, OperationStatus, Step
+from flexvm.model.projects import PROJECT_TARGETS
 from flexvm.model.sizes import Size
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
+from flexvm.store.access import keys_in
 from flexvm.store.tables import (
     AddressRow,
     AvailabilitySetRow,
@@ -388,14 +390,34 @@ class OperationRepo:
         return operation
 
     def list(
-        self, *, limit: int = 50, target: str | None = None, statuses: Iterable[OperationStatus] | None = None
+        self,
+        *,
+        limit: int = 50,
+        target: str | None = None,
+        statuses: Iterable[OperationStatus] | None = None,
+        project: str | None = None,
+        with_platform: bool = False,
     ) -> list[Operation]:
+        """Newest first. With ``project``: that project's operations (see
+        ``model.projects.project_of_target``), and with ``with_platform`` the platform's too."""
         query = select(OperationRow).order_by(OperationRow.created_at.desc()).limit(limit)
+        if project is not None:
+            query = query.where(_of_project(project, with_platform))
         if target is not None:
             query = query.where(OperationRow.target_name == target)
         if statuses is not None:
             query = query.where(OperationRow.status.in_([s.value for s in statuses]))
         return [_operation(r) for r in self.session.scalars(query)]
+
+
+def _of_project(project: str, with_platform: bool) -> ColumnElement[bool]:
+    kind, name = OperationRow.target_kind, OperationRow.target_name
+    private_image = and_(kind == "image", name.contains("."))
+    ours = or_(
+        and_(kind.in_(PROJECT_TARGETS), keys_in(name, project)),
+        and_(kind == "image", name.startswith(f"{project}.")),
+    )
+    return or_(ours, and_(kind.not_in(PROJECT_TARGETS), not_(private_image))) if with_platform else ours
 
 
 # --- networks and addresses ------------------------------------------------------------------

@@ -269,3 +269,72 @@ class AutoscaleEventRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     rule_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ProjectRow(Base):
+    """A project (Azure's resource group). Quotas are NULL where the project has no limit."""
+
+    __tablename__ = "projects"
+    name: Mapped[str] = mapped_column(String(24), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    quota_vcpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_vms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_disk_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TokenRow(Base):
+    """A user's API token. Only its SHA-256 is kept: the secret is shown once, at creation.
+    ``role`` and ``project`` narrow it below its user's rights (NULL: as the user)."""
+
+    __tablename__ = "tokens"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user: Mapped[str] = mapped_column(ForeignKey("users.name"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    project: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RoleAssignmentRow(Base):
+    """A role a user holds on one project, or on the whole platform (``project`` NULL)."""
+
+    __tablename__ = "role_assignments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(ForeignKey("users.name"), index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    project: Mapped[str | None] = mapped_column(String(24), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEventRow(Base):
+    """One change or refused attempt. Rows are only ever added (no code updates or deletes them)."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    user: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    token_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    address: Mapped[str] = mapped_column(String(64), default="")
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(512))
+    action: Mapped[str] = mapped_column(String(128))
+    project: Mapped[str | None] = mapped_column(String(24), nullable=True, index=True)
+    resource: Mapped[str] = mapped_column(String(128), default="")
+    request_id: Mapped[str] = mapped_column(String(36))
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -3,14 +3,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 
 from flexvm.api import schemas
+from flexvm.api.access import Scope, platform_access
 from flexvm.api.deps import platform
+from flexvm.model.access import Right
 from flexvm.platform import Platform
 
 router = APIRouter(prefix="/capacity", tags=["capacity"])
 
 
 @router.get("", response_model=schemas.CapacityOut)
-def capacity(p: Platform = Depends(platform)) -> schemas.CapacityOut:
+def capacity(scope: Scope = platform_access(Right.READ), p: Platform = Depends(platform)) -> schemas.CapacityOut:
     report = p.capacity.report()
     hosts = []
     for item in report.hosts:
@@ -42,6 +44,7 @@ def capacity(p: Platform = Depends(platform)) -> schemas.CapacityOut:
 def what_if(
     batch: str = Query(..., description="SIZE=COUNT[,SIZE=COUNT…], e.g. Standard_B2s=20"),
     policy: str = "best-fit",
+    scope: Scope = platform_access(Right.READ),
     p: Platform = Depends(platform),
 ) -> list[schemas.WhatIfOut]:
     return [
@@ -57,7 +60,9 @@ def what_if(
 
 
 @router.get("/failure", response_model=schemas.FailureOut)
-def failure(host: str | None = None, p: Platform = Depends(platform)) -> schemas.FailureOut:
+def failure(
+    host: str | None = None, scope: Scope = platform_access(Right.READ), p: Platform = Depends(platform)
+) -> schemas.FailureOut:
     plan, _snapshots = p.capacity.failure(host)
     return schemas.FailureOut(
         lost_host=plan.lost_host, survives=plan.survives, moved=plan.moved, homeless=plan.homeless

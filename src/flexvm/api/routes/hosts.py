@@ -6,9 +6,11 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from flexvm.api import schemas
+from flexvm.api.access import Scope, platform_access
 from flexvm.api.deps import accepted, named, platform
 from flexvm.compute.drain import MovesPlan
 from flexvm.compute.hosts import HostChanges, HostRequest
+from flexvm.model.access import Right
 from flexvm.model.units import parse_mib
 from flexvm.platform import Platform
 
@@ -48,34 +50,42 @@ def _detail(p: Platform, name: str) -> schemas.HostDetail:
 
 
 @router.get("", response_model=list[schemas.HostOut])
-def list_hosts(p: Platform = Depends(platform)) -> list[schemas.HostOut]:
+def list_hosts(scope: Scope = platform_access(Right.READ), p: Platform = Depends(platform)) -> list[schemas.HostOut]:
     return [schemas.HostOut.model_validate(host) for host in p.hosts.list()]
 
 
 @router.post("", status_code=202, response_model=schemas.OperationOut)
-def add_host(body: schemas.HostAdd, p: Platform = Depends(platform)) -> JSONResponse:
+def add_host(
+    body: schemas.HostAdd, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
     return accepted(p.hosts.add(HostRequest(body.name, body.uri, _changes(body))))
 
 
 @router.get("/{name}", response_model=schemas.HostDetail)
-def show_host(name: str, p: Platform = Depends(platform)) -> schemas.HostDetail:
+def show_host(
+    name: str, scope: Scope = platform_access(Right.READ), p: Platform = Depends(platform)
+) -> schemas.HostDetail:
     return _detail(p, named("name", name))
 
 
 @router.patch("/{name}", response_model=schemas.HostDetail)
-def update_host(name: str, body: schemas.HostSettings, p: Platform = Depends(platform)) -> schemas.HostDetail:
+def update_host(
+    name: str, body: schemas.HostSettings, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> schemas.HostDetail:
     p.hosts.update(named("name", name), _changes(body))
     return _detail(p, name)
 
 
 @router.delete("/{name}", status_code=204)
-def remove_host(name: str, p: Platform = Depends(platform)) -> Response:
+def remove_host(name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
     p.hosts.remove(named("name", name))
     return Response(status_code=204)
 
 
 @router.post("/{name}/probe", response_model=schemas.HostOut)
-def probe_host(name: str, p: Platform = Depends(platform)) -> schemas.HostOut:
+def probe_host(
+    name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> schemas.HostOut:
     return schemas.HostOut.model_validate(p.hosts.reprobe(named("name", name)))
 
 
@@ -89,7 +99,9 @@ def moves_out(plan: MovesPlan) -> schemas.MovesPlanOut:
     response_model=schemas.OperationOut,
     responses={200: {"model": schemas.MovesPlanOut, "description": "the plan (dry run)"}},
 )
-def drain_host(name: str, body: schemas.DrainRequest, p: Platform = Depends(platform)) -> JSONResponse:
+def drain_host(
+    name: str, body: schemas.DrainRequest, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
     named("name", name)
     if body.dry_run:
         return JSONResponse(moves_out(p.drains.plan_drain(name, body.parallel)).model_dump(mode="json"))
@@ -97,6 +109,8 @@ def drain_host(name: str, body: schemas.DrainRequest, p: Platform = Depends(plat
 
 
 @router.post("/{name}/undrain", response_model=schemas.HostDetail)
-def undrain_host(name: str, p: Platform = Depends(platform)) -> schemas.HostDetail:
+def undrain_host(
+    name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> schemas.HostDetail:
     p.drains.undrain(named("name", name))
     return _detail(p, name)

@@ -5,7 +5,9 @@ import dataclasses
 from fastapi import APIRouter, Depends, Query
 
 from flexvm.api import schemas
+from flexvm.api.access import Scope, platform_access, project_access
 from flexvm.api.deps import named, platform
+from flexvm.model.access import Right
 from flexvm.monitor.query import Series
 from flexvm.platform import Platform
 
@@ -23,9 +25,10 @@ def vm_metrics(
     window: str = "1h",
     statistic: str = "avg",
     grain: str | None = None,
+    scope: Scope = project_access(Right.READ),
     p: Platform = Depends(platform),
 ) -> schemas.SeriesOut:
-    return _out(p.metrics.series("vm", named("name", name), metric, window=window, statistic=statistic, grain=grain))
+    return _out(p.metrics.series("vm", scope.key(name), metric, window=window, statistic=statistic, grain=grain))
 
 
 @router.get("/hosts/{name}/metrics", response_model=schemas.SeriesOut)
@@ -35,18 +38,25 @@ def host_metrics(
     window: str = "1h",
     statistic: str = "avg",
     grain: str | None = None,
+    scope: Scope = platform_access(Right.READ),
     p: Platform = Depends(platform),
 ) -> schemas.SeriesOut:
     return _out(p.metrics.series("host", named("name", name), metric, window=window, statistic=statistic, grain=grain))
 
 
 @router.get("/metrics/latest", response_model=list[schemas.LatestOut])
-def latest(max_age: float | None = Query(None, ge=0), p: Platform = Depends(platform)) -> list[schemas.LatestOut]:
+def latest(
+    max_age: float | None = Query(None, ge=0),
+    scope: Scope = platform_access(Right.READ),
+    p: Platform = Depends(platform),
+) -> list[schemas.LatestOut]:
     return [schemas.LatestOut(**dataclasses.asdict(item)) for item in p.collector.latest(max_age)]
 
 
 @router.get("/advisor", response_model=schemas.AdvisorOut)
-def advisor(window: str = "1h", p: Platform = Depends(platform)) -> schemas.AdvisorOut:
+def advisor(
+    window: str = "1h", scope: Scope = platform_access(Right.READ), p: Platform = Depends(platform)
+) -> schemas.AdvisorOut:
     report = p.advisor.advise(window)
     return schemas.AdvisorOut(
         window=report.window,

@@ -10,8 +10,10 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from flexvm.api import schemas
-from flexvm.api.deps import accepted, named, platform
+from flexvm.api.access import Scope, project_access
+from flexvm.api.deps import accepted, image_in_scope, platform
 from flexvm.errors import InvalidInput
+from flexvm.model.access import Right
 from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule
 from flexvm.model.scaleset import ScaleSet
 from flexvm.platform import Platform
@@ -170,16 +172,18 @@ def simulation_out(backtest: Backtest) -> schemas.SimulationOut:
 
 
 @router.get("", response_model=list[schemas.ScaleSetOut])
-def list_sets(p: Platform = Depends(platform)) -> list[schemas.ScaleSetOut]:
-    return [set_out(p, s) for s in p.scale_sets.list()]
+def list_sets(scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> list[schemas.ScaleSetOut]:
+    return [set_out(p, s) for s in p.scale_sets.list() if scope.owns(s.name)]
 
 
 @router.post("", status_code=202, response_model=schemas.OperationOut)
-def create_set(body: schemas.ScaleSetCreate, p: Platform = Depends(platform)) -> JSONResponse:
+def create_set(
+    body: schemas.ScaleSetCreate, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
     spec = ScaleSetSpec(
-        name=body.name,
+        name=scope.key(body.name),
         size=body.size,
-        image=body.image,
+        image=image_in_scope(p, scope, body.image),
         instances=body.instances,
         lb_port=body.lb_port,
         lb_bind=body.lb_bind,
@@ -193,31 +197,42 @@ def create_set(body: schemas.ScaleSetCreate, p: Platform = Depends(platform)) ->
 
 
 @router.get("/{name}", response_model=schemas.ScaleSetOut)
-def show_set(name: str, p: Platform = Depends(platform)) -> schemas.ScaleSetOut:
-    return set_out(p, p.scale_sets.get(named("name", name)))
+def show_set(
+    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+) -> schemas.ScaleSetOut:
+    return set_out(p, p.scale_sets.get(scope.key(name)))
 
 
 @router.delete("/{name}", status_code=202, response_model=schemas.OperationOut)
-def delete_set(name: str, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.scale_sets.delete(named("name", name)))
+def delete_set(name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> JSONResponse:
+    return accepted(p.scale_sets.delete(scope.key(name)))
 
 
 @router.post("/{name}/scale", status_code=202, response_model=schemas.OperationOut)
-def scale_set(name: str, body: schemas.ScaleRequest, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.scale_sets.scale(named("name", name), body.instances))
+def scale_set(
+    name: str, body: schemas.ScaleRequest, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    return accepted(p.scale_sets.scale(scope.key(name), body.instances))
 
 
 @router.post("/{name}/update", status_code=202, response_model=schemas.OperationOut)
-def update_set(name: str, body: schemas.ScaleSetUpdate, p: Platform = Depends(platform)) -> JSONResponse:
+def update_set(
+    name: str,
+    body: schemas.ScaleSetUpdate,
+    scope: Scope = project_access(Right.CHANGE),
+    p: Platform = Depends(platform),
+) -> JSONResponse:
     operation = p.scale_sets.update_model(
-        named("name", name), size=body.size, image=body.image, max_unavailable=body.max_unavailable
+        scope.key(name), size=body.size, image=body.image, max_unavailable=body.max_unavailable
     )
     return accepted(operation)
 
 
 @router.get("/{name}/instances", response_model=list[schemas.InstanceOut])
-def list_instances(name: str, p: Platform = Depends(platform)) -> list[schemas.InstanceOut]:
-    return [schemas.InstanceOut(**view.to_dict()) for view in p.scale_sets.instances(named("name", name))]
+def list_instances(
+    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+) -> list[schemas.InstanceOut]:
+    return [schemas.InstanceOut(**view.to_dict()) for view in p.scale_sets.instances(scope.key(name))]
 
 
 # --- autoscale -------------------------------------------------------------------------------
@@ -225,42 +240,57 @@ def list_instances(name: str, p: Platform = Depends(platform)) -> list[schemas.I
 
 @router.put("/{name}/autoscale", response_model=schemas.AutoscaleProfileOut)
 def set_profile(
-    name: str, body: schemas.AutoscaleProfileIn, p: Platform = Depends(platform)
+    name: str,
+    body: schemas.AutoscaleProfileIn,
+    scope: Scope = project_access(Right.CHANGE),
+    p: Platform = Depends(platform),
 ) -> schemas.AutoscaleProfileOut:
-    named("name", name)
+    name = scope.key(name)  # its key from here on
     with api_fields():
         profile = p.autoscale.set_profile(name, body.min, body.max, body.default)
     return profile_out(profile)
 
 
 @router.delete("/{name}/autoscale", status_code=204)
-def disable(name: str, p: Platform = Depends(platform)) -> Response:
-    p.autoscale.disable(named("name", name))
+def disable(name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
+    p.autoscale.disable(scope.key(name))
     return Response(status_code=204)
 
 
 @router.get("/{name}/autoscale/rules", response_model=list[schemas.AutoscaleRuleOut])
-def list_rules(name: str, p: Platform = Depends(platform)) -> list[schemas.AutoscaleRuleOut]:
-    return [rule_out(rule) for rule in p.autoscale.rules(named("name", name))]
+def list_rules(
+    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+) -> list[schemas.AutoscaleRuleOut]:
+    return [rule_out(rule) for rule in p.autoscale.rules(scope.key(name))]
 
 
 @router.post("/{name}/autoscale/rules", status_code=201, response_model=schemas.AddedRuleOut)
-def add_rule(name: str, body: schemas.AutoscaleRuleIn, p: Platform = Depends(platform)) -> schemas.AddedRuleOut:
-    named("name", name)
+def add_rule(
+    name: str,
+    body: schemas.AutoscaleRuleIn,
+    scope: Scope = project_access(Right.CHANGE),
+    p: Platform = Depends(platform),
+) -> schemas.AddedRuleOut:
+    name = scope.key(name)  # its key from here on
     with api_fields():
         added = p.autoscale.add_rule(name, rule_in(body))
     return schemas.AddedRuleOut(rule=rule_out(added.rule), warnings=added.warnings)
 
 
 @router.delete("/{name}/autoscale/rules/{rule_id}", status_code=204)
-def remove_rule(name: str, rule_id: str, p: Platform = Depends(platform)) -> Response:
-    p.autoscale.remove_rule(named("name", name), rule_id)
+def remove_rule(
+    name: str, rule_id: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> Response:
+    p.autoscale.remove_rule(scope.key(name), rule_id)
     return Response(status_code=204)
 
 
 @router.get("/{name}/autoscale/history", response_model=list[schemas.AutoscaleEventOut])
 def history(
-    name: str, limit: int = Query(50, ge=1, le=MAX_HISTORY), p: Platform = Depends(platform)
+    name: str,
+    limit: int = Query(50, ge=1, le=MAX_HISTORY),
+    scope: Scope = project_access(Right.READ),
+    p: Platform = Depends(platform),
 ) -> list[schemas.AutoscaleEventOut]:
     return [
         schemas.AutoscaleEventOut(
@@ -272,13 +302,15 @@ def history(
             rule_id=event.rule_id,
             evidence=event.evidence,
         )
-        for event in p.autoscale.history(named("name", name), limit)
+        for event in p.autoscale.history(scope.key(name), limit)
     ]
 
 
 @router.post("/{name}/autoscale/simulate", response_model=schemas.SimulationOut)
-def simulate(name: str, body: schemas.SimulateRequest, p: Platform = Depends(platform)) -> schemas.SimulationOut:
-    named("name", name)
+def simulate(
+    name: str, body: schemas.SimulateRequest, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+) -> schemas.SimulationOut:
+    name = scope.key(name)  # its key from here on
     rules = [rule_in(r, f"rules.{i}.") for i, r in enumerate(body.rules)] if body.rules is not None else None
     profile = profile_in(body.profile, "profile.") if body.profile is not None else None
     with api_fields():

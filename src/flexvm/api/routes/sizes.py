@@ -3,8 +3,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from flexvm.api import schemas
+from flexvm.api.access import Scope, any_role, platform_access
 from flexvm.api.deps import platform
 from flexvm.compute.sizes import SizeFit
+from flexvm.model.access import Right
 from flexvm.model.names import check_size_name
 from flexvm.model.units import parse_bytes, parse_mib
 from flexvm.platform import Platform
@@ -25,12 +27,14 @@ def size_out(fit: SizeFit) -> schemas.SizeOut:
 
 
 @router.get("", response_model=list[schemas.SizeOut])
-def list_sizes(p: Platform = Depends(platform)) -> list[schemas.SizeOut]:
+def list_sizes(scope: Scope = any_role(), p: Platform = Depends(platform)) -> list[schemas.SizeOut]:
     return [size_out(fit) for fit in p.sizes.list_with_fit()]
 
 
 @router.post("", status_code=201, response_model=schemas.SizeOut)
-def create_size(body: schemas.SizeCreate, p: Platform = Depends(platform)) -> schemas.SizeOut:
+def create_size(
+    body: schemas.SizeCreate, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> schemas.SizeOut:
     memory = parse_mib(body.memory, "memory")
     disk = parse_bytes(body.disk, "disk", default_unit="G")
     size = p.sizes.create(body.name, body.vcpus, memory, disk, body.family)
@@ -38,6 +42,6 @@ def create_size(body: schemas.SizeCreate, p: Platform = Depends(platform)) -> sc
 
 
 @router.delete("/{name}", status_code=204)
-def delete_size(name: str, p: Platform = Depends(platform)) -> Response:
+def delete_size(name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
     p.sizes.delete(check_size_name("name", name))
     return Response(status_code=204)

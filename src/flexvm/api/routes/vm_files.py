@@ -6,42 +6,68 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from flexvm.api import schemas
-from flexvm.api.deps import accepted, named, platform
+from flexvm.api.access import Scope, project_access
+from flexvm.api.deps import accepted, platform
+from flexvm.model.access import Right
+from flexvm.model.projects import image_key
 from flexvm.platform import Platform
 
 router = APIRouter(prefix="/vms", tags=["vm files"])
 
 
 @router.post("/{name}/snapshots", status_code=202, response_model=schemas.OperationOut)
-def create_snapshot(name: str, body: schemas.SnapshotRequest, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.files.snapshot(named("name", name), body.name))
+def create_snapshot(
+    name: str,
+    body: schemas.SnapshotRequest,
+    scope: Scope = project_access(Right.CHANGE),
+    p: Platform = Depends(platform),
+) -> JSONResponse:
+    return accepted(p.files.snapshot(scope.key(name), body.name))
 
 
 @router.get("/{name}/snapshots", response_model=list[str])
-def list_snapshots(name: str, p: Platform = Depends(platform)) -> list[str]:
-    return p.files.snapshots(named("name", name))
+def list_snapshots(name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> list[str]:
+    return p.files.snapshots(scope.key(name))
 
 
 @router.post("/{name}/snapshots/{snapshot}/revert", status_code=202, response_model=schemas.OperationOut)
-def revert_snapshot(name: str, snapshot: str, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.files.revert(named("name", name), snapshot))
+def revert_snapshot(
+    name: str, snapshot: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    return accepted(p.files.revert(scope.key(name), snapshot))
 
 
 @router.delete("/{name}/snapshots/{snapshot}", status_code=202, response_model=schemas.OperationOut)
-def delete_snapshot(name: str, snapshot: str, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.files.delete_snapshot(named("name", name), snapshot))
+def delete_snapshot(
+    name: str, snapshot: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    return accepted(p.files.delete_snapshot(scope.key(name), snapshot))
 
 
 @router.post("/{name}/capture", status_code=202, response_model=schemas.OperationOut)
-def capture(name: str, body: schemas.CaptureRequest, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.files.capture(named("name", name), body.image))
+def capture(
+    name: str,
+    body: schemas.CaptureRequest,
+    scope: Scope = project_access(Right.CHANGE),
+    p: Platform = Depends(platform),
+) -> JSONResponse:
+    return accepted(p.files.capture(scope.key(name), image_key(scope.project, body.image)))
 
 
 @router.post("/{name}/export", status_code=202, response_model=schemas.OperationOut)
-def export(name: str, body: schemas.ExportRequest, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.files.export(named("name", name), Path(body.file)))
+def export(
+    name: str,
+    body: schemas.ExportRequest,
+    scope: Scope = project_access(Right.CHANGE, admin=True),
+    p: Platform = Depends(platform),
+) -> JSONResponse:
+    return accepted(p.files.export(scope.key(name), Path(body.file)))
 
 
 @router.post("/import", status_code=202, response_model=schemas.OperationOut)
-def import_vm(body: schemas.ImportRequest, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.files.import_vm(Path(body.file), body.name, body.size))
+def import_vm(
+    body: schemas.ImportRequest,
+    scope: Scope = project_access(Right.CHANGE, admin=True),
+    p: Platform = Depends(platform),
+) -> JSONResponse:
+    return accepted(p.files.import_vm(Path(body.file), body.name, body.size, project=scope.project or "default"))

@@ -6,7 +6,9 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from flexvm.api import schemas
-from flexvm.api.deps import accepted, named, platform
+from flexvm.api.access import Scope, project_access
+from flexvm.api.deps import accepted, image_in_scope, named, no_host_pin, platform
+from flexvm.model.access import Right
 from flexvm.model.units import parse_bytes
 from flexvm.platform import Platform
 
@@ -14,20 +16,23 @@ router = APIRouter(prefix="/vms", tags=["vms"])
 
 
 @router.get("", response_model=list[schemas.VmOut])
-def list_vms(p: Platform = Depends(platform)) -> list[schemas.VmOut]:
-    return [schemas.VmOut.model_validate(vm) for vm in p.vms.list()]
+def list_vms(scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> list[schemas.VmOut]:
+    return [schemas.VmOut.model_validate(vm) for vm in p.vms.list() if scope.owns(vm.name)]
 
 
 @router.post("", status_code=202, response_model=schemas.OperationOut)
-def create_vm(body: schemas.VmCreate, p: Platform = Depends(platform)) -> JSONResponse:
+def create_vm(
+    body: schemas.VmCreate, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    no_host_pin(scope, body.host)
     return accepted(
         p.vms.create(
-            body.name,
+            scope.key(body.name),
             body.size,
-            body.image,
+            image_in_scope(p, scope, body.image),
             user_data=body.user_data,
             host=body.host,
-            availability_set=body.availability_set,
+            availability_set=scope.key(body.availability_set, "availability_set") if body.availability_set else None,
             policy=body.policy,
             max_size=body.max_size,
         )
@@ -35,44 +40,60 @@ def create_vm(body: schemas.VmCreate, p: Platform = Depends(platform)) -> JSONRe
 
 
 @router.get("/{name}", response_model=schemas.VmOut)
-def show_vm(name: str, p: Platform = Depends(platform)) -> schemas.VmOut:
-    return schemas.VmOut.model_validate(p.vms.get(named("name", name)))
+def show_vm(name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> schemas.VmOut:
+    return schemas.VmOut.model_validate(p.vms.get(scope.key(name)))
 
 
 @router.delete("/{name}", status_code=202, response_model=schemas.OperationOut)
-def delete_vm(name: str, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.vms.delete(named("name", name)))
+def delete_vm(name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> JSONResponse:
+    return accepted(p.vms.delete(scope.key(name)))
 
 
 @router.post("/{name}/start", status_code=202, response_model=schemas.OperationOut)
-def start_vm(name: str, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.vms.start(named("name", name)))
+def start_vm(name: str, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)) -> JSONResponse:
+    return accepted(p.vms.start(scope.key(name)))
 
 
 @router.post("/{name}/stop", status_code=202, response_model=schemas.OperationOut)
-def stop_vm(name: str, body: schemas.VmStop | None = None, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.vms.stop(named("name", name), force=bool(body and body.force)))
+def stop_vm(
+    name: str,
+    body: schemas.VmStop | None = None,
+    scope: Scope = project_access(Right.OPERATE),
+    p: Platform = Depends(platform),
+) -> JSONResponse:
+    return accepted(p.vms.stop(scope.key(name), force=bool(body and body.force)))
 
 
 @router.post("/{name}/restart", status_code=202, response_model=schemas.OperationOut)
-def restart_vm(name: str, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.vms.restart(named("name", name)))
+def restart_vm(
+    name: str, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    return accepted(p.vms.restart(scope.key(name)))
 
 
 @router.post("/{name}/deallocate", status_code=202, response_model=schemas.OperationOut)
-def deallocate_vm(name: str, p: Platform = Depends(platform)) -> JSONResponse:
-    return accepted(p.vms.deallocate(named("name", name)))
+def deallocate_vm(
+    name: str, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    return accepted(p.vms.deallocate(scope.key(name)))
 
 
 @router.post("/{name}/disk/resize", status_code=202, response_model=schemas.OperationOut)
-def resize_disk(name: str, body: schemas.DiskResize, p: Platform = Depends(platform)) -> JSONResponse:
+def resize_disk(
+    name: str, body: schemas.DiskResize, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
     size = parse_bytes(body.size, "size", default_unit="G")
-    return accepted(p.vms.resize_disk(named("name", name), size))
+    return accepted(p.vms.resize_disk(scope.key(name), size))
 
 
 @router.get("/{name}/console", response_model=schemas.ConsoleOut)
-def console(name: str, offset: int = Query(0, ge=0), p: Platform = Depends(platform)) -> schemas.ConsoleOut:
-    chunk = p.vms.console(named("name", name), offset)
+def console(
+    name: str,
+    offset: int = Query(0, ge=0),
+    scope: Scope = project_access(Right.OPERATE),
+    p: Platform = Depends(platform),
+) -> schemas.ConsoleOut:
+    chunk = p.vms.console(scope.key(name), offset)
     return schemas.ConsoleOut(text=chunk.text, next_offset=chunk.next_offset)
 
 
@@ -82,12 +103,14 @@ def console(name: str, offset: int = Query(0, ge=0), p: Platform = Depends(platf
     response_model=schemas.OperationOut,
     responses={200: {"model": schemas.ResizePlanOut, "description": "the plan (dry run)"}},
 )
-def resize_vm(name: str, body: schemas.ResizeRequest, p: Platform = Depends(platform)) -> JSONResponse:
-    named("name", name)
+def resize_vm(
+    name: str, body: schemas.ResizeRequest, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    key = scope.key(name)
     if body.dry_run:
-        plan = p.resizer.plan(name, body.size, allow_restart=body.allow_restart, force=body.force)
+        plan = p.resizer.plan(key, body.size, allow_restart=body.allow_restart, force=body.force)
         return JSONResponse(schemas.ResizePlanOut(**dataclasses.asdict(plan)).model_dump(mode="json"))
-    return accepted(p.resizer.resize(name, body.size, allow_restart=body.allow_restart, force=body.force))
+    return accepted(p.resizer.resize(key, body.size, allow_restart=body.allow_restart, force=body.force))
 
 
 @router.post(
@@ -96,11 +119,17 @@ def resize_vm(name: str, body: schemas.ResizeRequest, p: Platform = Depends(plat
     response_model=schemas.OperationOut,
     responses={200: {"model": schemas.MovePlanOut, "description": "the plan (dry run)"}},
 )
-def migrate_vm(name: str, body: schemas.MigrateRequest, p: Platform = Depends(platform)) -> JSONResponse:
-    named("name", name)
+def migrate_vm(
+    name: str,
+    body: schemas.MigrateRequest,
+    scope: Scope = project_access(Right.CHANGE),
+    p: Platform = Depends(platform),
+) -> JSONResponse:
+    key = scope.key(name)
     if body.to is not None:
         named("to", body.to)
+        no_host_pin(scope, body.to, "to")
     if body.dry_run:
-        plan = p.mover.plan(name, body.to, cold=body.cold)
+        plan = p.mover.plan(key, body.to, cold=body.cold)
         return JSONResponse(schemas.MovePlanOut(**dataclasses.asdict(plan)).model_dump(mode="json"))
-    return accepted(p.mover.migrate(name, body.to, cold=body.cold))
+    return accepted(p.mover.migrate(key, body.to, cold=body.cold))
