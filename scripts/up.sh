@@ -10,14 +10,26 @@ PORT=${FLEXVM_PORT:-8470}
 FLEXVM=.venv/bin/flexvm
 mkdir -p "$FLEXVM_HOME/log"
 
-if curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+# The server serves HTTPS with a certificate signed by the CA it makes at its first start (or the
+# operator's own, whose CA FLEXVM_CA_FILE names); until that file exists nothing answers here.
+# FLEXVM_PLAIN_HTTP=1 serves plain HTTP instead (on loopback only).
+CA=${FLEXVM_CA_FILE:-$FLEXVM_HOME/tls/ca.pem}
+if [ "${FLEXVM_PLAIN_HTTP:-0}" = 1 ]; then
+    URL=http://127.0.0.1:$PORT
+    healthy() { curl -fs "$URL/healthz" >/dev/null 2>&1; }
+else
+    URL=https://127.0.0.1:$PORT
+    healthy() { [ -e "$CA" ] && curl -fs --cacert "$CA" "$URL/healthz" >/dev/null 2>&1; }
+fi
+
+if healthy; then
     echo "==> flexvm server already running on 127.0.0.1:$PORT"
 else
     echo "==> starting flexvm serve (log: $FLEXVM_HOME/log/server.log)"
     setsid nohup "$FLEXVM" serve >>"$FLEXVM_HOME/log/server.log" 2>&1 </dev/null &
     echo $! >"$FLEXVM_HOME/server.pid"
     for _ in $(seq 1 150); do
-        curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+        healthy && break
         kill -0 "$(cat "$FLEXVM_HOME/server.pid")" 2>/dev/null || { tail -20 "$FLEXVM_HOME/log/server.log" >&2; exit 1; }
         sleep 0.2
     done
@@ -66,3 +78,6 @@ echo "--- console of $VM (last lines) ---"
 $FLEXVM vm console "$VM" --tail 8
 echo
 echo "flexvm is up. Try: $FLEXVM vm list | $FLEXVM size list | $FLEXVM vm console $VM"
+if [ "${FLEXVM_PLAIN_HTTP:-0}" != 1 ]; then
+    echo "The API: curl --cacert $CA -H \"Authorization: Bearer \$(cat $FLEXVM_HOME/token)\" $URL/v1/vms"
+fi

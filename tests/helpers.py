@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -55,16 +56,32 @@ class Cli:
 
 @dataclass
 class FlexvmServer:
-    """A `flexvm serve` process with its own home, port and (optionally) settings."""
+    """A `flexvm serve` process with its own home, port and (optionally) settings.
+
+    It serves HTTPS with the certificate it makes at first start, as a user's server does; the
+    CLI it runs trusts that CA from the home, and ``api()`` does the same. ``plain_http`` starts it
+    with --plain-http instead (on loopback)."""
 
     home: Path
     env_extra: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    plain_http: bool = False
+    serve_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'http' if self.plain_http else 'https'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA the server made (`curl --cacert` takes it), or the one FLEXVM_CA_FILE names."""
+        named = self.env_extra.get("FLEXVM_CA_FILE")
+        return Path(named) if named else self.home / "tls" / "ca.pem"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this server: its CA (True for plain HTTP)."""
+        return True if self.plain_http else ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def env(self) -> dict[str, str]:
@@ -72,24 +89,26 @@ class FlexvmServer:
         env.update(
             {"FLEXVM_HOME": str(self.home), "FLEXVM_PORT": str(self.port), "FLEXVM_URL": self.url, "COLUMNS": "200"}
         )
-        env.pop("FLEXVM_TOKEN", None)
+        for name in ("FLEXVM_TOKEN", "FLEXVM_CA_FILE", "FLEXVM_PLAIN_HTTP", "FLEXVM_TLS_CERT", "FLEXVM_TLS_KEY"):
+            env.pop(name, None)
         env.update(self.env_extra)
         return env
 
     def start(self, timeout: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         log = (self.home / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [FLEXVM, "serve"], env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
+        args = [FLEXVM, "serve", *(("--plain-http",) if self.plain_http else ()), *self.serve_args]
+        self.proc = subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
         def healthy() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if not self.plain_http and not self.ca_file.exists():
+                return False  # made at the server's first start, before it listens
             try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+                return httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify()).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -121,7 +140,12 @@ class FlexvmServer:
         return (self.home / "token").read_text().strip()
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        return httpx.Client(
+            base_url=f"{self.url}/v1",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=60,
+            verify=self.verify(),
+        )
 
     def cli(self, *args: str, timeout: float = 300.0) -> Cli:
         done = subprocess.run(

@@ -44,6 +44,11 @@ class Settings:
     takeover_poll_seconds: float = 1.0  # how often a server looks for operations to take over
     crash_at: str = ""  # tests only: "kind:step:moment" where the server kills itself (kill -9)
     ssh_keys: tuple[str, ...] = field(default_factory=tuple)
+    # The API serves HTTPS: with the operator's own certificate and key (both or neither), else
+    # with one signed by a CA made at first start (tls_dir). Plain HTTP only when asked, on loopback.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    plain_http: bool = False
 
     @property
     def images_dir(self) -> Path:
@@ -57,6 +62,26 @@ class Settings:
     def server_file(self) -> Path:
         """Where the running server writes its URL, so the CLI finds it."""
         return self.home / "server.url"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The CA and server certificate flexvm makes (api/tls.py)."""
+        return self.home / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA the CLI trusts, and `curl --cacert` takes."""
+        return self.tls_dir / "ca.pem"
+
+    def tls_pair(self) -> tuple[Path, Path] | None:
+        """The operator's certificate and key, or None; one without the other is refused."""
+        if self.tls_cert is None and self.tls_key is None:
+            return None
+        if self.tls_key is None:
+            raise InvalidInput("tls_key", f"missing: the certificate {self.tls_cert} needs its key (give both or none)")
+        if self.tls_cert is None:
+            raise InvalidInput("tls_cert", f"missing: the key {self.tls_key} needs its certificate (give both or none)")
+        return self.tls_cert, self.tls_key
 
     @property
     def lb_dir(self) -> Path:
@@ -90,6 +115,9 @@ class Settings:
             lease_seconds=_seconds(env, "FLEXVM_LEASE_SECONDS", 15),
             takeover_poll_seconds=_seconds(env, "FLEXVM_TAKEOVER_POLL_SECONDS", 1),
             crash_at=env.get("FLEXVM_CRASH_AT", ""),
+            tls_cert=_path(env.get("FLEXVM_TLS_CERT")),
+            tls_key=_path(env.get("FLEXVM_TLS_KEY")),
+            plain_http=_flag(env, "FLEXVM_PLAIN_HTTP"),
         )
 
 
@@ -105,6 +133,20 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise InvalidInput(name, f"must be a positive number, got {text!r}")
     return value
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    """1/true/yes or 0/false/no (or unset), else an error naming the variable."""
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise InvalidInput(name, f"must be 1 or 0, got {env[name]!r}")
 
 
 def _port(text: str | None) -> int:

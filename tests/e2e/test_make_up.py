@@ -3,11 +3,13 @@
 Runs `scripts/up.sh` (what `make up` runs) with its own home, port and VM name so it cannot touch
 an installation on the same machine, four times: the second run must reuse everything and start
 the VM stopped behind its back; the third must put back the `local` host, the tiny image and the
-first VM, all removed; the fourth must start the server again after it was stopped.
+first VM, all removed; the fourth must start the server again after it was stopped. After the
+first, the API answers as the README shows it: HTTPS, with curl trusting the CA the server made.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +45,19 @@ def test_make_up_twice_leaves_a_running_first_vm(tmp_path: Path) -> None:
         assert "running" in out and "10.0.2.15" in out, "state and address are shown"
         assert f"flexvm: ready name={vm}" in out, "the console tail shows the guest's readiness line"
         assert vm in domains()
+
+        # The API as the README and up.sh show it: HTTPS, trusting the CA the server made.
+        ca = home / "tls" / "ca.pem"
+        assert f"curl --cacert {ca} " in out and f"https://127.0.0.1:{port}/v1/vms" in out
+        assert (home / "server.url").read_text().strip() == f"https://127.0.0.1:{port}"
+        token = (home / "token").read_text().strip()
+        listed = subprocess.run(
+            ["curl", "-fsS", "--cacert", str(ca), "-H", f"Authorization: Bearer {token}",
+             f"https://127.0.0.1:{port}/v1/vms"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert vm in {v["name"] for v in json.loads(listed.stdout)}
 
         # The VM is stopped behind the platform's back; a second `make up` reuses the server and
         # image and brings the VM back.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,18 +47,53 @@ def rebuild_error(status: int, body: Any) -> errors.FlexvmError:
     return err
 
 
+def trusted_ca(settings: Settings) -> Path | None:
+    """The CA the CLI trusts for the server's certificate: FLEXVM_CA_FILE (for an operator's own
+    certificate), else the one the server made in its home when there is one, else None (httpx's
+    default CAs: a certificate from a public CA)."""
+    named = os.environ.get("FLEXVM_CA_FILE")
+    if named:
+        return Path(named)
+    return settings.ca_file if settings.ca_file.exists() else None
+
+
+def _trusting(ca_file: Path) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise errors.FlexvmError(f"cannot load the CA file {ca_file}: {reason}") from err
+
+
+def _certificate_refusal(err: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed under an httpx error (it sits a few causes down), if any."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class ApiClient:
-    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0, ca_file: Path | None = None) -> None:
+        """``ca_file``: the CA an https server's certificate must be signed by (None: httpx's defaults)."""
         self.url = url.rstrip("/")
+        self.ca_file = ca_file
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None and self.url.startswith("https:"):
+            verify = _trusting(ca_file)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient:
         url = os.environ.get("FLEXVM_URL")
         if not url and settings.server_file.exists():
             url = settings.server_file.read_text().strip()
-        url = url or f"http://127.0.0.1:{settings.port}"
+        url = url or f"https://127.0.0.1:{settings.port}"
         token = os.environ.get("FLEXVM_TOKEN")
         if not token:
             try:
@@ -68,12 +105,26 @@ class ApiClient:
                 ) from err
             except FileNotFoundError:
                 token = None  # the server has not started yet; the request will say so
-        return cls(url, token)
+        return cls(url, token, ca_file=trusted_ca(settings))
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, f"/v1{path}", **kwargs)
         except httpx.TransportError as err:
+            refused = _certificate_refusal(err)
+            if refused is not None:
+                trusted = f"the CA in {self.ca_file}" if self.ca_file else "the default CAs"
+                raise errors.ServerUnavailable(
+                    f"the flexvm server at {self.url} has a certificate that {trusted} does not vouch for "
+                    f"({refused.verify_message or refused.reason}); if it serves its own certificate, "
+                    "set FLEXVM_CA_FILE to the CA that signed it"
+                ) from err
+            if isinstance(err, httpx.RemoteProtocolError) and self.url.startswith("http:"):
+                # What a server serving HTTPS does to a plain HTTP request: it hangs up.
+                raise errors.ServerUnavailable(
+                    f"the flexvm server at {self.url} closed the connection ({err}); "
+                    "it serves HTTPS unless started with --plain-http: use an https:// URL"
+                ) from err
             raise errors.ServerUnavailable(
                 f"cannot reach the flexvm server at {self.url} ({err}). Is it running? "
                 "`make up` starts it; by hand: `flexvm serve &`"

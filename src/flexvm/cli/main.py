@@ -46,9 +46,17 @@ vm_app.command("metrics")(vm_metrics)
 def serve(
     host: str | None = typer.Option(None, "--listen", help="address to listen on (default 127.0.0.1)"),
     port: int | None = typer.Option(None, "--port"),
+    tls_cert: str | None = typer.Option(
+        None, "--tls-cert", help="serve this certificate (PEM, may hold its chain) instead of a generated one"
+    ),
+    tls_key: str | None = typer.Option(None, "--tls-key", help="the key of --tls-cert (PEM, unencrypted)"),
+    plain_http: bool = typer.Option(
+        False, "--plain-http", help="serve plain HTTP, not HTTPS (refused unless --listen is loopback)"
+    ),
 ) -> None:
-    """Run the API server (the CLI talks to it)."""
+    """Run the API server (the CLI talks to it) over HTTPS: its CA is made in $FLEXVM_HOME/tls/ca.pem."""
     from dataclasses import replace
+    from pathlib import Path
 
     from flexvm.server import serve as run_server
 
@@ -57,6 +65,12 @@ def serve(
         settings = replace(settings, listen_host=host)
     if port is not None:
         settings = replace(settings, port=port)
+    if tls_cert is not None or tls_key is not None:
+        settings = replace(
+            settings, tls_cert=Path(tls_cert) if tls_cert else None, tls_key=Path(tls_key) if tls_key else None
+        )
+    if plain_http:
+        settings = replace(settings, plain_http=True)
     run_server(settings)
 
 
