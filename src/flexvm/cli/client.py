@@ -78,18 +78,27 @@ def _certificate_refusal(err: BaseException) -> ssl.SSLCertVerificationError | N
 
 
 class ApiClient:
-    def __init__(self, url: str, token: str | None, timeout: float = 60.0, ca_file: Path | None = None) -> None:
-        """``ca_file``: the CA an https server's certificate must be signed by (None: httpx's defaults)."""
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout: float = 60.0,
+        ca_file: Path | None = None,
+        project: str | None = None,
+    ) -> None:
+        """``ca_file``: the CA an https server's certificate must be signed by (None: httpx's defaults).
+        ``project``: sent with every request (routes of a project read it; the others ignore it)."""
         self.url = url.rstrip("/")
         self.ca_file = ca_file
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify: ssl.SSLContext | bool = True
         if ca_file is not None and self.url.startswith("https:"):
             verify = _trusting(ca_file)
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify)
+        params = {"project": project} if project else None
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=verify, params=params)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ApiClient:
+    def from_settings(cls, settings: Settings, project: str | None = None) -> ApiClient:
         url = os.environ.get("FLEXVM_URL")
         if not url and settings.server_file.exists():
             url = settings.server_file.read_text().strip()
@@ -105,7 +114,7 @@ class ApiClient:
                 ) from err
             except FileNotFoundError:
                 token = None  # the server has not started yet; the request will say so
-        return cls(url, token, ca_file=trusted_ca(settings))
+        return cls(url, token, ca_file=trusted_ca(settings), project=project)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -145,8 +154,11 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body or {})
 
-    def delete(self, path: str) -> Any:
-        return self.request("DELETE", path)
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("PATCH", path, json=body)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, params={k: v for k, v in params.items() if v is not None})
 
     def wait(self, operation_id: str, on_update: Any = None, timeout: float = 3600.0) -> dict[str, Any]:
         """Poll an operation until it finishes; ``on_update(op)`` sees every state along the way."""

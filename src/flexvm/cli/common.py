@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from flexvm.cli import output
+from flexvm.cli import output, projects_context
 from flexvm.cli.client import ApiClient
 from flexvm.config import Settings
 from flexvm.errors import InvalidInput
@@ -16,8 +16,9 @@ from flexvm.errors import InvalidInput
 OutputOpt = typer.Option(output.Format.table, "--output", "-o", help="table or json (the API's own shape)")
 
 
-def client() -> ApiClient:
-    return ApiClient.from_settings(Settings.from_env())
+def client(project: str | None = None) -> ApiClient:
+    """The API client, in ``project`` or else the project the CLI works in (projects_context)."""
+    return ApiClient.from_settings(Settings.from_env(), project=project or projects_context.current())
 
 
 def read_user_data(path: Path) -> str:

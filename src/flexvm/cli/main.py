@@ -7,7 +7,8 @@ import sys
 import typer
 from rich.markup import escape
 
-from flexvm.cli import output
+from flexvm.cli import output, projects_context
+from flexvm.cli.access import audit, project_app, role_app, token_app, user_app, whoami
 from flexvm.cli.catalog import image_app, size_app
 from flexvm.cli.hints import explain
 from flexvm.cli.hosts import host_app, operation_app, server_app
@@ -21,11 +22,19 @@ from flexvm.errors import FlexvmError
 
 app = typer.Typer(
     help="flexvm: real virtual machines on your own hosts, Azure-style.",
+    epilog="Resource commands work in one project: --project P anywhere on the line, FLEXVM_PROJECT, "
+    "or the default `flexvm project use P` saved.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 app.add_typer(vm_app, name="vm")
+app.add_typer(project_app, name="project")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+app.add_typer(role_app, name="role")
+app.command("audit")(audit)
+app.command("whoami")(whoami)
 app.add_typer(size_app, name="size")
 app.add_typer(image_app, name="image")
 app.add_typer(host_app, name="host")
@@ -80,7 +89,7 @@ def main() -> None:
     Click (under Typer) handles usage errors itself (exit 2); flexvm's own errors arrive here.
     """
     try:
-        app()
+        app(args=projects_context.take_project_option(sys.argv[1:]), prog_name="flexvm")
     except FlexvmError as err:
         output.err_console.print(f"[red]error:[/] {escape(explain(err))}", highlight=False, markup=True, soft_wrap=True)
         for note in getattr(err, "__notes__", []):  # e.g. what a failed `lab up` could not remove
