@@ -27,12 +27,14 @@ class Keyed(BaseModel):
 
     @model_validator(mode="after")
     def _split_keys(self) -> Keyed:
+        if self.project:
+            return self  # split already (FastAPI validates a returned model again)
         for index, field_name in enumerate(self._keyed):
             key = getattr(self, field_name)
             if not key:
                 continue
             project, name = split_key(key)
-            if index == 0 and not self.project:
+            if index == 0:
                 self.project = project
             setattr(self, field_name, name)
         return self
@@ -155,6 +157,8 @@ class OperationOut(Out):
 
     @model_validator(mode="after")
     def _split_target(self) -> OperationOut:
+        if self.project is not None:
+            return self  # split already (FastAPI validates a returned model again)
         self.project = project_of_target(self.target_kind, self.target_name)
         if self.project is not None:
             self.target_name = self.target_name.partition(".")[2] or self.target_name
@@ -241,6 +245,8 @@ class ImageOut(Out):
 
     @model_validator(mode="after")
     def _split_key(self) -> ImageOut:
+        if self.project is not None:
+            return self  # split already (FastAPI validates a returned model again)
         self.project = image_project(self.name)
         if self.project is not None:
             self.name = self.name.partition(".")[2]

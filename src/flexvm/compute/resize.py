@@ -264,6 +264,9 @@ class ResizeService:
         with self.db.session() as session:
             vm = VmRepo(session).get(name)
             check_usable(vm)
+            if vm.host is not None:  # the quota first: it needs no host to say no
+                grows = Quotas(vcpus=target.vcpus - vm.vcpus, memory_mib=target.memory_mib - vm.memory_mib)
+                admit_vm(session, name, grows)
             image = ImageRepo(session).get(vm.image)
             plan = self._plan(session, vm, image, target, ceiling, allow_restart=allow_restart, force=force)
             before = dataclasses.replace(vm)
@@ -271,8 +274,6 @@ class ResizeService:
                 HostRepo(session).lock(plan.destination)
                 vm.moving_to = plan.destination
             if vm.host is not None:
-                grows = Quotas(vcpus=target.vcpus - vm.vcpus, memory_mib=target.memory_mib - vm.memory_mib)
-                admit_vm(session, name, grows)
                 # Claim the new size now: where it runs and, while it moves, where it goes (the
                 # source is held at the new size too until the move ends: briefly cautious, never short).
                 vm.vcpus, vm.memory_mib = target.vcpus, target.memory_mib
