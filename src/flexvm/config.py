@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flexvm.errors import InvalidInput
+from flexvm.model.units import GIB, parse_bytes
 
 DEFAULT_PORT = 8470
+DEFAULT_UPLOAD_MAX = 20 * GIB
 
 
 def default_home() -> Path:
@@ -44,6 +46,7 @@ class Settings:
     takeover_poll_seconds: float = 1.0  # how often a server looks for operations to take over
     crash_at: str = ""  # tests only: "kind:step:moment" where the server kills itself (kill -9)
     ssh_keys: tuple[str, ...] = field(default_factory=tuple)
+    upload_max_bytes: int = DEFAULT_UPLOAD_MAX  # the largest image the API takes as a request body
 
     @property
     def images_dir(self) -> Path:
@@ -90,6 +93,7 @@ class Settings:
             lease_seconds=_seconds(env, "FLEXVM_LEASE_SECONDS", 15),
             takeover_poll_seconds=_seconds(env, "FLEXVM_TAKEOVER_POLL_SECONDS", 1),
             crash_at=env.get("FLEXVM_CRASH_AT", ""),
+            upload_max_bytes=_size(env, "FLEXVM_UPLOAD_MAX", DEFAULT_UPLOAD_MAX),
         )
 
 
@@ -104,6 +108,17 @@ def _seconds(env: dict[str, str], name: str, default: float) -> float:
         value = -1.0
     if not value > 0 or value != value or value == float("inf"):
         raise InvalidInput(name, f"must be a positive number, got {text!r}")
+    return value
+
+
+def _size(env: dict[str, str], name: str, default: int) -> int:
+    """A positive size from the environment ('20G', '512M', a bare number of bytes)."""
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    value = parse_bytes(text, name)
+    if value <= 0:
+        raise InvalidInput(name, f"must be a positive size, got {text!r}")
     return value
 
 

@@ -28,6 +28,7 @@ _BY_CODE: dict[str, type[errors.FlexvmError]] = {
         errors.OperationFailed,
         errors.OperationTimeout,
         errors.InvalidInput,
+        errors.TooLarge,
         errors.NotFound,
     )
 }
