@@ -38,10 +38,17 @@ from flexvm.platform import Platform
 from flexvm.store.repositories import ImageRepo
 from tests.conftest import TOKEN
 from tests.helpers import wait_for
+from tests.unit import test_cli
 from tests.unit.api_helpers import error_of
+from tests.unit.test_cli import Cli, assert_clean_error
 from tests.unit.test_image_store import make_qcow2, make_raw, run_qemu_img, scribble
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) not installed")
+
+# test_cli's fixtures: the CLI's environment pointed at the in-process server, and a client of it.
+cli_env = test_cli.cli_env
+http = test_cli.http
+flexvm = test_cli.flexvm
 
 MIB = 1024 * 1024
 LIMIT = 8 * MIB
@@ -499,3 +506,26 @@ def test_openapi_declares_the_octet_stream_body_and_the_answers(api: TestClient)
     assert list(route["requestBody"]["content"]) == ["application/octet-stream"]
     assert {"201", "400", "409", "413"} <= set(route["responses"])
     assert {p["name"] for p in route["parameters"]} == {"name", "project", "sha256", "cloud_init", "description"}
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_upload_prints_the_image(flexvm: Cli, platform: Platform, src: Path) -> None:
+    disk = make_qcow2(src / "d.qcow2")
+    out = flexvm.ok("image", "upload", str(disk), "--name", "web", "--project", "team-a", "--sha256", sha256_of(disk))
+    assert "team-a.web" in out and sha256_of(disk) in out
+    image = platform.images.get("team-a.web")
+    assert (image.format, image.sha256) == ("qcow2", sha256_of(disk))
+    shown = flexvm.ok("image", "upload", str(disk), "--name", "web", "--public", "--cloud-init", "-o", "json")
+    assert '"name": "web"' in shown and '"cloud_init": true' in shown
+
+
+def test_cli_upload_errors_are_one_line(flexvm: Cli, platform: Platform, src: Path) -> None:
+    disk = make_qcow2(src / "d.qcow2")
+    assert_clean_error(flexvm("image", "upload", str(disk), "--name", "web"), "--project PROJECT")
+    assert_clean_error(flexvm("image", "upload", str(disk), "--name", "web", "--project", "p", "--public"), "--public")
+    assert_clean_error(flexvm("image", "upload", str(src / "missing"), "--name", "web", "--public"), "cannot read")
+    (src / "notes.txt").write_text("not a disk\n")
+    assert_clean_error(flexvm("image", "upload", str(src / "notes.txt"), "--name", "web", "--public"), "sectors")
+    assert_nothing_left(platform)
