@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flexvm.errors import InvalidInput
+from flexvm.model.units import GIB, parse_bytes
 
 DEFAULT_PORT = 8470
+DEFAULT_UPLOAD_MAX = 20 * GIB
 
 
 def default_home() -> Path:
@@ -49,6 +51,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     plain_http: bool = False
+    upload_max_bytes: int = DEFAULT_UPLOAD_MAX  # the largest image the API takes as a request body
 
     @property
     def images_dir(self) -> Path:
@@ -118,6 +121,7 @@ class Settings:
             tls_cert=_path(env.get("FLEXVM_TLS_CERT")),
             tls_key=_path(env.get("FLEXVM_TLS_KEY")),
             plain_http=_flag(env, "FLEXVM_PLAIN_HTTP"),
+            upload_max_bytes=_size(env, "FLEXVM_UPLOAD_MAX", DEFAULT_UPLOAD_MAX),
         )
 
 
@@ -147,6 +151,17 @@ def _flag(env: dict[str, str], name: str) -> bool:
     if text in ("1", "true", "yes"):
         return True
     raise InvalidInput(name, f"must be 1 or 0, got {env[name]!r}")
+
+
+def _size(env: dict[str, str], name: str, default: int) -> int:
+    """A positive size from the environment ('20G', '512M', a bare number of bytes)."""
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    value = parse_bytes(text, name)
+    if value <= 0:
+        raise InvalidInput(name, f"must be a positive size, got {text!r}")
+    return value
 
 
 def _port(text: str | None) -> int:

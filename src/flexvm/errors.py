@@ -5,6 +5,7 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
 
     FlexvmError (500)
     ├── InvalidInput (400)            bad input: names the field and the rule
+    │   └── TooLarge (413)            a request body over its limit (names the limit)
     ├── NotFound (404)                a named thing does not exist
     ├── Conflict (409)                the request clashes with what exists
     │   ├── AlreadyExists (409)       a name is taken
@@ -150,6 +151,17 @@ class InvalidInput(FlexvmError):
     ) -> None:
         super().__init__(f"{field}: {message}", details={"field": field, **(details or {})}, remedy=remedy)
         self.field = field
+
+
+class TooLarge(InvalidInput):
+    """A request body bigger than the server takes (an uploaded image past ``upload_max_bytes``)."""
+
+    status = 413
+    code = "RequestBodyTooLarge"
+
+    def __init__(self, field: str, size: int | None, limit: int) -> None:
+        what = "goes past" if size is None else f"is {size} bytes, over"
+        super().__init__(field, f"{what} the limit of {limit} bytes this server takes", details={"limit": limit})
 
 
 class NotFound(FlexvmError):

@@ -206,6 +206,7 @@ class Platform:
                 host.accelerator.value,
                 host.accelerator_reason,
             )
+        self.images.sweep()  # what an upload or import cut short by a dead server left staged
         resumed = self.engine.start()
         self.last_report = self.reconciler.at_start(resumed)
         self._sync_thread = threading.Thread(target=self._sync_loop, name="flexvm-sync", daemon=True)

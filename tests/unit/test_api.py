@@ -63,6 +63,7 @@ PUBLIC_SURFACE = {
     ("GET", "/v1/images"),
     ("POST", "/v1/images"),
     ("POST", "/v1/images/build"),
+    ("POST", "/v1/images/upload"),
     ("GET", "/v1/images/{name}"),
     ("DELETE", "/v1/images/{name}"),
     ("GET", "/v1/hosts"),

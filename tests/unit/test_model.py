@@ -271,6 +271,7 @@ def test_check_action(action: str, power: PowerState) -> None:
 EXPECTED_ERRORS = {
     "FlexvmError": (500, "InternalError", None),
     "InvalidInput": (400, "InvalidInput", "FlexvmError"),
+    "TooLarge": (413, "RequestBodyTooLarge", "InvalidInput"),
     "NotFound": (404, "NotFound", "FlexvmError"),
     "Conflict": (409, "Conflict", "FlexvmError"),
     "AlreadyExists": (409, "AlreadyExists", "Conflict"),
@@ -393,6 +394,8 @@ def test_every_error_has_its_own_status_on_instances(name: str) -> None:
         err = cls({"dnsmasq": "dnsmasq-base"})
     elif cls is errors.QuotaExceeded:
         err = cls("team-a", "vcpus", 2, 3, 4, "vCPUs")
+    elif cls is errors.TooLarge:
+        err = cls("body", 2048, 1024)
     else:
         err = cls("message")
     assert (err.status, err.to_dict()["code"]) == (status, code)

@@ -31,3 +31,12 @@ def test_a_bad_value_is_refused_naming_its_variable(name: str, value: str) -> No
     with pytest.raises(InvalidInput) as caught:
         Settings.from_env({name: value})
     assert caught.value.field == name and repr(value) in caught.value.message
+
+
+def test_the_upload_limit() -> None:
+    assert Settings.from_env({}).upload_max_bytes == 20 * 1024**3
+    assert Settings.from_env({"FLEXVM_UPLOAD_MAX": "512M"}).upload_max_bytes == 512 * 1024**2
+    for bad in ("0", "lots", "-1G"):
+        with pytest.raises(InvalidInput) as caught:
+            Settings.from_env({"FLEXVM_UPLOAD_MAX": bad})
+        assert caught.value.field == "FLEXVM_UPLOAD_MAX"

@@ -648,3 +648,15 @@ class SimulationOut(BaseModel):
     instance_minutes: float
     recorded_instance_minutes: float
     text: str = Field(description="the timeline as `flexvm autoscale simulate` prints it")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="e.g. InvalidInput, AlreadyExists, RequestBodyTooLarge")
+    message: str
+    details: dict[str, Any] = Field(description="`field` names the bad input, where there is one")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: Azure's shape."""
+
+    error: ErrorBody

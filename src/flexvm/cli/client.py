@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,13 @@ _BY_CODE: dict[str, type[errors.FlexvmError]] = {
         errors.OperationFailed,
         errors.OperationTimeout,
         errors.InvalidInput,
+        errors.TooLarge,
         errors.NotFound,
     )
 }
+
+
+UPLOAD_ANSWER_SECONDS = 600.0
 
 
 def rebuild_error(status: int, body: Any) -> errors.FlexvmError:
@@ -153,6 +158,18 @@ class ApiClient:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body or {})
+
+    def upload(self, path: str, content: Iterable[bytes], length: int, **params: Any) -> Any:
+        """POST ``length`` bytes streamed from ``content`` (never held whole) as the raw body."""
+        return self.request(
+            "POST",
+            path,
+            content=content,
+            params={k: v for k, v in params.items() if v is not None},
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
+            # After the last byte the server checks the disk (qemu-img) before it answers.
+            timeout=httpx.Timeout(self._http.timeout.connect, read=UPLOAD_ANSWER_SECONDS),
+        )
 
     def patch(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("PATCH", path, json=body)

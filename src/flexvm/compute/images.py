@@ -1,26 +1,43 @@
-"""Images as a service: import and build (as operations), list, delete, and copy to hosts."""
+"""Images as a service: import and build (as operations), upload (in the request), list, delete,
+and copy to hosts."""
 
 from __future__ import annotations
 
 import builtins
 import dataclasses
+import logging
 import tempfile
 import threading
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from flexvm.compute.guest_boot import image_volume
 from flexvm.drivers.base import Driver
-from flexvm.errors import AlreadyExists, Busy, Conflict, FlexvmError, ImageError, InvalidInput
-from flexvm.images.store import ImageStore
+from flexvm.errors import (
+    AlreadyExists,
+    Busy,
+    Conflict,
+    DatabaseUnavailable,
+    FlexvmError,
+    ImageError,
+    InvalidInput,
+    TooLarge,
+)
+from flexvm.images.store import ImageStore, Upload, normalise_sha256
 from flexvm.model.image import Image
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
+from flexvm.model.projects import check_project, image_key
 from flexvm.operations.engine import UNFINISHED, Engine
 from flexvm.operations.run import Run
 from flexvm.store.db import Database
 from flexvm.store.repositories import ImageRepo, OperationRepo
+
+log = logging.getLogger(__name__)
 
 TINY = "tiny"
 HOST_FEATURES = ("kvm", "tcg")  # what a host offers that an image may require: its accelerator
@@ -136,6 +153,94 @@ class ImageService:
         self._register(run, out)
         return {"sha256": out["sha256"], "file_size": out["file_size"]}
 
+    def upload(
+        self,
+        name: str,
+        chunks: Iterable[bytes],
+        *,
+        project: str | None,
+        limit: int,
+        length: int | None = None,
+        sha256: str | None = None,
+        cloud_init: bool = False,
+        description: str = "",
+    ) -> Image:
+        """An image from a disk sent as a stream of bytes: recorded once it is whole and passes the
+        checks an import's copy passes; refused otherwise, leaving nothing behind.
+
+        Private to ``project`` (recorded under its key, ``project.name``), or everyone's when
+        ``project`` is None. ``length``: how many bytes the sender announced; fewer is a cut-off
+        upload. Not an operation: the bytes are this request's, so no other server could resume
+        it; the store's staging file stands for it instead, should this server die (see
+        ``images/staging.py``).
+        """
+        check_name("name", name)
+        key = image_key(None if project is None else check_project("project", project), name)
+        expected = normalise_sha256("sha256", sha256)
+        if length is not None and length > limit:
+            raise TooLarge("body", length, limit)
+        self.sweep()
+        with self.store.receive(key, limit=limit, cloud_init=cloud_init, description=description) as upload:
+            # Checked once this upload shows in the store: an import submitted from now on sees it,
+            # and one submitted before is seen here.
+            self._refuse_taken(key, upload)
+            for chunk in chunks:
+                upload.write(chunk)
+            if length is not None and upload.received != length:
+                raise InvalidInput("body", f"the upload was cut off: {upload.received} of {length} bytes arrived")
+            actual = upload.finish()
+            if expected is not None and actual != expected:
+                raise InvalidInput(
+                    "sha256",
+                    f"the uploaded disk's sha256 is {actual}, not {expected}",
+                    details={"expected_sha256": expected, "actual_sha256": actual},
+                )
+            try:
+                upload.check()
+            except ImageError as err:  # the disk itself is what is wrong: bad input
+                raise InvalidInput("body", err.message, details=err.details) from err
+            image = upload.publish()
+            try:
+                with self.db.session() as session:
+                    ImageRepo(session).add(image)
+            except DatabaseUnavailable:
+                # The connection may have gone during COMMIT: whether the record was written is
+                # unknown, so the files stay for the next sweep, which asks the database.
+                upload.undecided()
+                raise
+            upload.recorded()
+        return image
+
+    def sweep(self) -> builtins.list[str]:
+        """Take back what dead uploads and imports left staged in the image store; the names removed."""
+
+        def recorded(file_name: str) -> bool:
+            with self.db.session() as session:
+                return any(file_name in image.files for image in ImageRepo(session).list())
+
+        removed = self.store.sweep(recorded)
+        if removed:
+            log.info("image store: removed what interrupted uploads and imports left: %s", ", ".join(removed))
+        return removed
+
+    def _refuse_taken(self, key: str, upload: Upload) -> None:
+        with self.db.session() as session:
+            self._refuse_held(session, key)
+        if self.store.receiving(key, besides=upload):
+            raise _uploading(key)
+
+    def _refuse_held(self, session: Session, name: str) -> None:
+        if ImageRepo(session).find(name) is not None:
+            raise AlreadyExists("image", name)
+        # The name is held by the operation making it: a second one would clash in the store.
+        making = [
+            op
+            for op in OperationRepo(session).list(limit=1000, target=name, statuses=UNFINISHED)
+            if op.target_kind == "image"
+        ]
+        if making:
+            raise Busy("image", name, making[0].id)
+
     def _unstore(self, out: dict[str, Any]) -> None:
         self.store.delete_files(image_in(out))
 
@@ -144,16 +249,11 @@ class ImageService:
 
     def _submit(self, kind: str, name: str, params: dict[str, Any]) -> Operation:
         with self.db.session() as session:
-            if ImageRepo(session).find(name) is not None:
-                raise AlreadyExists("image", name)
-            # The name is held by the operation making it: a second one would clash in the store.
-            making = [
-                op
-                for op in OperationRepo(session).list(limit=1000, target=name, statuses=UNFINISHED)
-                if op.target_kind == "image"
-            ]
-            if making:
-                raise Busy("image", name, making[0].id)
+            self._refuse_held(session, name)
+            # An upload's check runs in a transaction of its own after it shows in the store, so
+            # this one and that one cannot both miss each other.
+            if self.store.receiving(name):
+                raise _uploading(name)
             operation = self.engine.record(session, kind, "image", name, params=params)
         return self.engine.launch(operation)
 
@@ -229,6 +329,13 @@ class ImageService:
     def _upload_lock(self, uri: str, prefix: str) -> threading.Lock:
         with self._locks_guard:
             return self._upload_locks.setdefault((uri, prefix), threading.Lock())
+
+
+def _uploading(name: str) -> Conflict:
+    return Conflict(
+        f"image '{name}' is being uploaded by another request; wait for it to finish",
+        details={"kind": "image", "name": name},
+    )
 
 
 def image_out(image: Image) -> dict[str, Any]:

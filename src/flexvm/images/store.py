@@ -9,6 +9,11 @@ An import stages every file under a hidden temporary name in the root itself (sa
 filesystem, so publishing is a link, not a copy) and validates the *copy*: what is
 checked and hashed is exactly what is stored, even if the source changes meanwhile.
 A failed import removes everything it staged or published.
+
+An upload (``receive``) is the same pipeline fed by a stream instead of a file: the bytes are
+staged, hashed and capped as they arrive, then pass the import's own checks (``_checked_disk``)
+and are published the same way. What a dead server left staged is found by ``sweep``
+(``staging.py`` says how a live owner is told from a dead one).
 """
 
 from __future__ import annotations
@@ -18,18 +23,17 @@ import os
 import re
 import stat
 import struct
-import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 
-from flexvm.errors import AlreadyExists, ImageError, InvalidInput
-from flexvm.images import qemu_img
+from flexvm.errors import AlreadyExists, ImageError, InvalidInput, TooLarge
+from flexvm.images import qemu_img, staging
+from flexvm.images.staging import CHUNK, UPLOAD, SparseWriter, Staging
 from flexvm.model.image import Image
 from flexvm.model.projects import check_key
 
-CHUNK = 1024 * 1024
-_ZERO_CHUNK = bytes(CHUNK)
 SECTOR = 512
 SUPPORTED_FORMATS = ("qcow2", "raw")
 
@@ -59,18 +63,6 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_CMDLINE = 2048  # x86's COMMAND_LINE_SIZE
 _MAX_READY_MARKER = 200
 _MAX_DESCRIPTION = 1024
-
-
-@dataclass
-class _Staging:
-    """Files an import has created so far, so a failure can take them all back."""
-
-    temporary: list[Path] = field(default_factory=list)
-    published: list[Path] = field(default_factory=list)
-
-    def discard(self) -> None:
-        for path in (*self.temporary, *self.published):
-            path.unlink(missing_ok=True)
 
 
 class ImageStore:
@@ -148,16 +140,16 @@ class ImageStore:
         kernel = _source_file("kernel", kernel) if kernel is not None else None
         initrd = _source_file("initrd", initrd) if initrd is not None else None
         _check_boot_options(kernel, initrd, cmdline, ready_marker, description)
-        expected = _normalise_sha256(expected_sha256)
+        expected = normalise_sha256("expected_sha256", expected_sha256)
         # Fail fast on the source, before copying what may be gigabytes of a wrong format.
         disk_format = _acceptable_disk(disk).format
 
         self._refuse_taken(name)
 
-        staging = _Staging()
+        staged = Staging(self.root)
         try:
-            kernel_file, initrd_file = self._import_boot_files(staging, name, kernel, initrd)
-            disk_tmp = self._stage(staging, name)
+            kernel_file, initrd_file = self._import_boot_files(staged, name, kernel, initrd)
+            disk_tmp = staged.stage(name)
             sha256 = _copy_hashing(disk, disk_tmp)
             if expected is not None and sha256 != expected:
                 raise ImageError(
@@ -165,20 +157,109 @@ class ImageStore:
                     details={"expected_sha256": expected, "actual_sha256": sha256},
                 )
             # The authoritative checks run on the copy: that is what VMs will use.
-            facts = _acceptable_disk(disk_tmp, shown_as=disk)
+            facts = _checked_disk(disk_tmp, shown_as=disk)
             if facts.format != disk_format:
                 raise ImageError(f"{disk} changed format while it was being imported")
-            _check_disk_layout(disk_tmp, facts, shown_as=disk)
-            disk_file = self._publish(staging, disk_tmp, f"{name}.{facts.format}")
-            _fsync_dir(self.root)
+            disk_file = self._publish_disk(staged, name, disk_tmp, facts)
         except BaseException:
             # Not swallowed: undo, then let the original error (or Ctrl-C) carry on.
-            staging.discard()
+            staged.discard()
             raise
-        # The published links keep the data; the temporary names go.
-        for path in staging.temporary:
-            path.unlink(missing_ok=True)
+        staged.release()  # the published links keep the data; the temporary names go
+        return self._image(
+            name,
+            facts,
+            disk_file,
+            sha256,
+            kernel_file=kernel_file,
+            initrd_file=initrd_file,
+            cmdline=cmdline,
+            ready_marker=ready_marker,
+            cloud_init=cloud_init,
+            description=description,
+        )
 
+    def receive(self, key: str, *, limit: int, cloud_init: bool = False, description: str = "") -> Upload:
+        """An upload of a disk for the image ``key`` (a name, or ``project.name`` for a project's
+        private image), to be written as a stream of bytes: see ``Upload``."""
+        check_key("name", key)
+        _check_boot_options(None, None, None, None, description)
+        self._refuse_taken(key)
+        return Upload(self, key, limit=limit, cloud_init=cloud_init, description=description)
+
+    def receiving(self, name: str, besides: Upload | None = None) -> bool:
+        """Whether an upload (other than ``besides``) is under way for ``name``, on any server."""
+        return staging.receiving(self.root, name, besides.path if besides is not None else None)
+
+    def sweep(self, recorded: Callable[[str], bool]) -> list[str]:
+        """Remove what dead imports and uploads left staged, and a file an upload published that
+        was never recorded (``recorded(file_name)``: whether an image record names it)."""
+        return staging.sweep(self.root, SUPPORTED_FORMATS, recorded)
+
+    def discard_name(self, name: str) -> None:
+        """Remove whatever files an interrupted import of ``name`` published (its record was
+        never written, and the operation importing it holds the name)."""
+        for suffix in (*SUPPORTED_FORMATS, "vmlinuz", "initrd"):
+            path = self.root / f"{name}.{suffix}"
+            # What a live upload published (to record next) is not this import's to take back:
+            # capture and VM import check the records for a name, not the uploads under way.
+            if not staging.held_by_upload(path):
+                path.unlink(missing_ok=True)
+
+    def _refuse_taken(self, name: str) -> None:
+        # Checked up front so a clash costs nothing; _publish re-checks atomically.
+        for suffix in (*SUPPORTED_FORMATS, "vmlinuz", "initrd"):
+            if os.path.lexists(self.root / f"{name}.{suffix}"):
+                raise AlreadyExists("image", name)
+
+    def _import_boot_files(
+        self, staged: Staging, name: str, kernel: Path | None, initrd: Path | None
+    ) -> tuple[str | None, str | None]:
+        kernel_file = initrd_file = None
+        if kernel is not None:
+            tmp = staged.stage(name)
+            _copy_hashing(kernel, tmp)
+            _check_bzimage(tmp, shown_as=kernel)
+            kernel_file = self._publish(staged, tmp, f"{name}.vmlinuz")
+        if initrd is not None:
+            tmp = staged.stage(name)
+            _copy_hashing(initrd, tmp)
+            _check_initrd(tmp, shown_as=initrd)
+            initrd_file = self._publish(staged, tmp, f"{name}.initrd")
+        return kernel_file, initrd_file
+
+    def _publish_disk(self, staged: Staging, name: str, tmp: Path, facts: qemu_img.DiskFacts) -> str:
+        disk_file = self._publish(staged, tmp, f"{name}.{facts.format}")
+        _fsync_dir(self.root)
+        return disk_file
+
+    def _publish(self, staged: Staging, tmp: Path, file_name: str) -> str:
+        final = self.path_of(file_name)
+        try:
+            # link() refuses to replace an existing file, unlike rename(): two imports of
+            # the same name cannot overwrite each other's files.
+            os.link(tmp, final)
+        except FileExistsError as err:
+            raise AlreadyExists("image file", file_name) from err
+        except OSError as err:
+            raise ImageError(f"cannot publish {file_name} in the image store: {err.strerror}") from err
+        staged.published.append(final)
+        return file_name
+
+    def _image(
+        self,
+        name: str,
+        facts: qemu_img.DiskFacts,
+        disk_file: str,
+        sha256: str,
+        *,
+        kernel_file: str | None = None,
+        initrd_file: str | None = None,
+        cmdline: str | None = None,
+        ready_marker: str | None = None,
+        cloud_init: bool = False,
+        description: str = "",
+    ) -> Image:
         return Image(
             name=name,
             format=facts.format,
@@ -195,55 +276,110 @@ class ImageStore:
             description=description,
         )
 
-    def discard_name(self, name: str) -> None:
-        """Remove whatever files an interrupted import of ``name`` published (its record was
-        never written, and the operation importing it holds the name)."""
-        for suffix in (*SUPPORTED_FORMATS, "vmlinuz", "initrd"):
-            (self.root / f"{name}.{suffix}").unlink(missing_ok=True)
 
-    def _refuse_taken(self, name: str) -> None:
-        # Checked up front so a clash costs nothing; _publish re-checks atomically.
-        for suffix in (*SUPPORTED_FORMATS, "vmlinuz", "initrd"):
-            if os.path.lexists(self.root / f"{name}.{suffix}"):
-                raise AlreadyExists("image", name)
+class Upload:
+    """A disk arriving as a stream of bytes (the API's upload), staged in the store as it comes.
 
-    def _import_boot_files(
-        self, staging: _Staging, name: str, kernel: Path | None, initrd: Path | None
-    ) -> tuple[str | None, str | None]:
-        kernel_file = initrd_file = None
-        if kernel is not None:
-            tmp = self._stage(staging, name)
-            _copy_hashing(kernel, tmp)
-            _check_bzimage(tmp, shown_as=kernel)
-            kernel_file = self._publish(staging, tmp, f"{name}.vmlinuz")
-        if initrd is not None:
-            tmp = self._stage(staging, name)
-            _copy_hashing(initrd, tmp)
-            _check_initrd(tmp, shown_as=initrd)
-            initrd_file = self._publish(staging, tmp, f"{name}.initrd")
-        return kernel_file, initrd_file
+    Used as a context manager: ``write`` the bytes (past ``limit`` it raises ``TooLarge``),
+    ``check`` them as an import checks its copy, ``publish``, record the image, and say so with
+    ``recorded()``. Leaving the block any other way takes back everything it staged and published.
+    Until then the staging file keeps its name, locked: a server that dies inside the block
+    leaves it for ``ImageStore.sweep``, which takes back the published file too unless the image
+    was recorded.
+    """
 
-    def _stage(self, staging: _Staging, name: str) -> Path:
-        """Reserve a hidden temporary file in the root, on the same filesystem as its final name."""
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        staging.temporary.append(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; QEMU may run as another user and must read it
-        return tmp
+    SHOWN_AS = "the uploaded disk"
 
-    def _publish(self, staging: _Staging, tmp: Path, file_name: str) -> str:
-        final = self.path_of(file_name)
+    def __init__(self, store: ImageStore, name: str, *, limit: int, cloud_init: bool, description: str) -> None:
+        self.store = store
+        self.name = name
+        self.limit = limit
+        self.cloud_init = cloud_init
+        self.description = description
+        self.path = Path()
+        self._staged = Staging(store.root)
+        self._writer: SparseWriter | None = None
+        self._sha256: str | None = None
+        self._facts: qemu_img.DiskFacts | None = None
+        self._recorded = False
+        self._undecided = False
+
+    def __enter__(self) -> Upload:
+        self.path = self._staged.stage(self.name, UPLOAD)
         try:
-            # link() refuses to replace an existing file, unlike rename(): two imports of
-            # the same name cannot overwrite each other's files.
-            os.link(tmp, final)
-        except FileExistsError as err:
-            raise AlreadyExists("image file", file_name) from err
+            self._writer = SparseWriter(self.path.open("r+b"))
+        except BaseException:
+            self._staged.discard()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._writer is not None:
+            self._writer.file.close()
+        if self._undecided:
+            self._staged.leave()
+        elif self._recorded and kind is None:
+            self._staged.release()
+        else:
+            self._staged.discard()
+
+    @property
+    def received(self) -> int:
+        return self._writer.size if self._writer is not None else 0
+
+    def write(self, data: bytes) -> None:
+        writer = self._active()
+        if writer.size + len(data) > self.limit:
+            raise TooLarge("body", None, self.limit)
+        try:
+            writer.write(data)
         except OSError as err:
-            raise ImageError(f"cannot publish {file_name} in the image store: {err.strerror}") from err
-        staging.published.append(final)
-        return file_name
+            raise ImageError(f"writing the upload into the image store failed: {err.strerror or err}") from err
+
+    def finish(self) -> str:
+        """The end of the bytes: made durable; their sha256."""
+        if self._sha256 is None:
+            try:
+                self._sha256 = self._active().finish()
+            except OSError as err:
+                raise ImageError(f"writing the upload into the image store failed: {err.strerror or err}") from err
+        return self._sha256
+
+    def check(self) -> qemu_img.DiskFacts:
+        """The checks an imported disk passes (``ImageError`` says what is wrong with it)."""
+        self.finish()
+        self._facts = _checked_disk(self.path, shown_as=self.SHOWN_AS)
+        return self._facts
+
+    def publish(self) -> Image:
+        """Link the checked disk under its final name; the ``Image`` to record."""
+        if self._facts is None:
+            raise RuntimeError("an upload is checked before it is published")
+        disk_file = self.store._publish_disk(self._staged, self.name, self.path, self._facts)
+        return self.store._image(
+            self.name,
+            self._facts,
+            disk_file,
+            self.finish(),
+            cloud_init=self.cloud_init,
+            description=self.description,
+        )
+
+    def recorded(self) -> None:
+        """The image is recorded: leaving the block now keeps it."""
+        self._recorded = True
+
+    def undecided(self) -> None:
+        """Whether the image was recorded is unknown (the database went away): leaving the block
+        now leaves everything as a dead server would, for ``sweep`` to decide by the records."""
+        self._undecided = True
+
+    def _active(self) -> SparseWriter:
+        if self._writer is None:
+            raise RuntimeError("an upload is written inside its with-block")
+        return self._writer
 
 
 # -- checking what comes in -------------------------------------------------------------
@@ -295,15 +431,31 @@ def _check_one_line(field_name: str, text: str, limit: int) -> None:
         raise InvalidInput(field_name, "must be one line of printable characters")
 
 
-def _normalise_sha256(value: str | None) -> str | None:
+def normalise_sha256(field: str, value: str | None) -> str | None:
+    """A sha256 as given (64 hexadecimal digits, either case), lowercased; None stays None."""
     if value is None:
         return None
     if not isinstance(value, str) or not _SHA256.match(value):
-        raise InvalidInput("expected_sha256", "must be 64 hexadecimal digits")
+        raise InvalidInput(field, "must be 64 hexadecimal digits")
     return value.lower()
 
 
-def _acceptable_disk(path: Path, *, shown_as: Path | None = None) -> qemu_img.DiskFacts:
+def _checked_disk(path: Path, *, shown_as: Path | str) -> qemu_img.DiskFacts:
+    """The checks every disk that comes in passes, on the staged file VMs will use: an import's
+    copy and an upload alike."""
+    try:
+        facts = _acceptable_disk(path, shown_as=shown_as)
+        _check_disk_layout(path, facts, shown_as=shown_as)
+    except ImageError as err:
+        if str(path) not in err.message:
+            raise
+        # qemu-img's complaints name the staged file; name the one the user gave.
+        message = err.message.replace(str(path), str(shown_as))
+        raise ImageError(message, details={**err.details, "file": str(shown_as)}) from err
+    return facts
+
+
+def _acceptable_disk(path: Path, *, shown_as: Path | str | None = None) -> qemu_img.DiskFacts:
     """Refuse what a VM cannot safely boot from: empty files, foreign formats, chains."""
     shown = shown_as or path
     if path.stat().st_size == 0:
@@ -329,7 +481,7 @@ def _acceptable_disk(path: Path, *, shown_as: Path | None = None) -> qemu_img.Di
     return facts
 
 
-def _check_disk_layout(path: Path, facts: qemu_img.DiskFacts, *, shown_as: Path) -> None:
+def _check_disk_layout(path: Path, facts: qemu_img.DiskFacts, *, shown_as: Path | str) -> None:
     size = path.stat().st_size
     if facts.format == "raw":
         if size % SECTOR:
@@ -339,15 +491,10 @@ def _check_disk_layout(path: Path, facts: qemu_img.DiskFacts, *, shown_as: Path)
             )
         return
     _check_qcow2_tables_fit(path, size, shown_as)
-    try:
-        qemu_img.check(path, fmt="qcow2")
-    except ImageError as err:
-        # The check ran on the staged copy; name the file the user gave.
-        message = err.message.replace(str(path), str(shown_as))
-        raise ImageError(message, details={**err.details, "file": str(shown_as)}) from err
+    qemu_img.check(path, fmt="qcow2")
 
 
-def _check_qcow2_tables_fit(path: Path, size: int, shown_as: Path) -> None:
+def _check_qcow2_tables_fit(path: Path, size: int, shown_as: Path | str) -> None:
     """Refuse a qcow2 shorter than its header, L1 table or refcount table.
 
     qemu-img check only notices a file that ends at least a cluster early, so a file
@@ -406,28 +553,19 @@ def _check_initrd(path: Path, *, shown_as: Path) -> None:
 
 
 def _copy_hashing(src: Path, dst: Path) -> str:
-    """Copy ``src`` over ``dst`` in 1 MiB chunks, keeping zero chunks as holes; return the sha256.
+    """Copy ``src`` over ``dst``, keeping zero chunks as holes (``SparseWriter``); return the sha256.
 
     Disk images are mostly zeros; seeking over them keeps the copy as sparse as the
     original (or sparser) without changing a byte a reader sees.
     """
-    digest = hashlib.sha256()
     try:
         with src.open("rb") as reader, dst.open("r+b") as writer:
-            writer.truncate(0)
+            sparse = SparseWriter(writer)
             while chunk := reader.read(CHUNK):
-                digest.update(chunk)
-                if chunk == _ZERO_CHUNK[: len(chunk)]:
-                    writer.seek(len(chunk), os.SEEK_CUR)
-                else:
-                    writer.write(chunk)
-            # A trailing hole needs the length set explicitly; seeking alone does not.
-            writer.truncate(writer.tell())
-            writer.flush()
-            os.fsync(writer.fileno())
+                sparse.write(chunk)
+            return sparse.finish()
     except OSError as err:
         raise ImageError(f"copying {src} into the image store failed: {err.strerror or err}") from err
-    return digest.hexdigest()
 
 
 def _sha256_of(path: Path) -> str:
