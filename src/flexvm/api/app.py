@@ -107,7 +107,8 @@ def create_app(platform: Platform, token: str) -> FastAPI:
         return response
 
     @app.exception_handler(FlexvmError)
-    async def flexvm_error(_request: Request, err: FlexvmError) -> JSONResponse:
+    async def flexvm_error(request: Request, err: FlexvmError) -> JSONResponse:
+        request.state.error = f"{err.code}: {err.message}"  # for the audit trail
         response = _error(err.status, err.code, err.message, with_hint(err.details))
         if isinstance(err, DatabaseUnavailable):
             log.warning("answered 503: %s", err.message)  # the operator sees an outage in the log too
@@ -115,7 +116,7 @@ def create_app(platform: Platform, token: str) -> FastAPI:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
         problems = []
         for item in err.errors():
             if item.get("type") == "json_invalid":
@@ -125,6 +126,7 @@ def create_app(platform: Platform, token: str) -> FastAPI:
             problems.append({"field": location, "message": item["msg"]})
         message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         field = problems[0]["field"] if problems else ""
+        request.state.error = f"InvalidInput: {message}"
         return _error(400, "InvalidInput", message, {"field": field, "errors": problems})
 
     @app.exception_handler(StarletteHTTPException)

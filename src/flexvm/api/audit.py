@@ -42,5 +42,5 @@ def audit_event(request: Request, status: int) -> AuditEvent | None:
         request_id=request.state.request_id,
         status=status,
         outcome=outcome,
-        detail=(refusal or "")[:2000],
+        detail=(refusal or getattr(request.state, "error", None) or "")[:2000],
     )

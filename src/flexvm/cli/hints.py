@@ -34,6 +34,9 @@ def explain(err: FlexvmError) -> str:
 
     A message of several lines (a console's tail) keeps the hint on a line of its own."""
     remedy = err.remedy
+    if remedy is None and err.details.get("kind") == "project" and err.status == 404:
+        # A project the token cannot see looks absent, by design; say where the CLI looked.
+        return f"{err.message}; `flexvm project list` shows yours, `--project P` or `flexvm project use P` picks one"
     if remedy is None:
         return err.message
     hint = remedy.worded(OPTIONS, ACTIONS)
