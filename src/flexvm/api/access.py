@@ -12,12 +12,13 @@ that carries no rights at all says so (403) instead of answering empty lists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from flexvm.access.people import People
 from flexvm.errors import Forbidden, NotFound, Unauthorized
@@ -192,12 +193,26 @@ def rule_of(route: APIRoute) -> dict[str, str] | None:
     return None
 
 
+def api_routes(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, APIRoute]]:
+    """Every API route with its full path, also those of included routers. FastAPI before 0.16x
+    copied an included router's routes into the app's; later ones keep the router whole (an
+    ``_IncludedRouter``), and copy each route's ``openapi_extra`` when they first serve or document
+    it, so the rule must be set on these originals, before the app answers anything."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, route
+            continue
+        router = getattr(route, "original_router", None)
+        if router is not None:
+            yield from api_routes(router.routes, prefix + route.include_context.prefix)  # type: ignore[attr-defined]
+
+
 def require_rules(app: FastAPI, open_paths: set[str]) -> None:
     """Every route declares exactly one access rule, written into its OpenAPI operation."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or route.path in open_paths:
+    for path, route in api_routes(app.routes):
+        if path in open_paths:
             continue
         rule = rule_of(route)
         if rule is None:
-            raise RuntimeError(f"route {sorted(route.methods or ())} {route.path} declares no access rule")
+            raise RuntimeError(f"route {sorted(route.methods or ())} {path} declares no access rule")
         route.openapi_extra = {**(route.openapi_extra or {}), RULE_KEY: rule}
