@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from flexvm.access.people import People
+from flexvm.api.params import PROJECT_SCHEMA, ProjectName
 from flexvm.errors import Forbidden, NotFound, Unauthorized
 from flexvm.model.access import Caller, Right, Role
 from flexvm.model.names import check_name
@@ -29,6 +30,7 @@ from flexvm.platform import Platform
 
 RULE_KEY = "x-flexvm-access"
 PROJECT_HELP = "the project to act in (default: 'default')"
+PROJECT_PATTERN = PROJECT_SCHEMA["pattern"]  # checked by check_project: declared, for clients
 
 
 def authenticate(request: Request) -> Caller:
@@ -127,7 +129,9 @@ def project_access(right: Right, *, admin: bool = False) -> Any:
 
     def check(
         request: Request,
-        project: str = Query(DEFAULT_PROJECT, description=PROJECT_HELP, max_length=24),
+        project: str = Query(
+            DEFAULT_PROJECT, description=PROJECT_HELP, max_length=24, json_schema_extra={"pattern": PROJECT_PATTERN}
+        ),
         caller: Caller = Depends(authenticate),
     ) -> Scope:
         return _project_check(request, project, caller, right, admin)
@@ -138,7 +142,7 @@ def project_access(right: Right, *, admin: bool = False) -> Any:
 def named_project_access(right: Right) -> Any:
     """A route on a project itself (``/projects/{name}``): the caller needs ``right`` there."""
 
-    def check(request: Request, name: str, caller: Caller = Depends(authenticate)) -> Scope:
+    def check(request: Request, name: ProjectName, caller: Caller = Depends(authenticate)) -> Scope:
         return _project_check(request, name, caller, right)
 
     return _ruled(check, {"scope": "project", "right": right.value, "project_in": "path"})

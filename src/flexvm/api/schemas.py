@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
+from flexvm.api.params import NameField, SizeNameField
 from flexvm.model.projects import image_project, project_of_target, split_key
 
 
@@ -44,12 +45,12 @@ class Keyed(BaseModel):
 
 
 class VmCreate(Strict):
-    name: str
+    name: NameField
     size: str
-    image: str
+    image: NameField
     user_data: str | None = None
     host: str | None = Field(None, description="pin to this host")
-    availability_set: str | None = None
+    availability_set: NameField | None = None
     policy: Literal["best-fit", "spread"] = "best-fit"
     max_size: str | None = Field(
         None, description="ceiling for resizing without a restart (default: the family's largest)"
@@ -69,12 +70,12 @@ class HostSettings(Strict):
 
 
 class HostAdd(HostSettings):
-    name: str
+    name: NameField
     uri: str
 
 
 class NetworkCreate(Strict):
-    name: str
+    name: NameField
     subnet: str
     range_start: str
     range_end: str
@@ -83,7 +84,7 @@ class NetworkCreate(Strict):
 
 
 class AvailabilitySetCreate(Strict):
-    name: str
+    name: NameField
     fault_domains: StrictInt = 2
 
 
@@ -96,7 +97,7 @@ class DiskResize(Strict):
 
 
 class SizeCreate(Strict):
-    name: str
+    name: SizeNameField
     vcpus: StrictInt
     memory: StrictStr | StrictInt = Field(description="e.g. '512M' or '2G'; a bare number is MiB")
     disk: StrictStr | StrictInt = Field(description="OS disk, e.g. '2G'; a bare number is GiB")
@@ -104,7 +105,7 @@ class SizeCreate(Strict):
 
 
 class ImageImport(Strict):
-    name: str
+    name: NameField
     disk: str = Field(description="path of a qcow2 or raw file, readable by the server")
     kernel: str | None = None
     initrd: str | None = None
@@ -118,7 +119,7 @@ class ImageImport(Strict):
 
 class ImageBuild(Strict):
     recipe: Literal["tiny"] = "tiny"
-    name: str = "tiny"
+    name: NameField = "tiny"
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -374,7 +375,7 @@ class ResizePlanOut(BaseModel):
 
 
 class MigrateRequest(Strict):
-    to: str | None = Field(None, description="destination host; default: the scheduler's choice")
+    to: NameField | None = Field(None, description="destination host; default: the scheduler's choice")
     cold: bool = False
     dry_run: bool = False
 
@@ -411,11 +412,11 @@ class MovesPlanOut(BaseModel):
 
 
 class SnapshotRequest(Strict):
-    name: str | None = Field(None, description="default: snap-<date>-<time>")
+    name: NameField | None = Field(None, description="default: snap-<date>-<time>")
 
 
 class CaptureRequest(Strict):
-    image: str
+    image: NameField
 
 
 class ExportRequest(Strict):
@@ -479,9 +480,9 @@ class AdvisorOut(BaseModel):
 
 
 class ScaleSetCreate(Strict):
-    name: str
+    name: NameField
     size: str
-    image: str
+    image: NameField
     instances: StrictInt
     lb_port: str | None = Field(
         None, description="'FRONT:BACK' (e.g. '8080:80') or one port; no load balancer if unset"
@@ -500,7 +501,7 @@ class ScaleRequest(Strict):
 
 class ScaleSetUpdate(Strict):
     size: str | None = None
-    image: str | None = None
+    image: NameField | None = None
     max_unavailable: StrictInt | None = None
 
 

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Response
 from flexvm.api import schemas
 from flexvm.api.access import Scope, project_access
 from flexvm.api.deps import platform
+from flexvm.api.params import Name
 from flexvm.model.access import Right
 from flexvm.platform import Platform
 
@@ -38,12 +39,12 @@ def create_set(
 
 @router.get("/{name}", response_model=schemas.AvailabilitySetOut)
 def show_set(
-    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
 ) -> schemas.AvailabilitySetOut:
     return _out(p, scope.key(name))
 
 
 @router.delete("/{name}", status_code=204)
-def delete_set(name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
+def delete_set(name: Name, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
     p.availability_sets.delete(scope.key(name))
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from flexvm.api import schemas
 from flexvm.api.access import Scope, platform_access
 from flexvm.api.deps import accepted, named, platform
+from flexvm.api.params import Name
 from flexvm.compute.drain import MovesPlan
 from flexvm.compute.hosts import HostChanges, HostRequest
 from flexvm.model.access import Right
@@ -63,28 +64,31 @@ def add_host(
 
 @router.get("/{name}", response_model=schemas.HostDetail)
 def show_host(
-    name: str, scope: Scope = platform_access(Right.READ), p: Platform = Depends(platform)
+    name: Name, scope: Scope = platform_access(Right.READ), p: Platform = Depends(platform)
 ) -> schemas.HostDetail:
     return _detail(p, named("name", name))
 
 
 @router.patch("/{name}", response_model=schemas.HostDetail)
 def update_host(
-    name: str, body: schemas.HostSettings, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name,
+    body: schemas.HostSettings,
+    scope: Scope = platform_access(Right.CHANGE),
+    p: Platform = Depends(platform),
 ) -> schemas.HostDetail:
     p.hosts.update(named("name", name), _changes(body))
     return _detail(p, name)
 
 
 @router.delete("/{name}", status_code=204)
-def remove_host(name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
+def remove_host(name: Name, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
     p.hosts.remove(named("name", name))
     return Response(status_code=204)
 
 
 @router.post("/{name}/probe", response_model=schemas.HostOut)
 def probe_host(
-    name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> schemas.HostOut:
     return schemas.HostOut.model_validate(p.hosts.reprobe(named("name", name)))
 
@@ -100,7 +104,10 @@ def moves_out(plan: MovesPlan) -> schemas.MovesPlanOut:
     responses={200: {"model": schemas.MovesPlanOut, "description": "the plan (dry run)"}},
 )
 def drain_host(
-    name: str, body: schemas.DrainRequest, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name,
+    body: schemas.DrainRequest,
+    scope: Scope = platform_access(Right.CHANGE),
+    p: Platform = Depends(platform),
 ) -> JSONResponse:
     named("name", name)
     if body.dry_run:
@@ -110,7 +117,7 @@ def drain_host(
 
 @router.post("/{name}/undrain", response_model=schemas.HostDetail)
 def undrain_host(
-    name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> schemas.HostDetail:
     p.drains.undrain(named("name", name))
     return _detail(p, name)

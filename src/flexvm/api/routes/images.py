@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from flexvm.api import schemas
 from flexvm.api.access import Scope, platform_access, project_access
 from flexvm.api.deps import accepted, image_in_scope, platform
+from flexvm.api.params import NAME_SCHEMA, Name
 from flexvm.errors import Forbidden, InvalidInput
 from flexvm.model.access import Right
 from flexvm.model.projects import image_key, image_project
@@ -49,7 +50,7 @@ def list_images(scope: Scope = project_access(Right.READ), p: Platform = Depends
 
 @router.get("/{name}", response_model=schemas.ImageOut)
 def show_image(
-    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
 ) -> schemas.ImageOut:
     """The project's private image of that name, else the public one."""
     return schemas.ImageOut.model_validate(p.images.get(image_in_scope(p, scope, name, "name")))
@@ -88,7 +89,7 @@ def import_image(
 )
 async def upload_image(
     request: Request,
-    name: str = Query(description="the image's name"),
+    name: str = Query(description="the image's name", json_schema_extra=NAME_SCHEMA),
     public: bool = Query(False, description="for everyone (the admin only); else private to the project"),
     sha256: str | None = Query(None, description="refuse the disk unless it has this sha256"),
     cloud_init: bool = Query(False, description="give VMs made from it a NoCloud seed"),
@@ -159,7 +160,7 @@ def build_image(
 
 @router.delete("/{name}", response_model=schemas.ImageDeleted)
 def delete_image(
-    name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> schemas.ImageDeleted:
     """A private image by its project's Contributors; a public one by the admin."""
     key = image_in_scope(p, scope, name, "name")

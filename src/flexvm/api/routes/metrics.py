@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query
 from flexvm.api import schemas
 from flexvm.api.access import Scope, platform_access, project_access
 from flexvm.api.deps import named, platform
+from flexvm.api.params import Name
 from flexvm.model.access import Right
 from flexvm.monitor.query import Series
 from flexvm.platform import Platform
@@ -20,7 +21,7 @@ def _out(series: Series) -> schemas.SeriesOut:
 
 @router.get("/vms/{name}/metrics", response_model=schemas.SeriesOut)
 def vm_metrics(
-    name: str,
+    name: Name,
     metric: str = "cpu_percent",
     window: str = "1h",
     statistic: str = "avg",
@@ -33,7 +34,7 @@ def vm_metrics(
 
 @router.get("/hosts/{name}/metrics", response_model=schemas.SeriesOut)
 def host_metrics(
-    name: str,
+    name: Name,
     metric: str = "cpu_percent",
     window: str = "1h",
     statistic: str = "avg",

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Response
 from flexvm.api import schemas
 from flexvm.api.access import Scope, any_role, platform_access
 from flexvm.api.deps import named, platform
+from flexvm.api.params import Name
 from flexvm.model.access import Right
 from flexvm.platform import Platform
 
@@ -32,13 +33,13 @@ def create_network(
 
 
 @router.get("/{name}", response_model=schemas.NetworkOut)
-def show_network(name: str, scope: Scope = any_role(), p: Platform = Depends(platform)) -> schemas.NetworkOut:
+def show_network(name: Name, scope: Scope = any_role(), p: Platform = Depends(platform)) -> schemas.NetworkOut:
     return schemas.NetworkOut.model_validate(p.networks.get(named("name", name)))
 
 
 @router.delete("/{name}", status_code=204)
 def delete_network(
-    name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> Response:
     p.networks.delete(named("name", name))
     return Response(status_code=204)

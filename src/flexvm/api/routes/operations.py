@@ -8,6 +8,7 @@ from flexvm.api import schemas
 from flexvm.api.access import Scope, any_role, platform_access, project_access
 from flexvm.api.deps import platform
 from flexvm.api.hints import operation_error
+from flexvm.api.params import NAME_SCHEMA, OPERATION_ID_PATTERN, OperationId
 from flexvm.errors import Forbidden, InvalidInput, NotFound
 from flexvm.model.access import Right
 from flexvm.model.operation import Operation
@@ -15,7 +16,7 @@ from flexvm.model.projects import project_of_target
 from flexvm.platform import Platform
 
 router = APIRouter(prefix="/operations", tags=["operations"])
-_ID = re.compile(r"^[0-9a-f-]{1,36}$")
+_ID = re.compile(OPERATION_ID_PATTERN)
 
 
 def operation_out(operation: Operation) -> schemas.OperationOut:
@@ -27,7 +28,7 @@ def operation_out(operation: Operation) -> schemas.OperationOut:
 @router.get("", response_model=list[schemas.OperationOut])
 def list_operations(
     limit: int = Query(50, ge=1, le=1000),
-    target: str | None = None,
+    target: str | None = Query(None, json_schema_extra=NAME_SCHEMA),
     scope: Scope = project_access(Right.READ),
     p: Platform = Depends(platform),
 ) -> list[schemas.OperationOut]:
@@ -64,7 +65,7 @@ def _visible(scope: Scope, operation: Operation, right: Right) -> Operation:
 
 @router.get("/{operation_id}", response_model=schemas.OperationOut)
 def show_operation(
-    operation_id: str, scope: Scope = any_role(), p: Platform = Depends(platform)
+    operation_id: OperationId, scope: Scope = any_role(), p: Platform = Depends(platform)
 ) -> schemas.OperationOut:
     if not _ID.match(operation_id):
         raise InvalidInput("operation_id", f"{operation_id!r} is not an operation id")
@@ -73,7 +74,7 @@ def show_operation(
 
 @router.post("/{operation_id}/cancel", response_model=schemas.OperationOut, status_code=202)
 def cancel_operation(
-    operation_id: str, scope: Scope = any_role(), p: Platform = Depends(platform)
+    operation_id: OperationId, scope: Scope = any_role(), p: Platform = Depends(platform)
 ) -> schemas.OperationOut:
     """Ask a running move, drain, rebalance or scale-set change to stop at its next step and undo."""
     if not _ID.match(operation_id):

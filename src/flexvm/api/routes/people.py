@@ -21,6 +21,7 @@ from flexvm.api.access_schemas import (
     UserUpdate,
 )
 from flexvm.api.deps import platform
+from flexvm.api.params import Name
 from flexvm.errors import Forbidden, InvalidInput, NotFound
 from flexvm.model.access import Assignment, AuditEvent, Right, Role, TokenInfo
 from flexvm.model.times import parse_duration, parse_moment
@@ -88,7 +89,7 @@ def create_user(
 
 @router.patch("/users/{name}", response_model=UserOut)
 def update_user(
-    name: str, body: UserUpdate, scope: Scope = platform_access(Right.CHANGE), who: People = Depends(people)
+    name: Name, body: UserUpdate, scope: Scope = platform_access(Right.CHANGE), who: People = Depends(people)
 ) -> UserOut:
     """Disable (or enable again) a user: a disabled user's tokens stop working at once."""
     scope.touched.append(name)

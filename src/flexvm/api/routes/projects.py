@@ -8,6 +8,7 @@ from flexvm.access.projects import ProjectView
 from flexvm.api.access import Scope, any_role, named_project_access, platform_access
 from flexvm.api.access_schemas import ProjectCreate, ProjectOut, ProjectQuotasUpdate, QuotasIn, QuotaUse
 from flexvm.api.deps import platform
+from flexvm.api.params import ProjectName
 from flexvm.errors import InvalidInput
 from flexvm.model.access import QUOTA_NAMES, Project, Quotas, Right
 from flexvm.model.units import parse_bytes, parse_mib
@@ -67,7 +68,7 @@ def create_project(
 
 @router.get("/{name}", response_model=ProjectOut)
 def show_project(
-    name: str, scope: Scope = named_project_access(Right.READ), p: Platform = Depends(platform)
+    name: ProjectName, scope: Scope = named_project_access(Right.READ), p: Platform = Depends(platform)
 ) -> ProjectOut:
     """The project with its use against every quota."""
     view: ProjectView = p.projects.show(name)
@@ -76,7 +77,10 @@ def show_project(
 
 @router.patch("/{name}", response_model=ProjectOut)
 def update_quotas(
-    name: str, body: ProjectQuotasUpdate, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: ProjectName,
+    body: ProjectQuotasUpdate,
+    scope: Scope = platform_access(Right.CHANGE),
+    p: Platform = Depends(platform),
 ) -> ProjectOut:
     scope.touched.append(name)
     changes: dict[str, int | None] = dict(quotas_from(body.quotas))
@@ -92,7 +96,7 @@ def update_quotas(
 
 @router.delete("/{name}", status_code=204, responses={409: {"description": "the project still holds resources"}})
 def delete_project(
-    name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: ProjectName, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> Response:
     scope.touched.append(name)
     p.projects.delete(name)

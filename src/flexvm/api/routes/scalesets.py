@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from flexvm.api import schemas
 from flexvm.api.access import Scope, project_access
 from flexvm.api.deps import accepted, image_in_scope, platform
+from flexvm.api.params import Name
 from flexvm.errors import InvalidInput
 from flexvm.model.access import Right
 from flexvm.model.autoscale import AutoscaleProfile, AutoscaleRule
@@ -198,26 +199,28 @@ def create_set(
 
 @router.get("/{name}", response_model=schemas.ScaleSetOut)
 def show_set(
-    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
 ) -> schemas.ScaleSetOut:
     return set_out(p, p.scale_sets.get(scope.key(name)))
 
 
 @router.delete("/{name}", status_code=202, response_model=schemas.OperationOut)
-def delete_set(name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> JSONResponse:
+def delete_set(
+    name: Name, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
     return accepted(p.scale_sets.delete(scope.key(name)))
 
 
 @router.post("/{name}/scale", status_code=202, response_model=schemas.OperationOut)
 def scale_set(
-    name: str, body: schemas.ScaleRequest, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, body: schemas.ScaleRequest, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> JSONResponse:
     return accepted(p.scale_sets.scale(scope.key(name), body.instances))
 
 
 @router.post("/{name}/update", status_code=202, response_model=schemas.OperationOut)
 def update_set(
-    name: str,
+    name: Name,
     body: schemas.ScaleSetUpdate,
     scope: Scope = project_access(Right.CHANGE),
     p: Platform = Depends(platform),
@@ -230,7 +233,7 @@ def update_set(
 
 @router.get("/{name}/instances", response_model=list[schemas.InstanceOut])
 def list_instances(
-    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
 ) -> list[schemas.InstanceOut]:
     return [schemas.InstanceOut(**view.to_dict()) for view in p.scale_sets.instances(scope.key(name))]
 
@@ -240,7 +243,7 @@ def list_instances(
 
 @router.put("/{name}/autoscale", response_model=schemas.AutoscaleProfileOut)
 def set_profile(
-    name: str,
+    name: Name,
     body: schemas.AutoscaleProfileIn,
     scope: Scope = project_access(Right.CHANGE),
     p: Platform = Depends(platform),
@@ -252,21 +255,21 @@ def set_profile(
 
 
 @router.delete("/{name}/autoscale", status_code=204)
-def disable(name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
+def disable(name: Name, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
     p.autoscale.disable(scope.key(name))
     return Response(status_code=204)
 
 
 @router.get("/{name}/autoscale/rules", response_model=list[schemas.AutoscaleRuleOut])
 def list_rules(
-    name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
 ) -> list[schemas.AutoscaleRuleOut]:
     return [rule_out(rule) for rule in p.autoscale.rules(scope.key(name))]
 
 
 @router.post("/{name}/autoscale/rules", status_code=201, response_model=schemas.AddedRuleOut)
 def add_rule(
-    name: str,
+    name: Name,
     body: schemas.AutoscaleRuleIn,
     scope: Scope = project_access(Right.CHANGE),
     p: Platform = Depends(platform),
@@ -279,7 +282,7 @@ def add_rule(
 
 @router.delete("/{name}/autoscale/rules/{rule_id}", status_code=204)
 def remove_rule(
-    name: str, rule_id: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, rule_id: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> Response:
     p.autoscale.remove_rule(scope.key(name), rule_id)
     return Response(status_code=204)
@@ -287,7 +290,7 @@ def remove_rule(
 
 @router.get("/{name}/autoscale/history", response_model=list[schemas.AutoscaleEventOut])
 def history(
-    name: str,
+    name: Name,
     limit: int = Query(50, ge=1, le=MAX_HISTORY),
     scope: Scope = project_access(Right.READ),
     p: Platform = Depends(platform),
@@ -308,7 +311,10 @@ def history(
 
 @router.post("/{name}/autoscale/simulate", response_model=schemas.SimulationOut)
 def simulate(
-    name: str, body: schemas.SimulateRequest, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)
+    name: Name,
+    body: schemas.SimulateRequest,
+    scope: Scope = project_access(Right.READ),
+    p: Platform = Depends(platform),
 ) -> schemas.SimulationOut:
     name = scope.key(name)  # its key from here on
     rules = [rule_in(r, f"rules.{i}.") for i, r in enumerate(body.rules)] if body.rules is not None else None

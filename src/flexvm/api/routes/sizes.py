@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Response
 from flexvm.api import schemas
 from flexvm.api.access import Scope, any_role, platform_access
 from flexvm.api.deps import platform
+from flexvm.api.params import SizeName
 from flexvm.compute.sizes import SizeFit
 from flexvm.model.access import Right
 from flexvm.model.names import check_size_name
@@ -42,6 +43,8 @@ def create_size(
 
 
 @router.delete("/{name}", status_code=204)
-def delete_size(name: str, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)) -> Response:
+def delete_size(
+    name: SizeName, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> Response:
     p.sizes.delete(check_size_name("name", name))
     return Response(status_code=204)

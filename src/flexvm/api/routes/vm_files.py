@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from flexvm.api import schemas
 from flexvm.api.access import Scope, project_access
 from flexvm.api.deps import accepted, platform
+from flexvm.api.params import Name
 from flexvm.model.access import Right
 from flexvm.model.projects import image_key
 from flexvm.platform import Platform
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/vms", tags=["vm files"])
 
 @router.post("/{name}/snapshots", status_code=202, response_model=schemas.OperationOut)
 def create_snapshot(
-    name: str,
+    name: Name,
     body: schemas.SnapshotRequest,
     scope: Scope = project_access(Right.CHANGE),
     p: Platform = Depends(platform),
@@ -26,27 +27,27 @@ def create_snapshot(
 
 
 @router.get("/{name}/snapshots", response_model=list[str])
-def list_snapshots(name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> list[str]:
+def list_snapshots(name: Name, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> list[str]:
     return p.files.snapshots(scope.key(name))
 
 
 @router.post("/{name}/snapshots/{snapshot}/revert", status_code=202, response_model=schemas.OperationOut)
 def revert_snapshot(
-    name: str, snapshot: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, snapshot: Name, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> JSONResponse:
     return accepted(p.files.revert(scope.key(name), snapshot))
 
 
 @router.delete("/{name}/snapshots/{snapshot}", status_code=202, response_model=schemas.OperationOut)
 def delete_snapshot(
-    name: str, snapshot: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, snapshot: Name, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> JSONResponse:
     return accepted(p.files.delete_snapshot(scope.key(name), snapshot))
 
 
 @router.post("/{name}/capture", status_code=202, response_model=schemas.OperationOut)
 def capture(
-    name: str,
+    name: Name,
     body: schemas.CaptureRequest,
     scope: Scope = project_access(Right.CHANGE),
     p: Platform = Depends(platform),
@@ -56,7 +57,7 @@ def capture(
 
 @router.post("/{name}/export", status_code=202, response_model=schemas.OperationOut)
 def export(
-    name: str,
+    name: Name,
     body: schemas.ExportRequest,
     scope: Scope = project_access(Right.CHANGE, admin=True),
     p: Platform = Depends(platform),

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from flexvm.api import schemas
 from flexvm.api.access import Scope, project_access
 from flexvm.api.deps import accepted, image_in_scope, named, no_host_pin, platform
+from flexvm.api.params import Name
 from flexvm.model.access import Right
 from flexvm.model.units import parse_bytes
 from flexvm.platform import Platform
@@ -40,23 +41,23 @@ def create_vm(
 
 
 @router.get("/{name}", response_model=schemas.VmOut)
-def show_vm(name: str, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> schemas.VmOut:
+def show_vm(name: Name, scope: Scope = project_access(Right.READ), p: Platform = Depends(platform)) -> schemas.VmOut:
     return schemas.VmOut.model_validate(p.vms.get(scope.key(name)))
 
 
 @router.delete("/{name}", status_code=202, response_model=schemas.OperationOut)
-def delete_vm(name: str, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> JSONResponse:
+def delete_vm(name: Name, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)) -> JSONResponse:
     return accepted(p.vms.delete(scope.key(name)))
 
 
 @router.post("/{name}/start", status_code=202, response_model=schemas.OperationOut)
-def start_vm(name: str, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)) -> JSONResponse:
+def start_vm(name: Name, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)) -> JSONResponse:
     return accepted(p.vms.start(scope.key(name)))
 
 
 @router.post("/{name}/stop", status_code=202, response_model=schemas.OperationOut)
 def stop_vm(
-    name: str,
+    name: Name,
     body: schemas.VmStop | None = None,
     scope: Scope = project_access(Right.OPERATE),
     p: Platform = Depends(platform),
@@ -66,21 +67,21 @@ def stop_vm(
 
 @router.post("/{name}/restart", status_code=202, response_model=schemas.OperationOut)
 def restart_vm(
-    name: str, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)
 ) -> JSONResponse:
     return accepted(p.vms.restart(scope.key(name)))
 
 
 @router.post("/{name}/deallocate", status_code=202, response_model=schemas.OperationOut)
 def deallocate_vm(
-    name: str, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)
+    name: Name, scope: Scope = project_access(Right.OPERATE), p: Platform = Depends(platform)
 ) -> JSONResponse:
     return accepted(p.vms.deallocate(scope.key(name)))
 
 
 @router.post("/{name}/disk/resize", status_code=202, response_model=schemas.OperationOut)
 def resize_disk(
-    name: str, body: schemas.DiskResize, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name, body: schemas.DiskResize, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> JSONResponse:
     size = parse_bytes(body.size, "size", default_unit="G")
     return accepted(p.vms.resize_disk(scope.key(name), size))
@@ -88,7 +89,7 @@ def resize_disk(
 
 @router.get("/{name}/console", response_model=schemas.ConsoleOut)
 def console(
-    name: str,
+    name: Name,
     offset: int = Query(0, ge=0),
     scope: Scope = project_access(Right.OPERATE),
     p: Platform = Depends(platform),
@@ -104,7 +105,10 @@ def console(
     responses={200: {"model": schemas.ResizePlanOut, "description": "the plan (dry run)"}},
 )
 def resize_vm(
-    name: str, body: schemas.ResizeRequest, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+    name: Name,
+    body: schemas.ResizeRequest,
+    scope: Scope = project_access(Right.CHANGE),
+    p: Platform = Depends(platform),
 ) -> JSONResponse:
     key = scope.key(name)
     if body.dry_run:
@@ -120,7 +124,7 @@ def resize_vm(
     responses={200: {"model": schemas.MovePlanOut, "description": "the plan (dry run)"}},
 )
 def migrate_vm(
-    name: str,
+    name: Name,
     body: schemas.MigrateRequest,
     scope: Scope = project_access(Right.CHANGE),
     p: Platform = Depends(platform),
