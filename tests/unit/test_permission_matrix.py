@@ -31,9 +31,11 @@ tests cover on each); ~1,500 requests per backend would add little but time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi import APIRouter, FastAPI
@@ -447,3 +449,76 @@ def test_a_body_that_is_not_json_gets_one_answer_whoever_sends_it(matrix: Matrix
             answers.add((response.status_code, response.text))
         assert len(answers) == 1, (str(route), answers)
         assert next(iter(answers))[0] == 400
+
+
+# --- the name rules the document declares are the routes' own ---------------------------------
+
+BREAKERS = ("1bad", "bad name", "xyz!", "Upper_Case_")  # the first that a pattern refuses is sent
+# Routes that look a name up without checking it first: one against the rule is never found (404),
+# which refuses it as surely.
+LOOKED_UP_UNCHECKED = {
+    ("PATCH", "/v1/projects/{name}"),
+    ("DELETE", "/v1/projects/{name}"),
+    ("PATCH", "/v1/users/{name}"),
+}
+# Where a route's check names a field otherwise than the document does.
+FIELD_ALIASES = {("POST", "/v1/vms/{name}/snapshots", "body", "name"): "snapshot"}
+
+
+def declared_rules(doc: dict[str, Any], route: Route) -> Iterator[tuple[str, str, str]]:
+    """(where, name, pattern) of each parameter and top-level body field the document gives a pattern."""
+
+    def pattern_of(schema: dict[str, Any]) -> str | None:
+        found = [schema.get("pattern")] + [s.get("pattern") for s in schema.get("anyOf", [])]
+        return next((p for p in found if p), None)
+
+    for param in route.operation.get("parameters", []):
+        pattern = pattern_of(param.get("schema", {}))
+        if pattern:
+            yield param["in"], param["name"], pattern
+    model = body_model(doc, route)
+    if model is not None:
+        for name, prop in model.model_json_schema().get("properties", {}).items():
+            pattern = pattern_of(prop)
+            if pattern:
+                yield "body", name, pattern
+
+
+@sqlite_only
+def test_the_routes_refuse_what_the_declared_name_rules_refuse(matrix: Matrix, platform: Platform) -> None:
+    """The document's patterns only declare the rules (api/params.py); the routes' own checks enforce
+    them. As the admin, a value each pattern refuses must be a 400 naming its field: or, for a body
+    field read only once the path's resource is found, a 404 of that resource."""
+    client, tokens, routes = matrix
+    doc = client.get("/openapi.json").json()
+    before = fingerprint(platform)
+    failures, checked = [], 0
+    for route in routes:
+        for where, name, pattern in declared_rules(doc, route):
+            bad = next(b for b in BREAKERS if not re.fullmatch(pattern, b))
+            request = request_for(route, ADMIN, Expected(403))  # the valid body, with one value broken
+            url, params, body = request.url, dict(request.params), request.body
+            if where == "path":
+                url = route.path.replace("{" + name + "}", quote(bad))
+                for other, value in PATH_VALUES.items():
+                    url = url.replace("{" + other + "}", value)
+            elif where == "query":
+                params[name] = bad
+            else:
+                body = {**body, name: bad}
+            response = send(client, replace(request, url=url, params=params, body=body), tokens[ADMIN])
+            checked += 1
+            error = response.json().get("error", {}) if response.status_code >= 400 else {}
+            details = error.get("details", {})
+            is_project = name == "project" or (where == "path" and route.rule.get("project_in") == "path")
+            field = FIELD_ALIASES.get((*route.key, where, name), "project" if is_project else name)
+            if response.status_code == 400 and details.get("field") == field:
+                continue
+            if route.key in LOOKED_UP_UNCHECKED and response.status_code == 404 and details.get("name") == bad:
+                continue
+            if where == "body" and response.status_code == 404 and details.get("kind") not in (None, "project"):
+                continue
+            failures.append(f"{route} {where} {name}={bad!r}: {response.status_code} {response.text[:200]}")
+    assert checked > 50
+    assert not failures, "declared rules the routes do not enforce:\n" + "\n".join(failures)
+    assert fingerprint(platform) == before
