@@ -4,24 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from flexvm.access.quotas import usage
 from flexvm.errors import Conflict, InvalidInput
 from flexvm.model.access import QUOTA_NAMES, Project, Quotas
-from flexvm.model.operation import OperationStatus
 from flexvm.model.projects import DEFAULT_PROJECT, check_project
-from flexvm.store.access import ProjectRepo, RoleRepo, keys_in
+from flexvm.store.access import ProjectRepo, RoleRepo, TokenRepo
 from flexvm.store.db import Database
-from flexvm.store.tables import (
-    AvailabilitySetRow,
-    ImageRow,
-    OperationRow,
-    ScaleSetRow,
-    TokenRow,
-    VmRow,
-)
 
 
 @dataclass(frozen=True)
@@ -59,7 +46,7 @@ class ProjectService:
     def show(self, name: str) -> ProjectView:
         with self.db.session() as session:
             project = ProjectRepo(session).get(name)
-            return ProjectView(project, usage(session, name))
+            return ProjectView(project, ProjectRepo(session).usage(name))
 
     def set_quotas(self, name: str, changes: dict[str, int | None]) -> Project:
         """Change the named limits (None removes one); the others stay as they are."""
@@ -78,30 +65,12 @@ class ProjectService:
         if name == DEFAULT_PROJECT:
             raise Conflict("project 'default' holds what flexvm had before projects and is never deleted")
         with self.db.session() as session:
-            ProjectRepo(session).get(name)
-            held = _holdings(session, name)
+            projects = ProjectRepo(session)
+            projects.get(name)
+            held = projects.holdings(name)
             if held:
                 listed = ", ".join(f"{count} {kind}" for kind, count in held.items())
                 raise Conflict(f"project '{name}' still holds {listed}; delete them first", details={"holds": held})
-            for assignment in RoleRepo(session).in_project(name):
-                RoleRepo(session).delete(assignment.id)
-            session.query(TokenRow).filter(TokenRow.project == name).delete()
-            session.flush()
-            ProjectRepo(session).delete(name)
-
-
-def _holdings(session: Session, project: str) -> dict[str, int]:
-    def count(column, *extra) -> int:  # type: ignore[no-untyped-def]
-        return int(session.scalar(select(func.count()).where(keys_in(column, project), *extra)) or 0)
-
-    held = {
-        "VMs": count(VmRow.name),
-        "scale sets": count(ScaleSetRow.name),
-        "availability sets": count(AvailabilitySetRow.name),
-        "images": int(session.scalar(select(func.count()).where(ImageRow.name.startswith(f"{project}."))) or 0),
-        "running operations": count(
-            OperationRow.target_name,
-            OperationRow.status.in_([s.value for s in OperationStatus if not s.finished]),
-        ),
-    }
-    return {kind: n for kind, n in held.items() if n}
+            RoleRepo(session).delete_in_project(name)
+            TokenRepo(session).delete_narrowed_to(name)
+            projects.delete(name)

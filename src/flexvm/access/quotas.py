@@ -12,37 +12,15 @@ none), every VM, the disks of every VM and the project's private images, and sca
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flexvm.errors import QuotaExceeded
 from flexvm.model.access import Quotas
 from flexvm.model.projects import project_of
 from flexvm.model.sizes import Size
-from flexvm.store.access import ProjectRepo, keys_in
-from flexvm.store.tables import ImageRow, ScaleSetRow, VmRow
+from flexvm.store.access import ProjectRepo
 
 UNITS = {"vcpus": "vCPUs", "memory_mib": "MiB", "vms": "VMs", "disk_bytes": "bytes", "instances": "instances"}
-
-
-def usage(session: Session, project: str) -> Quotas:
-    """What ``project`` uses now, in the quotas' terms."""
-    in_project = keys_in(VmRow.name, project)
-    vcpus, memory = session.execute(
-        select(func.coalesce(func.sum(VmRow.vcpus), 0), func.coalesce(func.sum(VmRow.memory_mib), 0)).where(
-            in_project, VmRow.host.is_not(None)
-        )
-    ).one()
-    vms, vm_disks = session.execute(
-        select(func.count(VmRow.id), func.coalesce(func.sum(VmRow.disk_bytes), 0)).where(in_project)
-    ).one()
-    image_disks = session.scalar(
-        select(func.coalesce(func.sum(ImageRow.virtual_size), 0)).where(ImageRow.name.startswith(f"{project}."))
-    )
-    instances = session.scalar(
-        select(func.coalesce(func.sum(ScaleSetRow.capacity), 0)).where(keys_in(ScaleSetRow.name, project))
-    )
-    return Quotas(int(vcpus), int(memory), int(vms), int(vm_disks) + int(image_disks or 0), int(instances or 0))
 
 
 def admit(session: Session, project: str, ask: Quotas, *, already_counted: Quotas | None = None) -> None:
@@ -53,7 +31,7 @@ def admit(session: Session, project: str, ask: Quotas, *, already_counted: Quota
     limits = ProjectRepo(session).get(project).quotas
     if all(limit is None for _, limit in limits.items()):
         return
-    used = usage(session, project)
+    used = ProjectRepo(session).usage(project)
     for name, limit in limits.items():
         asked = getattr(ask, name) or 0
         if limit is None or asked <= 0:

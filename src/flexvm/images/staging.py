@@ -140,15 +140,8 @@ def receiving(root: Path, name: str, besides: Path | None = None) -> bool:
     for entry in os.scandir(root):
         if not entry.name.endswith(UPLOAD) or _staged_name(entry.name) != name or Path(entry.path) == besides:
             continue
-        try:
-            fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            continue
-        try:
-            if not _lock(fd, wait=False):
-                return True
-        finally:
-            os.close(fd)
+        if _owner_lives(entry.path):
+            return True
     return False
 
 
@@ -163,17 +156,23 @@ def held_by_upload(path: Path) -> bool:
             continue
         try:
             staged = entry.stat(follow_symlinks=False)
-            if (staged.st_dev, staged.st_ino) != (target.st_dev, target.st_ino):
-                continue
-            fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW)
         except FileNotFoundError:
             continue
-        try:
-            if not _lock(fd, wait=False):
-                return True
-        finally:
-            os.close(fd)
+        if (staged.st_dev, staged.st_ino) == (target.st_dev, target.st_ino) and _owner_lives(entry.path):
+            return True
     return False
+
+
+def _owner_lives(path: str) -> bool:
+    """Whether a live process holds the lock of the staging file at ``path`` (a gone file: no)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        return not _lock(fd, wait=False)
+    finally:
+        os.close(fd)
 
 
 def sweep(root: Path, disk_suffixes: Sequence[str], recorded: Callable[[str], bool]) -> list[str]:

@@ -6,13 +6,25 @@ import builtins
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, not_, select
+from sqlalchemy import ColumnElement, and_, delete, func, not_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from flexvm.errors import AlreadyExists, NotFound
 from flexvm.model.access import Assignment, AuditEvent, Project, Quotas, Role, TokenInfo, User
+from flexvm.model.operation import OperationStatus
 from flexvm.model.projects import DEFAULT_PROJECT, SEPARATOR
-from flexvm.store.tables import AuditEventRow, ProjectRow, RoleAssignmentRow, TokenRow, UserRow
+from flexvm.store.tables import (
+    AuditEventRow,
+    AvailabilitySetRow,
+    ImageRow,
+    OperationRow,
+    ProjectRow,
+    RoleAssignmentRow,
+    ScaleSetRow,
+    TokenRow,
+    UserRow,
+    VmRow,
+)
 
 
 def keys_in(column: InstrumentedAttribute[Any], project: str) -> ColumnElement[bool]:
@@ -67,6 +79,44 @@ class ProjectRepo:
         if row is None:
             raise NotFound("project", name)
         self.session.delete(row)
+
+    def usage(self, project: str) -> Quotas:
+        """What ``project`` uses now, in the quotas' terms (see access/quotas.py for what counts)."""
+        in_project = keys_in(VmRow.name, project)
+        vcpus, memory = self.session.execute(
+            select(func.coalesce(func.sum(VmRow.vcpus), 0), func.coalesce(func.sum(VmRow.memory_mib), 0)).where(
+                in_project, VmRow.host.is_not(None)
+            )
+        ).one()
+        vms, vm_disks = self.session.execute(
+            select(func.count(VmRow.id), func.coalesce(func.sum(VmRow.disk_bytes), 0)).where(in_project)
+        ).one()
+        image_disks = self.session.scalar(
+            select(func.coalesce(func.sum(ImageRow.virtual_size), 0)).where(_private_images_of(project))
+        )
+        instances = self.session.scalar(
+            select(func.coalesce(func.sum(ScaleSetRow.capacity), 0)).where(keys_in(ScaleSetRow.name, project))
+        )
+        return Quotas(int(vcpus), int(memory), int(vms), int(vm_disks) + int(image_disks or 0), int(instances or 0))
+
+    def holdings(self, project: str) -> dict[str, int]:
+        """What ``project`` still holds, by kind (kinds it holds none of left out)."""
+        unfinished = [s.value for s in OperationStatus if not s.finished]
+        conditions = {
+            "VMs": keys_in(VmRow.name, project),
+            "scale sets": keys_in(ScaleSetRow.name, project),
+            "availability sets": keys_in(AvailabilitySetRow.name, project),
+            "images": _private_images_of(project),
+            "running operations": and_(keys_in(OperationRow.target_name, project), OperationRow.status.in_(unfinished)),
+        }
+        held = {
+            kind: int(self.session.scalar(select(func.count()).where(where)) or 0) for kind, where in conditions.items()
+        }
+        return {kind: n for kind, n in held.items() if n}
+
+
+def _private_images_of(project: str) -> ColumnElement[bool]:
+    return ImageRow.name.startswith(f"{project}{SEPARATOR}")  # see model.projects.image_key
 
 
 def _quota_columns(quotas: Quotas) -> dict[str, int | None]:
@@ -150,6 +200,9 @@ class TokenRepo:
         row = self.session.get(TokenRow, token_id)
         return None if row is None else _token(row)
 
+    def delete_narrowed_to(self, project: str) -> None:
+        self.session.execute(delete(TokenRow).where(TokenRow.project == project))
+
     def list(self, user: str | None = None) -> builtins.list[TokenInfo]:
         query = select(TokenRow).order_by(TokenRow.user, TokenRow.created_at, TokenRow.id)
         if user is not None:
@@ -196,8 +249,8 @@ class RoleRepo:
         if row is not None:
             self.session.delete(row)
 
-    def in_project(self, project: str) -> builtins.list[Assignment]:
-        return self.list(project=project)
+    def delete_in_project(self, project: str) -> None:
+        self.session.execute(delete(RoleAssignmentRow).where(RoleAssignmentRow.project == project))
 
 
 class AuditRepo:
