@@ -20,6 +20,7 @@ PACKAGES=(
     libvirt-dev pkg-config gcc python3-dev python3-venv   # to build libvirt-python
     busybox-static linux-image-cloud-amd64 e2fsprogs cpio # what the tiny image is built from
     iproute2 dnsmasq-base                      # the lab: namespaces and links; DHCP on its switch
+    iptables                                   # ebtables, which libvirtd's network filters (project isolation) run
     haproxy                                    # the load balancer in front of scale sets
     postgresql-15 postgresql-client-15         # the test suite's private PostgreSQL cluster
     python3-yaml                               # the tests parse cloud-init seeds with PyYAML, as cloud-init does

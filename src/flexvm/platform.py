@@ -190,7 +190,7 @@ class Platform:
             balancer,
             scale_sets,
             AutoscaleService(db, scale_sets, query),
-            ProjectService(db),
+            ProjectService(db, hosts.isolation.forget),
             AuditLog(db),
         )
 

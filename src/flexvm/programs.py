@@ -61,6 +61,8 @@ PROGRAMS: dict[str, Program] = {
     "virtlogd": Program("libvirt-daemon", "lab: beside each host's libvirtd; setup.sh: the machine's"),
     # --- started by libvirtd on flexvm's behalf (and by the tiny-image tests directly) ------
     "qemu-system-x86_64": Program("qemu-system-x86", "every guest, through libvirtd"),
+    # libvirtd's nwfilter driver runs it to put each project's filter on its guests' NICs.
+    "ebtables": Program("iptables", "every host's libvirtd: the filters that keep projects' guests apart"),
     # --- the test suite and scripts/ --------------------------------------------------------
     "virsh": Program("libvirt-clients", "tests and setup.sh: the machine's libvirt, from outside flexvm"),
     "curl": Program("curl", "scripts/up.sh: the server's health check"),

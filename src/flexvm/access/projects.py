@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flexvm.errors import Conflict, InvalidInput
@@ -9,6 +10,9 @@ from flexvm.model.access import QUOTA_NAMES, Project, Quotas
 from flexvm.model.projects import DEFAULT_PROJECT, check_project
 from flexvm.store.access import ProjectRepo, RoleRepo, TokenRepo
 from flexvm.store.db import Database
+from flexvm.store.repositories import NetworkRepo
+
+ForgetNetworks = Callable[[str, list[str]], None]
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,11 @@ def check_quotas(quotas: Quotas) -> Quotas:
 
 
 class ProjectService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, forget_networks: ForgetNetworks | None = None) -> None:
         self.db = db
+        # Told (project, networks) once a deleted project's blocks are given back: the hosts of
+        # those networks may drop its filters (compute.isolation.Isolator.forget).
+        self.forget_networks = forget_networks
 
     def create(self, name: str, description: str = "", quotas: Quotas | None = None) -> Project:
         quotas = quotas or Quotas()
@@ -73,4 +80,7 @@ class ProjectService:
                 raise Conflict(f"project '{name}' still holds {listed}; delete them first", details={"holds": held})
             RoleRepo(session).delete_in_project(name)
             TokenRepo(session).delete_narrowed_to(name)
+            networks = NetworkRepo(session).release_blocks_of(name)
             projects.delete(name)
+        if networks and self.forget_networks is not None:
+            self.forget_networks(name, networks)

@@ -13,7 +13,9 @@ from flexvm.errors import Action, OperationFailed, OperationTimeout, Remedy
 from flexvm.model.guest import BootKernel, GuestDisk, GuestNic, GuestSpec, GuestState
 from flexvm.model.host import Accelerator
 from flexvm.model.image import Image
-from flexvm.model.vm import Vm
+from flexvm.model.network import isolation_name
+from flexvm.model.projects import project_of
+from flexvm.model.vm import Nic, Vm
 
 POLL_SECONDS = 0.2
 MEMORY_SLOTS = 16  # DIMM slots for growing memory while running: one per grow
@@ -57,16 +59,20 @@ def guest_spec(vm: Vm, image: Image, accelerator: Accelerator, bridge: str | Non
         memory_mib=vm.memory_mib,
         accelerator=accelerator,
         disks=tuple(disks),
-        nics=tuple(
-            GuestNic(nic.mac, "user") if nic.network == "user" else GuestNic(nic.mac, "bridge", bridge)
-            for nic in vm.nics
-        ),
+        nics=tuple(guest_nic(vm, nic, bridge) for nic in vm.nics),
         kernel=kernel,
         console_log=vm.console_log,
         max_vcpus=vm.max_vcpus if vm.max_vcpus and vm.max_vcpus > vm.vcpus else None,
         max_memory_mib=vm.max_memory_mib if vm.max_memory_mib and vm.max_memory_mib > vm.memory_mib else None,
         memory_slots=MEMORY_SLOTS if vm.max_memory_mib and vm.max_memory_mib > vm.memory_mib else 0,
     )
+
+
+def guest_nic(vm: Vm, nic: Nic, bridge: str | None) -> GuestNic:
+    """A NIC on QEMU's user network, or on the host's bridge behind its project's isolation."""
+    if nic.network == "user":
+        return GuestNic(nic.mac, "user")
+    return GuestNic(nic.mac, "bridge", bridge, isolation_name(nic.network, project_of(vm.name)), nic.ip)
 
 
 def parse_fields(line: str) -> dict[str, str]:

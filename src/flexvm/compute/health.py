@@ -62,6 +62,8 @@ class HealthChecker:
                 f" ({after.state_reason})" if after.state_reason else "",
             )
         if after.state is HostState.UP:
+            if before.state is not HostState.UP:
+                self.hosts.isolation.catch_up(after.name)  # its guests' filters may have fallen behind
             self.clean_leftovers(after.name)
         return after.state
 

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from sqlalchemy.orm import Session
 
 from flexvm.capacity.fit import Allocation
+from flexvm.compute.isolation import Isolator
 from flexvm.drivers.base import Driver
 from flexvm.errors import AlreadyExists, Conflict, FlexvmError, HypervisorUnavailable, InvalidInput
 from flexvm.model.host import Accelerator, AcceleratorChoice, Host, HostInfo, HostState
@@ -184,6 +185,7 @@ class HostService:
         self.drivers = drivers
         self.probe_kernel = probe_kernel
         self.engine = engine
+        self.isolation = Isolator(db, self)
         if engine is not None:
             engine.register("host.add", self._add_work)
 

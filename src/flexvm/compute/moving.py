@@ -292,6 +292,7 @@ class VmMover:
             _wait_for_running_migration(source, vm, self.migration_timeout)
             if _runs_on(dest, vm):
                 return {"downtime_ms": None, "note": "a migration started before a restart finished it"}
+            self.hosts.isolation.spread(vm, required=plan.destination)  # the guest's NIC names it
             try:
                 result = source.migrate(vm.domain_name, request, report)
             except FlexvmError:
@@ -358,6 +359,7 @@ class VmMover:
             host = self.hosts.get(plan.destination)
 
             def define() -> None:
+                self.hosts.isolation.spread(vm, required=plan.destination)
                 if dest.guest_info(vm.domain_name) is None:
                     dest.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from flexvm.capacity.fit import Allocation, room_on
 from flexvm.compute.guest_boot import mac_for
 from flexvm.model.image import Image
+from flexvm.model.projects import project_of
 from flexvm.model.vm import Nic, Vm
 from flexvm.scheduler.placement import HostSnapshot, Placement, Request, SetSpread, choose
 from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, NetworkRepo, VmRepo
@@ -98,4 +99,4 @@ def attach_nics(session: Session, vm: Vm, network: str | None) -> None:
     while mac in taken:
         attempt += 1
         mac = mac_for(vm.id, attempt)
-    vm.nics = [Nic(network, mac, NetworkService.reserve(session, network, vm.id, mac))]
+    vm.nics = [Nic(network, mac, NetworkService.reserve(session, network, vm.id, mac, project_of(vm.name)))]

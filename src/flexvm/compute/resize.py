@@ -481,6 +481,7 @@ class ResizeService:
         host = self.hosts.get(resized.host)
 
         def redefine() -> None:
+            self.hosts.isolation.spread(resized, required=host.name)
             spec = guest_boot.guest_spec(resized, image, host.accelerator, host.bridge)
             if _defined_as(driver.guest_info(resized.domain_name), spec):
                 return  # a re-run after a crash: the first attempt redefined it already

@@ -296,6 +296,7 @@ class VmCreator:
             for nic in vm.nics:
                 if nic.ip is not None and nic.network != "user":
                     self.networks.publish(nic.network, nic.mac, nic.ip)
+            self.hosts.isolation.spread(vm, required=host_name)
             self._clear_own_leftovers(driver, vm)
             return self.images.ensure_on_host(driver, image)
 

@@ -131,6 +131,7 @@ class VmPower:
 
             run.step("define", define, detail="defining the guest again")
         image = self.images.get(vm.image)
+        self.hosts.isolation.spread(vm, required=vm.host)  # the project may have grown meanwhile
         return self.booter.boot(run, driver, vm, image, creating=False)
 
     def _back_to(self, run: Run, driver: Driver, vm: Vm, was: PowerState) -> None:

@@ -26,6 +26,7 @@ from flexvm.model.guest import (
 )
 from flexvm.model.host import AcceleratorChoice, HostInfo
 from flexvm.model.metrics import HostReading
+from flexvm.model.network import Isolation
 
 
 class Driver(ABC):
@@ -165,6 +166,16 @@ class Driver(ABC):
 
     @abstractmethod
     def delete_snapshot(self, name: str, snapshot: str) -> None: ...
+
+    # --- project isolation on the host's bridge ------------------------------------------
+    @abstractmethod
+    def apply_isolation(self, isolation: Isolation) -> None:
+        """Define (or update in place) the project's filter on this host; its guests' NICs name
+        it, and an update reaches those already running."""
+
+    @abstractmethod
+    def remove_isolation(self, name: str) -> None:
+        """Forget a project's filter (no NIC on this host may still name it); absent is fine."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
         """Release the connection."""

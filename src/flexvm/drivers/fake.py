@@ -39,6 +39,7 @@ from flexvm.model.guest import (
 )
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
 from flexvm.model.metrics import GuestCounters, HostCounters, HostReading
+from flexvm.model.network import Isolation
 from flexvm.model.units import GIB, MIB
 
 
@@ -96,6 +97,7 @@ class FakeHost:
     shutdown_delay: float = 0.0
     ignores_shutdown: bool = False
     reachable: bool = True
+    isolations: dict[str, Isolation] = field(default_factory=dict)  # filter name -> what it lets through
 
 
 class FakeDriver(Driver):
@@ -242,6 +244,7 @@ class FakeDriver(Driver):
             self._settle(guest)
             if guest.state is GuestState.RUNNING:
                 raise HypervisorError(f"starting {name}: domain is already running")
+            self._check_isolation(guest.spec)
             running = sum(g.memory_mib for g in self.host.guests.values() if g.state is GuestState.RUNNING)
             if running + guest.plugged_mib > self.host.memory_mib:
                 raise HypervisorError(f"starting {name}: cannot allocate {guest.plugged_mib} MiB")
@@ -356,6 +359,7 @@ class FakeDriver(Driver):
             if not dest.host.reachable:
                 raise HypervisorError(f"migrating {name}: cannot connect to {request.dest_uri}")
             dest._check("receive_migration")
+            dest._check_isolation(guest.spec)
             needed = (
                 [
                     v
@@ -502,6 +506,24 @@ class FakeDriver(Driver):
         with self._lock:
             if self._guest(name).snapshots.pop(snapshot, None) is None:
                 raise HypervisorError(f"{name} has no snapshot named {snapshot}")
+
+    def apply_isolation(self, isolation: Isolation) -> None:
+        self._check("apply_isolation")
+        with self._lock:
+            self.host.isolations[isolation.name] = isolation
+
+    def remove_isolation(self, name: str) -> None:
+        self._check("remove_isolation")
+        with self._lock:
+            if any(nic.isolation == name for guest in self.host.guests.values() for nic in guest.spec.nics):
+                raise HypervisorError(f"network filter {name} is in use")
+            self.host.isolations.pop(name, None)
+
+    def _check_isolation(self, spec: GuestSpec) -> None:
+        """As libvirtd does, refuse to run a guest whose NIC names a filter this host lacks."""
+        for nic in spec.nics:
+            if nic.isolation is not None and nic.isolation not in self.host.isolations:
+                raise HypervisorError(f"referenced filter '{nic.isolation}' is missing on {self.uri}")
 
     # --- simulation ----------------------------------------------------------------------
     def _running(self, name: str) -> FakeGuest:

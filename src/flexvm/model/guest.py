@@ -30,6 +30,10 @@ class GuestNic:
     mac: str
     kind: str = "user"  # "user": NAT inside QEMU; "bridge": onto a host bridge
     source: str | None = None  # the bridge name for kind="bridge"
+    # On a flexvm network: the project's isolation filter the NIC carries and the one address it
+    # may send from (see model.network.Isolation).
+    isolation: str | None = None
+    ip: str | None = None
 
 
 @dataclass(frozen=True)

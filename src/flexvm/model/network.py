@@ -62,3 +62,65 @@ class Network:
             address = str(ipaddress.ip_address(number))
             if address not in unusable:
                 yield address
+
+
+# --- projects' own address blocks, and the isolation drawn from them ------------------------
+#
+# Guests of every project share a network's bridge; what keeps projects apart is that each one's
+# guests get addresses from blocks of the range that belong to that project alone, and that every
+# guest NIC carries a filter (libvirt's nwfilter, applied by each host's libvirtd) letting IPv4 and
+# ARP through only to and from its own project's blocks, or from addresses outside the range (the
+# gateway, the DHCP server, the hosts), and never with a forged source. A block is aligned, so a
+# filter rule is one address and mask; a project grows by whole blocks, so its filter changes
+# only when it takes a new one, not with every VM (see docs/decisions/0004-project-networks.md).
+
+BLOCK_ADDRESSES = 16  # a project's share of a network grows by this many addresses at a time
+MIN_BLOCKS = 4  # a range too small for this many such blocks is cut into smaller ones
+
+
+def block_prefix(network: Network) -> int:
+    """The prefix length of a project block on ``network``: /28, or smaller on a small range."""
+    for prefix in range(32 - BLOCK_ADDRESSES.bit_length() + 1, 32):
+        if len(candidate_blocks(network, prefix)) >= MIN_BLOCKS:
+            return prefix
+    return 32
+
+
+def candidate_blocks(network: Network, prefix: int | None = None) -> list[str]:
+    """Every aligned block of ``prefix`` (default: the network's) lying wholly inside the range."""
+    prefix = block_prefix(network) if prefix is None else prefix
+    start = ipaddress.IPv4Address(network.range_start)
+    end = ipaddress.IPv4Address(network.range_end)
+    size = 1 << (32 - prefix)
+    first = (int(start) + size - 1) // size * size
+    return [
+        f"{ipaddress.IPv4Address(base)}/{prefix}"
+        for base in range(first, int(end) + 2 - size, size)
+        if base + size - 1 <= int(end)
+    ]
+
+
+def guest_space(network: Network) -> tuple[str, ...]:
+    """The range as the fewest CIDR blocks: the addresses flexvm hands to guests of any project."""
+    start = ipaddress.IPv4Address(network.range_start)
+    end = ipaddress.IPv4Address(network.range_end)
+    return tuple(str(block) for block in ipaddress.summarize_address_range(start, end))
+
+
+def isolation_name(network: str, project: str) -> str:
+    """The filter a project's NICs on ``network`` carry, on every host (dots cannot be in either name)."""
+    return f"flexvm.{network}.{project}"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What one project's guests on one network may exchange traffic with."""
+
+    network: str
+    project: str
+    own: tuple[str, ...]  # the project's blocks, and any address it holds outside them (as /32)
+    guest_space: tuple[str, ...]  # the whole range: what is neither own nor outside it is refused
+
+    @property
+    def name(self) -> str:
+        return isolation_name(self.network, self.project)

@@ -30,6 +30,7 @@ from flexvm.store.tables import (
     HostRow,
     ImageRow,
     LeftoverRow,
+    NetworkBlockRow,
     NetworkRow,
     OperationRow,
     SizeRow,
@@ -450,6 +451,9 @@ class NetworkRepo:
         row = self.session.get(NetworkRow, name)
         if row is None:
             raise NotFound("network", name)
+        for block in self.session.scalars(select(NetworkBlockRow).where(NetworkBlockRow.network == name)):
+            self.session.delete(block)
+        self.session.flush()  # the blocks name the network
         self.session.delete(row)
 
     def used_addresses(self, network: str) -> set[str]:
@@ -463,8 +467,48 @@ class NetworkRepo:
     def macs(self, network: str) -> set[str]:
         return set(self.session.scalars(select(AddressRow.mac).where(AddressRow.network == network)))
 
-    def reserve(self, network: str, ip: str, vm_id: str, mac: str) -> None:
-        self.session.add(AddressRow(network=network, ip=ip, vm_id=vm_id, mac=mac))
+    def reserve(self, network: str, ip: str, vm_id: str, mac: str, project: str) -> None:
+        self.session.add(AddressRow(network=network, ip=ip, vm_id=vm_id, mac=mac, project=project))
+
+    def addresses_in(self, network: str, project: str) -> builtins.list[str]:
+        query = select(AddressRow.ip).where(AddressRow.network == network, AddressRow.project == project)
+        return list(self.session.scalars(query))
+
+    def blocks(self, network: str) -> dict[str, str]:
+        """cidr -> project, of every block of ``network`` some project holds."""
+        rows = self.session.scalars(select(NetworkBlockRow).where(NetworkBlockRow.network == network))
+        return {r.cidr: r.project for r in rows}
+
+    def block_cursors(self, network: str, project: str) -> dict[str, str | None]:
+        """cidr -> the address last handed out from it, of ``project``'s blocks, oldest block first."""
+        query = (
+            select(NetworkBlockRow)
+            .where(NetworkBlockRow.network == network, NetworkBlockRow.project == project)
+            .order_by(NetworkBlockRow.created_at, NetworkBlockRow.cidr)
+        )
+        return {r.cidr: r.last_allocated for r in self.session.scalars(query)}
+
+    def add_block(self, network: str, cidr: str, project: str) -> None:
+        self.session.add(NetworkBlockRow(network=network, cidr=cidr, project=project))
+        self.session.flush()
+
+    def set_block_cursor(self, network: str, cidr: str, ip: str) -> None:
+        row = self.session.get(NetworkBlockRow, (network, cidr))
+        if row is not None:
+            row.last_allocated = ip
+
+    def projects_on(self, network: str) -> builtins.list[str]:
+        """Every project with a block or an address on ``network``."""
+        held = select(AddressRow.project).where(AddressRow.network == network)
+        blocked = select(NetworkBlockRow.project).where(NetworkBlockRow.network == network)
+        return sorted(set(self.session.scalars(held)) | set(self.session.scalars(blocked)))
+
+    def release_blocks_of(self, project: str) -> builtins.list[str]:
+        """Give back every block ``project`` holds; the networks they were on."""
+        rows = list(self.session.scalars(select(NetworkBlockRow).where(NetworkBlockRow.project == project)))
+        for row in rows:
+            self.session.delete(row)
+        return sorted({r.network for r in rows})
 
     def addresses_of(self, vm_id: str) -> builtins.list[tuple[str, str, str]]:
         """(network, ip, mac) of every address a VM holds."""

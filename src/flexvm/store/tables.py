@@ -96,6 +96,20 @@ class AddressRow(Base):
     vm_id: Mapped[str] = mapped_column(String(36), index=True)
     mac: Mapped[str] = mapped_column(String(17))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The VM's project: its address is in that project's filter (see model.network).
+    project: Mapped[str] = mapped_column(String(24), default="default", server_default="default")
+
+
+class NetworkBlockRow(Base):
+    """A block of a network's range that is one project's: its guests' addresses come from it.
+    The primary key makes one block two projects' impossible."""
+
+    __tablename__ = "network_blocks"
+    network: Mapped[str] = mapped_column(ForeignKey("networks.name"), primary_key=True)
+    cidr: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(String(24), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_allocated: Mapped[str | None] = mapped_column(String(64), nullable=True)  # where its next search starts
 
 
 class AvailabilitySetRow(Base):

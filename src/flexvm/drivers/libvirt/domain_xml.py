@@ -143,6 +143,14 @@ def _nic_element(devices: ET.Element, nic: GuestNic) -> None:
             raise ValueError("a bridge NIC needs the bridge's name")
         _sub(element, "source", bridge=nic.source)
     _sub(element, "model", type="virtio")
+    if nic.isolation is not None:
+        if not nic.ip:
+            raise ValueError("an isolated NIC needs its address")
+        # The host's libvirtd applies the project's filter to this NIC, with its own address
+        # and MAC as the only ones it may send from (see nwfilter_xml).
+        filterref = _sub(element, "filterref", filter=nic.isolation)
+        _sub(filterref, "parameter", name="IP", value=nic.ip)
+        _sub(filterref, "parameter", name="MAC", value=nic.mac)
 
 
 def _console_elements(devices: ET.Element, spec: GuestSpec, paths: PoolPaths) -> None:

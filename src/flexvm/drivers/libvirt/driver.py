@@ -12,6 +12,7 @@ from flexvm.drivers.base import Driver
 from flexvm.drivers.libvirt import accel, hotplug, migration, stats
 from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
 from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, vm_id_from_xml
+from flexvm.drivers.libvirt.nwfilter_xml import GUEST_FILTER, guest_filter_xml, project_filter_xml
 from flexvm.drivers.libvirt.storage import IMAGE_POOL, INSTANCE_POOL, Storage
 from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
 from flexvm.model.guest import (
@@ -25,6 +26,7 @@ from flexvm.model.guest import (
 )
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
 from flexvm.model.metrics import HostReading
+from flexvm.model.network import Isolation
 
 _STATES = {
     0: GuestState.OTHER,
@@ -307,6 +309,35 @@ class LibvirtDriver(Driver):
         dom = self._domain(name)
         with self.connection.translate(f"deleting snapshot {snapshot} of {name}"):
             dom.snapshotLookupByName(snapshot, 0).delete(0)
+
+    def apply_isolation(self, isolation: Isolation) -> None:
+        # The guest filter first: the project's includes it, and libvirt refuses a dangling reference.
+        with self.connection.translate(f"defining network filter {GUEST_FILTER}"):
+            self.connection.get().nwfilterDefineXML(guest_filter_xml(self._filter_uuid(GUEST_FILTER)))
+        with self.connection.translate(f"defining network filter {isolation.name}"):
+            self.connection.get().nwfilterDefineXML(project_filter_xml(isolation, self._filter_uuid(isolation.name)))
+
+    def _filter_uuid(self, name: str) -> str | None:
+        """The UUID this host knows the filter by, or None for a filter it does not have."""
+        lv = require_libvirt()
+        conn = self.connection.get()
+        with self.connection.translate(f"looking up network filter {name}", conn):
+            try:
+                return str(conn.nwfilterLookupByName(name).UUIDString())
+            except lv.libvirtError as err:
+                if err.get_error_code() == lv.VIR_ERR_NO_NWFILTER:
+                    return None
+                raise
+
+    def remove_isolation(self, name: str) -> None:
+        lv = require_libvirt()
+        conn = self.connection.get()
+        with self.connection.translate(f"removing network filter {name}", conn):
+            try:
+                conn.nwfilterLookupByName(name).undefine()
+            except lv.libvirtError as err:
+                if err.get_error_code() != lv.VIR_ERR_NO_NWFILTER:
+                    raise
 
     def close(self) -> None:
         self.connection.close()

@@ -284,7 +284,9 @@ def _check_busybox() -> tuple[Path, list[str]]:
             "install the Debian package busybox-static (apt-get install busybox-static)"
         )
     applets = _run([str(busybox), "--list"]).split()
-    missing = {"sh", "nc", "udhcpc", "switch_root", "insmod", "poweroff", "dd"} - set(applets)
+    needed = {"sh", "nc", "udhcpc", "switch_root", "insmod", "poweroff", "dd"}
+    needed |= {"wget", "timeout", "head", "tail", "grep"}  # http.sh's /fetch
+    missing = needed - set(applets)
     if missing:
         raise ImageError(f"{busybox} lacks applets {sorted(missing)}; install busybox-static")
     return busybox, applets

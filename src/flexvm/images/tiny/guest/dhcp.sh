@@ -7,7 +7,7 @@ case $1 in
     deconfig)
         ip -4 addr flush dev "$interface"
         ip link set "$interface" up
-        rm -f $RUN/ip
+        rm -f $RUN/ip $RUN/prefix
         ;;
     bound|renew)
         old=
@@ -22,7 +22,9 @@ case $1 in
         for ns in $dns; do
             echo "nameserver $ns" >> /etc/resolv.conf
         done
-        # Written whole then renamed: stage 2 and http.sh may read it at any moment.
+        # Written whole then renamed: stage 2 and http.sh may read them at any moment. The
+        # prefix first, so that an address is never read without its network.
+        echo "${mask:-24}" > $RUN/prefix.new && mv $RUN/prefix.new $RUN/prefix
         echo "$ip" > $RUN/ip.new && mv $RUN/ip.new $RUN/ip
         # Before the ready line the address goes out in it; after, a change gets its own line.
         [ -e $RUN/ready ] && [ "$old" != "$ip" ] && say "ip=$ip"

@@ -10,11 +10,18 @@
 #                          shows "flexvm: dirty mib=N seconds=S" when the rewriting begins)
 #   GET /note?text=WORD    store WORD (letters, digits, - and _; at most 64) on the disk, synced
 #   GET /note              the stored word (404 when there is none)
+#   GET /fetch?url=http://A.B.C.D[:PORT][/PATH]
+#                          fetch that URL from inside the guest and answer its first 4 KiB
+#                          (502 naming why when it cannot be fetched within 3 s): how tests see
+#                          what one guest can reach of another. Only addresses of the guest's
+#                          own network (its DHCP lease's subnet) are fetched, nothing beyond it.
 . /usr/lib/flexvm/lib.sh
 
 DIRTY_MAX_MIB=256
 DIRTY_MAX_SECONDS=120
 DIRTY_SPARE_KIB=24576   # what the guest keeps for itself beyond the buffer it dirties
+FETCH_SECONDS=3
+FETCH_MAX_BYTES=4096
 
 reply() {  # status, body
     printf 'HTTP/1.0 %s\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' \
@@ -74,6 +81,53 @@ dirty_memory() {
     fi
     umount "$dir" && rmdir "$dir"
     [ "$PASSES" -gt 0 ]
+}
+
+# ADDRESS_NUMBER: the dotted IPv4 address $1 as a number; fails when $1 is not one.
+address_number() {
+    local part n=0 count=0 IFS=.
+    case $1 in ''|*[!0-9.]*|*..*|.*|*.) return 1 ;; esac
+    for part in $1; do
+        [ ${#part} -le 3 ] || return 1
+        part=${part#"${part%%[!0]*}"}        # no leading zeros: $((010)) is octal
+        [ "${part:-0}" -le 255 ] || return 1
+        n=$((n * 256 + ${part:-0}))
+        count=$((count + 1))
+    done
+    [ $count -eq 4 ] || return 1
+    ADDRESS_NUMBER=$n
+}
+
+# Answer the first FETCH_MAX_BYTES of the URL $1 (percent-encoded as it came in the query), if
+# it is plain HTTP to an address inside the guest's own subnet.
+fetch() {
+    local url host target own prefix mask body why
+    url=$(printf '%b' "${1//%/\\x}")
+    case $url in
+        http://*) ;;
+        *) reply "400 Bad Request" "url must be http://ADDRESS[:PORT][/PATH]$NL" ;;
+    esac
+    host=${url#http://}
+    host=${host%%/*}
+    host=${host%%:*}
+    address_number "$host" || reply "400 Bad Request" "url must name an IPv4 address, not '$host'$NL"
+    target=$ADDRESS_NUMBER
+    read_identity
+    [ -r "$RUN/prefix" ] && read -r prefix < "$RUN/prefix"
+    address_number "$IP" || reply "503 Service Unavailable" "the guest has no address yet$NL"
+    own=$ADDRESS_NUMBER
+    mask=$(( (0xffffffff << (32 - ${prefix:-32})) & 0xffffffff ))
+    [ $((target & mask)) -eq $((own & mask)) ] \
+        || reply "403 Forbidden" "$host is outside this guest's network $IP/${prefix:-32}$NL"
+    # timeout bounds it, not wget's own -T: busybox 1.35's wget crashes with -T.
+    set -o pipefail
+    if body=$(timeout $FETCH_SECONDS wget -q -O - "$url" 2>"$RUN/fetch.$$" | head -c $FETCH_MAX_BYTES); then
+        rm -f "$RUN/fetch.$$"
+        reply "200 OK" "$body"
+    fi
+    why=$(grep '^wget: ' "$RUN/fetch.$$" | tail -n 1)
+    rm -f "$RUN/fetch.$$"
+    reply "502 Bad Gateway" "could not fetch $url: ${why:-no answer within $FETCH_SECONDS s}$NL"
 }
 
 read -r -t 10 method target version || exit 0
@@ -158,6 +212,15 @@ case $path in
         echo "$text" > "$STATE/note.new" && mv "$STATE/note.new" "$STATE/note" && sync \
             || reply "500 Internal Server Error" "could not store the note$NL"
         reply "200 OK" "stored $text$NL"
+        ;;
+    /fetch)
+        url=
+        IFS='&'
+        for param in $query; do
+            case $param in url=*) url=${param#url=} ;; esac
+        done
+        unset IFS
+        fetch "$url"
         ;;
     *)
         reply "404 Not Found" "no such path: $path$NL"

@@ -1,0 +1,94 @@
+"""Keeping every host's copy of each project's network filter current.
+
+A guest NIC on a flexvm network names its project's filter (``model.network.Isolation``); the
+host's libvirtd refuses to start or receive a guest whose filter it lacks, and a filter that lags
+behind shuts out the project's newest block. So before a guest is defined, started or migrated
+somewhere, its project's filter is applied on every host of that network: the one it goes to
+must take it (or the step fails), the others are brought along where they answer. Applying an
+unchanged filter costs libvirt about a millisecond; a changed one makes each host re-apply its
+rules to every guest NIC it has, which is why a project grows by whole blocks.
+
+A host that was away catches up when it comes back (``catch_up``), and a deleted project's
+filters are removed where no guest names them any more (``forget``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from flexvm.compute.networks import NetworkService
+from flexvm.drivers.base import Driver
+from flexvm.errors import FlexvmError
+from flexvm.model.host import Host, HostState
+from flexvm.model.network import Isolation, isolation_name
+from flexvm.model.projects import project_of
+from flexvm.model.vm import Vm
+from flexvm.store.db import Database
+from flexvm.store.repositories import HostRepo, NetworkRepo
+
+if TYPE_CHECKING:
+    from flexvm.compute.hosts import HostService
+
+log = logging.getLogger(__name__)
+
+# Hosts that may hold guests of a network: a down one would only make each call wait for it.
+REACHABLE = (HostState.UP, HostState.MAINTENANCE, HostState.SUSPECT)
+
+
+class Isolator:
+    def __init__(self, db: Database, hosts: HostService) -> None:
+        self.db = db
+        self.hosts = hosts
+
+    def spread(self, vm: Vm, required: str | None) -> None:
+        """Apply ``vm``'s project's filter for each of its networks on every host there; raises
+        if the ``required`` host (where the guest is about to be defined or go) cannot take it."""
+        project = project_of(vm.name)
+        for network in sorted({nic.network for nic in vm.nics if nic.network != "user"}):
+            with self.db.session() as session:
+                isolation = NetworkService.isolation(session, network, project)
+                hosts = [h for h in HostRepo(session).list() if h.network == network]
+            for host in hosts:
+                if host.name == required:
+                    self._driver(host).apply_isolation(isolation)
+                elif host.state in REACHABLE:
+                    self._apply(host, isolation)
+
+    def catch_up(self, host_name: str) -> None:
+        """Apply every project's filter of the host's network on it (after it was away)."""
+        with self.db.session() as session:
+            host = HostRepo(session).get(host_name)
+            if host.network is None:
+                return
+            network = host.network
+            isolations = [
+                NetworkService.isolation(session, network, project)
+                for project in NetworkRepo(session).projects_on(network)
+            ]
+        for isolation in isolations:
+            if not self._apply(host, isolation):
+                return  # it went away again
+
+    def forget(self, project: str, networks: list[str]) -> None:
+        """Remove a deleted project's filters from the hosts of ``networks``, where they answer."""
+        with self.db.session() as session:
+            hosts = [h for h in HostRepo(session).list() if h.network in networks and h.state in REACHABLE]
+        for host in hosts:
+            assert host.network is not None
+            name = isolation_name(host.network, project)
+            try:
+                self._driver(host).remove_isolation(name)
+            except FlexvmError as err:
+                log.warning("removing %s from host %s: %s", name, host.name, err.message)
+
+    def _driver(self, host: Host) -> Driver:
+        return self.hosts.drivers.for_uri(host.uri)
+
+    def _apply(self, host: Host, isolation: Isolation) -> bool:
+        try:
+            self._driver(host).apply_isolation(isolation)
+        except FlexvmError as err:
+            log.warning("applying %s on host %s: %s (it catches up when back)", isolation.name, host.name, err.message)
+            return False
+        return True
