@@ -13,6 +13,7 @@ and passes IPv4 and ARP only within the project's blocks and outside the range.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
@@ -21,15 +22,16 @@ from pathlib import Path, PurePosixPath
 import pytest
 from sqlalchemy import delete
 
+from flexvm.compute.addressing import Choice, choose_address
 from flexvm.compute.networks import NetworkService
 from flexvm.config import Settings
 from flexvm.drivers.fake import FakeDriver
 from flexvm.drivers.libvirt.domain_xml import PoolPaths, build_domain_xml
 from flexvm.drivers.libvirt.nwfilter_xml import GUEST_FILTER, filter_uuid, guest_filter_xml, project_filter_xml
 from flexvm.errors import CapacityError
-from flexvm.model.guest import GuestNic, GuestSpec
+from flexvm.model.guest import GuestNic, GuestSpec, GuestState
 from flexvm.model.host import Accelerator
-from flexvm.model.network import Isolation, Network, block_prefix, candidate_blocks, guest_space, isolation_name
+from flexvm.model.network import Block, Isolation, Network, block_prefix, candidate_blocks, guest_space, isolation_name
 from flexvm.model.projects import key_of
 from flexvm.platform import Platform
 from flexvm.store.repositories import NetworkRepo
@@ -86,6 +88,7 @@ def test_two_projects_get_addresses_from_blocks_of_their_own(platform: Platform,
     with platform.db.session() as session:
         blocks = NetworkRepo(session).blocks("lan")
     assert blocks == {str(block_of(a1)): "team-a", str(block_of(b1)): "team-b"}
+    assert platform.projects.show("team-a").networks == {"lan": (2, [str(block_of(a1))])}
 
 
 def test_a_project_takes_a_new_block_only_when_its_own_are_used_up(platform: Platform, image: str, lan: str) -> None:
@@ -171,6 +174,22 @@ def test_a_host_back_from_an_outage_catches_up(platform: Platform, image: str, l
     assert isolation_name("lan", "team-a") in h2.host.isolations
 
 
+def test_a_guest_defined_before_isolation_gets_its_filter_when_a_server_first_sees_its_host(
+    platform: Platform, image: str, lan: str
+) -> None:
+    h1 = on_lan(platform, "h1")
+    create(platform, "team-a", "old", image)
+    guest = h1.host.guests[key_of("team-a", "old")]
+    (nic,) = guest.spec.nics
+    guest.spec = dataclasses.replace(guest.spec, nics=(dataclasses.replace(nic, isolation=None, ip=None),))
+    platform.health._caught_up.clear()  # as a server started anew sees it
+    platform.health.check_all()
+    assert guest.spec.nics == (nic,)
+    assert guest.state is GuestState.RUNNING
+    platform.health.check_all()  # once per server: nothing more to do
+    assert platform.hosts.isolation.retrofit(platform.hosts.get("h1")) == 0
+
+
 def test_a_deleted_project_gives_its_blocks_back_and_its_filters_go(platform: Platform, image: str, lan: str) -> None:
     h1 = on_lan(platform, "h1")
     create(platform, "team-a", "web", image)
@@ -221,6 +240,18 @@ def test_the_project_filter_passes_its_blocks_refuses_the_rest_of_the_range_and_
     assert found[-1] == ("drop", "inout", 1000, "mac", {})  # IPv6 and everything else
 
 
+def test_a_gateway_inside_the_range_stays_reachable_for_every_project(platform: Platform, image: str) -> None:
+    platform.networks.create("wide", "10.0.0.0/24", "10.0.0.1", "10.0.0.255", gateway="10.0.0.1")
+    with platform.db.session() as session:
+        isolation = NetworkService.isolation(session, "wide", "team-x")
+    assert isolation.shared == ("10.0.0.1/32", "10.0.0.255/32")  # the gateway and the broadcast address
+    found = rules(project_filter_xml(isolation))
+    gateway = [r for r in found if "10.0.0.1" in r[4].values() and r[0] == "accept"]
+    assert len(gateway) == 4  # IPv4 and ARP, to and from: before the range's refusals, which name it too
+    refused = [r for r in found if r[0] == "drop" and r[3] in ("ip", "arp") and "match" not in r[4]]
+    assert refused and max(r[2] for r in gateway) < min(r[2] for r in refused)
+
+
 def test_an_isolated_nic_names_its_filter_with_its_address_and_mac() -> None:
     nic = GuestNic("52:54:00:00:00:01", "bridge", "br0", "flexvm.lan.team-a", "10.213.0.33")
     spec = GuestSpec("team-a.web", "00000000-0000-4000-8000-000000000001", "x", 1, 256, Accelerator.TCG, (), (nic,))
@@ -246,4 +277,37 @@ def test_blocks_are_aligned_inside_the_range_and_smaller_on_a_small_range() -> N
         "10.213.0.128/26",
         "10.213.0.192/27",
         "10.213.0.224/28",
+    )
+
+
+def test_with_no_block_left_another_projects_empty_block_changes_hands(platform: Platform, image: str) -> None:
+    """Four blocks; p1 has churned through all of them and holds one VM now: p2 still gets one."""
+    platform.networks.create("lan", "10.213.0.0/24", "10.213.0.32", "10.213.0.95", gateway="10.213.0.1")
+    for project in ("p1", "p2"):
+        platform.projects.create(project)
+    on_lan(platform, "h1", cpus=64, memory_mib=64 * 1024, disk_gib=1000)
+    for i in range(49):  # 3 blocks and one address of the fourth
+        create(platform, "p1", f"vm{i}", image)
+        if i < 48:
+            run(platform, platform.vms.delete(key_of("p1", f"vm{i}")))
+    with platform.db.session() as session:
+        assert set(NetworkRepo(session).blocks("lan").values()) == {"p1"}
+    ip = create(platform, "p2", "vm", image)
+    assert block_of(ip) != block_of(platform.vms.get(key_of("p1", "vm48")).nics[0].ip or "")
+    assert isolation_of(platform, "p2").own == (str(block_of(ip)),)
+
+
+def test_the_choice_is_arithmetic_on_blocks_even_on_the_largest_range() -> None:
+    """65536 addresses, 4096 blocks, 3000 of them someone's, an address reserved in each: the next
+    project's first address comes from the first block nobody holds, without walking the range."""
+    wide = Network("wide", "10.64.0.0/16", "10.64.0.0", "10.64.255.255", datetime.now(UTC), gateway="10.64.0.1")
+    blocks = [Block(f"10.64.{i // 16}.{i % 16 * 16}/28", f"p{i}", None) for i in range(3000)]
+    used = {
+        b.cidr.split("/")[0].rsplit(".", 1)[0] + f".{int(b.cidr.split('/')[0].rsplit('.', 1)[1]) + 2}" for b in blocks
+    }
+    choice = choose_address(wide, "newcomer", blocks, used)
+    assert choice == Choice("10.64.187.128/28", "10.64.187.128", "new")
+    mine = [*blocks, Block("10.64.187.128/28", "newcomer", "10.64.187.128")]
+    assert choose_address(wide, "newcomer", mine, used | {"10.64.187.128"}) == Choice(
+        "10.64.187.128/28", "10.64.187.129"
     )

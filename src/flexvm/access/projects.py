@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flexvm.errors import Conflict, InvalidInput
 from flexvm.model.access import QUOTA_NAMES, Project, Quotas
@@ -19,6 +19,8 @@ ForgetNetworks = Callable[[str, list[str]], None]
 class ProjectView:
     project: Project
     used: Quotas
+    # network -> its addresses the project's VMs hold, and the project's own blocks of it
+    networks: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
 
 
 def check_quotas(quotas: Quotas) -> Quotas:
@@ -53,7 +55,7 @@ class ProjectService:
     def show(self, name: str) -> ProjectView:
         with self.db.session() as session:
             project = ProjectRepo(session).get(name)
-            return ProjectView(project, ProjectRepo(session).usage(name))
+            return ProjectView(project, ProjectRepo(session).usage(name), NetworkRepo(session).holdings_of(name))
 
     def set_quotas(self, name: str, changes: dict[str, int | None]) -> Project:
         """Change the named limits (None removes one); the others stay as they are."""

@@ -39,12 +39,21 @@ class QuotaUse(BaseModel):
     limit: int | None
 
 
+class ProjectNetwork(BaseModel):
+    network: str
+    addresses: int = Field(description="addresses the project's VMs hold on it")
+    blocks: list[str] = Field(description="the blocks of its range that are the project's own (CIDR)")
+
+
 class ProjectOut(BaseModel):
     name: str
     description: str
     created_at: datetime
     quotas: list[QuotaUse] = Field(default_factory=list, description="use against every limit (project show)")
     your_role: str | None = None
+    networks: list[ProjectNetwork] = Field(
+        default_factory=list, description="the project's share of each host network (project show)"
+    )
 
 
 class UserCreate(Strict):

@@ -82,8 +82,14 @@ def show_project(
             ("description", project["description"]),
             ("your role", project["your_role"] or ""),
             *[(f"quota {use['quota']}", _quota_cell(use)) for use in project["quotas"]],
+            *[(f"network {n['network']}", _network_cell(n)) for n in project["networks"]],
         ]
     )
+
+
+def _network_cell(share: dict[str, Any]) -> str:
+    blocks = ", ".join(share["blocks"]) or "no block of its own"
+    return f"{share['addresses']} address(es) held; its blocks: {blocks}"
 
 
 @project_app.command("quota")

@@ -35,6 +35,7 @@ class HealthChecker:
         self.hosts = hosts
         self.reconciler = reconciler
         self.timeout = timeout
+        self._caught_up: set[str] = set()  # hosts whose isolation this server brought up to date
         # The leader's fencing (operations.leader): the pool's threads write under it too.
         self.guard = guard
 
@@ -62,8 +63,13 @@ class HealthChecker:
                 f" ({after.state_reason})" if after.state_reason else "",
             )
         if after.state is HostState.UP:
-            if before.state is not HostState.UP:
-                self.hosts.isolation.catch_up(after.name)  # its guests' filters may have fallen behind
+            if before.state is not HostState.UP or after.name not in self._caught_up:
+                # Back from away, or first seen by this server: its filters may lag behind.
+                try:
+                    self.hosts.isolation.catch_up(after.name)
+                    self._caught_up.add(after.name)
+                except FlexvmError as err:  # removed meanwhile, say: the next round tries again
+                    log.warning("bringing host %s's network filters up to date: %s", after.name, err.message)
             self.clean_leftovers(after.name)
         return after.state
 

@@ -8,8 +8,10 @@ must take it (or the step fails), the others are brought along where they answer
 unchanged filter costs libvirt about a millisecond; a changed one makes each host re-apply its
 rules to every guest NIC it has, which is why a project grows by whole blocks.
 
-A host that was away catches up when it comes back (``catch_up``), and a deleted project's
-filters are removed where no guest names them any more (``forget``).
+A host catches up (``catch_up``) when it comes back after being away and once per server start:
+every project's filter of its network, and the filter put on any NIC of its guests that lacks one
+(guests defined before isolation existed, changed live). A deleted project's filters are removed
+where no guest names them any more (``forget``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from flexvm.compute import guest_boot
 from flexvm.compute.networks import NetworkService
 from flexvm.drivers.base import Driver
 from flexvm.errors import FlexvmError
@@ -25,7 +28,7 @@ from flexvm.model.network import Isolation, isolation_name
 from flexvm.model.projects import project_of
 from flexvm.model.vm import Vm
 from flexvm.store.db import Database
-from flexvm.store.repositories import HostRepo, NetworkRepo
+from flexvm.store.repositories import HostRepo, NetworkRepo, VmRepo
 
 if TYPE_CHECKING:
     from flexvm.compute.hosts import HostService
@@ -69,6 +72,28 @@ class Isolator:
         for isolation in isolations:
             if not self._apply(host, isolation):
                 return  # it went away again
+        self.retrofit(host)
+
+    def retrofit(self, host: Host) -> int:
+        """Put its project's filter on every NIC of the host's guests that lacks one (defined
+        before projects had isolated networks); how many were changed."""
+        with self.db.session() as session:
+            vms = [vm for vm in VmRepo(session).on_host(host.name) if vm.host == host.name]
+        driver = self._driver(host)
+        changed = 0
+        for vm in vms:
+            for nic in vm.nics:
+                if nic.network == "user" or nic.ip is None:
+                    continue
+                try:
+                    if driver.guest_info(vm.domain_name) is None:
+                        break  # deallocated, or not made yet: it gets the filter when defined
+                    changed += driver.isolate_nic(vm.domain_name, guest_boot.guest_nic(vm, nic, host.bridge))
+                except FlexvmError as err:
+                    log.warning("isolating %s on host %s: %s", vm.name, host.name, err.message)
+        if changed:
+            log.info("host %s: %d guest NIC(s) now carry their project's filter", host.name, changed)
+        return changed
 
     def forget(self, project: str, networks: list[str]) -> None:
         """Remove a deleted project's filters from the hosts of ``networks``, where they answer."""

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from flexvm.compute.addressing import choose_address
 from flexvm.errors import CapacityError, Conflict
 from flexvm.model.names import check_name
-from flexvm.model.network import BLOCK_ADDRESSES, Isolation, Network, candidate_blocks, guest_space
+from flexvm.model.network import BLOCK_ADDRESSES, Isolation, Network, guest_space, shared_addresses
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import HostRepo, NetworkRepo
 
@@ -29,40 +30,6 @@ log = logging.getLogger(__name__)
 def _inside(ip: str, blocks: builtins.list[ipaddress.IPv4Network]) -> bool:
     address = ipaddress.IPv4Address(ip)
     return any(address in block for block in blocks)
-
-
-def _fresh_in_blocks(
-    usable: builtins.list[str], cursors: dict[str, str | None], used: set[str], *, wrap: bool = False
-) -> tuple[str, str] | None:
-    """(block, address): the first unused address after a block's cursor, blocks in order; with
-    ``wrap``, also those before it (the block's oldest freed addresses first)."""
-    for cidr, cursor in cursors.items():
-        block = ipaddress.IPv4Network(cidr)
-        inside = [ip for ip in usable if ipaddress.IPv4Address(ip) in block]
-        after = inside.index(cursor) + 1 if cursor in inside else 0
-        order = inside[after:] + (inside[:after] if wrap else [])
-        free = next((ip for ip in order if ip not in used), None)
-        if free is not None:
-            return cidr, free
-    return None
-
-
-def _free_block(network: Network, blocks: dict[str, str], used: set[str]) -> str | None:
-    """The next block after the last address handed out (round the range) that no project holds
-    and no reserved address lies in (addresses reserved before projects had blocks stay put)."""
-    taken = [ipaddress.IPv4Address(ip) for ip in used]
-    candidates = candidate_blocks(network)
-    last = int(ipaddress.IPv4Address(network.last_allocated)) if network.last_allocated else -1
-    bases = [int(ipaddress.IPv4Network(cidr).network_address) for cidr in candidates]
-    start = next((i for i, base in enumerate(bases) if base > last), 0)
-    usable = [ipaddress.IPv4Address(ip) for ip in network.addresses()]
-    for cidr in candidates[start:] + candidates[:start]:
-        block = ipaddress.IPv4Network(cidr)
-        if cidr in blocks or any(address in block for address in taken):
-            continue
-        if any(address in block for address in usable):  # not only the gateway, say
-            return cidr
-    return None
 
 
 def reservation_file(directory: str, mac: str) -> Path:
@@ -112,38 +79,26 @@ class NetworkService:
     # --- addresses, inside the caller's transaction -------------------------------------
     @staticmethod
     def reserve(session: Session, network_name: str, vm_id: str, mac: str, project: str) -> str:
-        """A free address in one of ``project``'s blocks of the network, taking a new block when
-        they are used up; the address is the project's, in its isolation, from now on.
-
-        A DHCP server keeps a lease for a MAC after its reservation is gone and will not give that
-        address to another MAC meanwhile, so a freed address is reused last: each block hands out
-        its addresses in order from where it last stopped, a new block comes before a block wraps
-        round, and new blocks are taken round the range from the last one handed out."""
+        """A free address in one of ``project``'s blocks of the network (``addressing`` says which),
+        taking a block when its own are used up; the address is the project's from now on."""
         repo = NetworkRepo(session)
         network = repo.get(network_name)
-        used = repo.used_addresses(network_name)
-        cursors = repo.block_cursors(network_name, project)
-        usable = list(network.addresses())
-        pick = _fresh_in_blocks(usable, cursors, used)
-        if pick is None:
-            block = _free_block(network, repo.blocks(network_name), used)
-            if block is not None:
-                repo.add_block(network_name, block, project)
-                pick = _fresh_in_blocks(usable, {block: None}, used)
-        if pick is None:
-            pick = _fresh_in_blocks(usable, cursors, used, wrap=True)
-        if pick is None:
+        choice = choose_address(network, project, repo.block_list(network_name), repo.used_addresses(network_name))
+        if choice is None:
             raise CapacityError(
                 f"network '{network_name}' has no free address for project '{project}': its blocks are "
                 f"full and no block of {BLOCK_ADDRESSES} unused addresses is left in "
                 f"{network.range_start}-{network.range_end}",
                 details={"network": network_name, "project": project},
             )
-        cidr, free = pick
-        repo.reserve(network_name, free, vm_id, mac, project)
-        repo.set_block_cursor(network_name, cidr, free)
-        repo.set_last_allocated(network_name, free)
-        return free
+        if choice.block == "new":
+            repo.add_block(network_name, choice.cidr, project)
+        elif choice.block == "taken":
+            repo.give_block(network_name, choice.cidr, project)
+        repo.reserve(network_name, choice.address, vm_id, mac, project)
+        repo.set_block_cursor(network_name, choice.cidr, choice.address)
+        repo.set_last_allocated(network_name, choice.address)
+        return choice.address
 
     @staticmethod
     def isolation(session: Session, network_name: str, project: str) -> Isolation:
@@ -153,7 +108,7 @@ class NetworkService:
         blocks = sorted(cidr for cidr, holder in repo.blocks(network_name).items() if holder == project)
         inside = [ipaddress.IPv4Network(cidr) for cidr in blocks]
         strays = sorted(f"{ip}/32" for ip in repo.addresses_in(network_name, project) if not _inside(ip, inside))
-        return Isolation(network_name, project, tuple(blocks + strays), guest_space(network))
+        return Isolation(network_name, project, tuple(blocks + strays), guest_space(network), shared_addresses(network))
 
     @staticmethod
     def release(session: Session, vm_id: str) -> builtins.list[tuple[str, str, str]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flexvm.model.guest import (
     GuestInfo,
+    GuestNic,
     GuestSpec,
     MemoryStats,
     MigrationProgress,
@@ -172,6 +173,11 @@ class Driver(ABC):
     def apply_isolation(self, isolation: Isolation) -> None:
         """Define (or update in place) the project's filter on this host; its guests' NICs name
         it, and an update reaches those already running."""
+
+    @abstractmethod
+    def isolate_nic(self, name: str, nic: GuestNic) -> bool:
+        """Make a defined guest's NIC (found by its MAC) carry ``nic``'s filter, running or not;
+        False when it did already. For guests defined before projects had isolated networks."""
 
     @abstractmethod
     def remove_isolation(self, name: str) -> None:

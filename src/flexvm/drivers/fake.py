@@ -18,6 +18,7 @@ Instances are shared per URI (``fake://name``), so a test and the server see the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from flexvm.drivers.base import Driver
 from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
 from flexvm.model.guest import (
     GuestInfo,
+    GuestNic,
     GuestSpec,
     GuestState,
     MemoryStats,
@@ -511,6 +513,22 @@ class FakeDriver(Driver):
         self._check("apply_isolation")
         with self._lock:
             self.host.isolations[isolation.name] = isolation
+
+    def isolate_nic(self, name: str, nic: GuestNic) -> bool:
+        self._check("isolate_nic")
+        with self._lock:
+            guest = self._guest(name)
+            nics = list(guest.spec.nics)
+            index = next((i for i, n in enumerate(nics) if n.mac == nic.mac), None)
+            if index is None:
+                raise HypervisorError(f"{name} has no NIC {nic.mac}")
+            if nics[index].isolation == nic.isolation:
+                return False
+            nics[index] = nic
+            updated = dataclasses.replace(guest.spec, nics=tuple(nics))
+            self._check_isolation(updated)
+            guest.spec = updated
+            return True
 
     def remove_isolation(self, name: str) -> None:
         self._check("remove_isolation")

@@ -107,6 +107,25 @@ def guest_space(network: Network) -> tuple[str, ...]:
     return tuple(str(block) for block in ipaddress.summarize_address_range(start, end))
 
 
+def shared_addresses(network: Network) -> tuple[str, ...]:
+    """The addresses of the range no guest is given (gateway, the subnet's own two), as /32."""
+    subnet = ipaddress.IPv4Network(network.subnet)
+    start = ipaddress.IPv4Address(network.range_start)
+    end = ipaddress.IPv4Address(network.range_end)
+    candidates = {network.gateway, str(subnet.network_address), str(subnet.broadcast_address)} - {None}
+    inside = sorted(ipaddress.IPv4Address(a) for a in candidates if a and start <= ipaddress.IPv4Address(a) <= end)
+    return tuple(f"{address}/32" for address in inside)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of a network's range that is one project's."""
+
+    cidr: str
+    project: str
+    cursor: str | None = None  # the address it last handed out
+
+
 def isolation_name(network: str, project: str) -> str:
     """The filter a project's NICs on ``network`` carry, on every host (dots cannot be in either name)."""
     return f"flexvm.{network}.{project}"
@@ -120,6 +139,9 @@ class Isolation:
     project: str
     own: tuple[str, ...]  # the project's blocks, and any address it holds outside them (as /32)
     guest_space: tuple[str, ...]  # the whole range: what is neither own nor outside it is refused
+    # Addresses inside the range that no guest is given and every project may reach (as /32): a
+    # gateway, or the subnet's broadcast address, where the range takes them in.
+    shared: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

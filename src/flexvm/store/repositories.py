@@ -18,7 +18,7 @@ from flexvm.errors import AlreadyExists, NotFound
 from flexvm.model.availability import AvailabilitySet, Leftover
 from flexvm.model.host import Accelerator, Host, HostState
 from flexvm.model.image import Image
-from flexvm.model.network import Network
+from flexvm.model.network import Block, Network
 from flexvm.model.operation import Operation, OperationStatus, Step
 from flexvm.model.projects import PROJECT_TARGETS
 from flexvm.model.sizes import Size
@@ -479,14 +479,19 @@ class NetworkRepo:
         rows = self.session.scalars(select(NetworkBlockRow).where(NetworkBlockRow.network == network))
         return {r.cidr: r.project for r in rows}
 
-    def block_cursors(self, network: str, project: str) -> dict[str, str | None]:
-        """cidr -> the address last handed out from it, of ``project``'s blocks, oldest block first."""
+    def block_list(self, network: str) -> builtins.list[Block]:
+        """Every block of ``network`` some project holds, oldest first."""
         query = (
             select(NetworkBlockRow)
-            .where(NetworkBlockRow.network == network, NetworkBlockRow.project == project)
+            .where(NetworkBlockRow.network == network)
             .order_by(NetworkBlockRow.created_at, NetworkBlockRow.cidr)
         )
-        return {r.cidr: r.last_allocated for r in self.session.scalars(query)}
+        return [Block(r.cidr, r.project, r.last_allocated) for r in self.session.scalars(query)]
+
+    def give_block(self, network: str, cidr: str, project: str) -> None:
+        row = self.session.get(NetworkBlockRow, (network, cidr))
+        if row is not None:
+            row.project = project
 
     def add_block(self, network: str, cidr: str, project: str) -> None:
         self.session.add(NetworkBlockRow(network=network, cidr=cidr, project=project))
@@ -502,6 +507,19 @@ class NetworkRepo:
         held = select(AddressRow.project).where(AddressRow.network == network)
         blocked = select(NetworkBlockRow.project).where(NetworkBlockRow.network == network)
         return sorted(set(self.session.scalars(held)) | set(self.session.scalars(blocked)))
+
+    def holdings_of(self, project: str) -> dict[str, tuple[int, builtins.list[str]]]:
+        """network -> (addresses ``project``'s VMs hold there, its blocks there)."""
+        counts = (
+            select(AddressRow.network, func.count()).where(AddressRow.project == project).group_by(AddressRow.network)
+        )
+        held: dict[str, tuple[int, builtins.list[str]]] = {
+            network: (int(count), []) for network, count in self.session.execute(counts)
+        }
+        blocks_of = select(NetworkBlockRow).where(NetworkBlockRow.project == project).order_by(NetworkBlockRow.cidr)
+        for row in self.session.scalars(blocks_of):
+            held.setdefault(row.network, (0, []))[1].append(row.cidr)
+        return held
 
     def release_blocks_of(self, project: str) -> builtins.list[str]:
         """Give back every block ``project`` holds; the networks they were on."""

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Response
 
 from flexvm.access.projects import ProjectView
 from flexvm.api.access import Scope, any_role, named_project_access, platform_access
-from flexvm.api.access_schemas import ProjectCreate, ProjectOut, ProjectQuotasUpdate, QuotasIn, QuotaUse
+from flexvm.api.access_schemas import ProjectCreate, ProjectNetwork, ProjectOut, ProjectQuotasUpdate, QuotasIn, QuotaUse
 from flexvm.api.deps import platform
 from flexvm.api.params import ProjectName
 from flexvm.errors import InvalidInput
@@ -33,7 +33,9 @@ def quotas_from(body: QuotasIn) -> dict[str, int | None]:
     return out
 
 
-def project_out(project: Project, scope: Scope, used: Quotas | None = None) -> ProjectOut:
+def project_out(
+    project: Project, scope: Scope, used: Quotas | None = None, networks: dict[str, tuple[int, list[str]]] | None = None
+) -> ProjectOut:
     role = scope.caller.role_in(project.name)
     uses = []
     if used is not None:
@@ -46,6 +48,10 @@ def project_out(project: Project, scope: Scope, used: Quotas | None = None) -> P
         created_at=project.created_at,
         quotas=uses,
         your_role=role.title if role else None,
+        networks=[
+            ProjectNetwork(network=name, addresses=count, blocks=blocks)
+            for name, (count, blocks) in sorted((networks or {}).items())
+        ],
     )
 
 
@@ -72,7 +78,7 @@ def show_project(
 ) -> ProjectOut:
     """The project with its use against every quota."""
     view: ProjectView = p.projects.show(name)
-    return project_out(view.project, scope, view.used)
+    return project_out(view.project, scope, view.used, view.networks)
 
 
 @router.patch("/{name}", response_model=ProjectOut)
@@ -91,7 +97,7 @@ def update_quotas(
         changes[quota] = None
     p.projects.set_quotas(name, changes)
     view = p.projects.show(name)
-    return project_out(view.project, scope, view.used)
+    return project_out(view.project, scope, view.used, view.networks)
 
 
 @router.delete("/{name}", status_code=204, responses={409: {"description": "the project still holds resources"}})

@@ -163,6 +163,23 @@ def _console_elements(devices: ET.Element, spec: GuestSpec, paths: PoolPaths) ->
     _sub(console, "target", type="serial", port="0")
 
 
+def interface_xml(nic: GuestNic) -> str:
+    """One ``<interface>`` on its own, as ``virDomainUpdateDeviceFlags`` takes it (matched by MAC)."""
+    holder = ET.Element("devices")
+    _nic_element(holder, nic)
+    return ET.tostring(holder[0], encoding="unicode")
+
+
+def nic_filter(xml: str, mac: str) -> str | None:
+    """The filter the domain's NIC with ``mac`` names, or None (no filter, or no such NIC)."""
+    for interface in ET.fromstring(xml).iterfind("devices/interface"):
+        found = interface.find("mac")
+        if found is not None and found.get("address", "").lower() == mac.lower():
+            filterref = interface.find("filterref")
+            return None if filterref is None else filterref.get("filter")
+    return None
+
+
 def vm_id_from_xml(xml: str) -> str | None:
     """The flexvm VM id recorded in a domain's metadata, or None for a domain flexvm did not make."""
     root = ET.fromstring(xml)

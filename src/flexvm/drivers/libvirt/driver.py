@@ -11,12 +11,13 @@ from typing import Any
 from flexvm.drivers.base import Driver
 from flexvm.drivers.libvirt import accel, hotplug, migration, stats
 from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
-from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, vm_id_from_xml
+from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, interface_xml, nic_filter, vm_id_from_xml
 from flexvm.drivers.libvirt.nwfilter_xml import GUEST_FILTER, guest_filter_xml, project_filter_xml
 from flexvm.drivers.libvirt.storage import IMAGE_POOL, INSTANCE_POOL, Storage
 from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
 from flexvm.model.guest import (
     GuestInfo,
+    GuestNic,
     GuestSpec,
     GuestState,
     MemoryStats,
@@ -316,6 +317,16 @@ class LibvirtDriver(Driver):
             self.connection.get().nwfilterDefineXML(guest_filter_xml(self._filter_uuid(GUEST_FILTER)))
         with self.connection.translate(f"defining network filter {isolation.name}"):
             self.connection.get().nwfilterDefineXML(project_filter_xml(isolation, self._filter_uuid(isolation.name)))
+
+    def isolate_nic(self, name: str, nic: GuestNic) -> bool:
+        lv = require_libvirt()
+        dom = self._domain(name)
+        with self.connection.translate(f"putting {nic.isolation} on {name}'s NIC {nic.mac}"):
+            if nic_filter(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE), nic.mac) == nic.isolation:
+                return False
+            flags = lv.VIR_DOMAIN_AFFECT_CONFIG | (lv.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+            dom.updateDeviceFlags(interface_xml(nic), flags)
+        return True
 
     def _filter_uuid(self, name: str) -> str | None:
         """The UUID this host knows the filter by, or None for a filter it does not have."""

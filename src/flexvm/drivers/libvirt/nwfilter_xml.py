@@ -6,10 +6,11 @@ Two filters, both defined on every host whose guests use them:
   and ``$IP``, the parameters its domain XML gives), except the DHCP request and ARP probe a guest
   makes before it has an address. Without this a guest could borrow another project's address.
 - ``flexvm.<network>.<project>``, one per project and network: it includes the first, then lets
-  IPv4 and ARP through to and from the project's own blocks, refuses them to and from the rest of
-  the range (other projects' guests), lets them through to and from the addresses outside the
-  range (gateway, DHCP server, hosts: the network's own), and drops every other kind of frame
-  (IPv6 among them, which would otherwise reach a neighbour by its link-local address).
+  IPv4 and ARP through to and from the project's own blocks (and a gateway the range takes in),
+  refuses them to and from the rest of the range (other projects' guests), lets them through to
+  and from the addresses outside the range (gateway, DHCP server, hosts: the network's own), and
+  drops every other kind of frame (IPv6 among them, which would otherwise reach a neighbour by its
+  link-local address).
 
 Every rule is an ebtables rule on the host's bridge (the ``mac``, ``ip`` and ``arp`` protocols of
 nwfilter), so nothing depends on br_netfilter. A rule's priority orders it: lower runs first.
@@ -74,7 +75,7 @@ def _both_ways(root: ET.Element, action: str, priority: int, cidr: str) -> None:
 def project_filter_xml(isolation: Isolation, uuid_text: str | None = None) -> str:
     root = _filter(isolation.name, uuid_text)
     ET.SubElement(root, "filterref", filter=GUEST_FILTER)
-    for cidr in isolation.own:
+    for cidr in (*isolation.own, *isolation.shared):
         _both_ways(root, "accept", OWN, cidr)
     for cidr in isolation.guest_space:
         _both_ways(root, "drop", OTHERS, cidr)
