@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
 from flexvm.compute.addressing import Choice, choose_address
@@ -88,6 +89,7 @@ def test_two_projects_get_addresses_from_blocks_of_their_own(platform: Platform,
     with platform.db.session() as session:
         blocks = NetworkRepo(session).blocks("lan")
     assert blocks == {str(block_of(a1)): "team-a", str(block_of(b1)): "team-b"}
+    assert platform.networks.get("lan").isolated
     assert platform.projects.show("team-a").networks == {"lan": (2, [str(block_of(a1))])}
 
 
@@ -311,3 +313,18 @@ def test_the_choice_is_arithmetic_on_blocks_even_on_the_largest_range() -> None:
     assert choose_address(wide, "newcomer", mine, used | {"10.64.187.128"}) == Choice(
         "10.64.187.128/28", "10.64.187.129"
     )
+
+
+def test_a_network_whose_dhcp_is_not_flexvms_is_not_isolated_and_says_so(
+    platform: Platform, image: str, api: TestClient
+) -> None:
+    """Its guests may get other addresses than flexvm reserved: a filter naming the reserved one
+    would cut them off, so they carry none."""
+    platform.networks.create("outside", "10.213.0.0/24", "10.213.0.32", "10.213.0.239", gateway="10.213.0.1")
+    platform.projects.create("team-a")
+    fake = add_host(platform, "h1", network="outside", bridge="br0")
+    create(platform, "team-a", "web", image)
+    (nic,) = fake.host.guests[key_of("team-a", "web")].spec.nics
+    assert (nic.source, nic.isolation) == ("br0", None)
+    assert fake.host.isolations == {}
+    assert api.get("/v1/networks/outside").json()["isolated"] is False

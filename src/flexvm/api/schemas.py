@@ -307,6 +307,9 @@ class NetworkOut(Out):
     gateway: str | None
     dhcp_hosts_dir: str | None
     created_at: datetime
+    isolated: bool = Field(
+        description="projects' guests are kept apart on it (only where flexvm's DHCP reservations hand out addresses)"
+    )
 
 
 class AvailabilitySetOut(Keyed):

@@ -28,6 +28,7 @@ def list_networks(fmt: output.Format = OutputOpt) -> None:
             ("RANGE", lambda n: f"{n['range_start']}-{n['range_end']}"),
             ("GATEWAY", lambda n: n["gateway"]),
             ("DHCP", lambda n: "flexvm reservations" if n["dhcp_hosts_dir"] else "external"),
+            ("PROJECTS", lambda n: "isolated" if n["isolated"] else "not isolated (external DHCP)"),
         ],
     )
 

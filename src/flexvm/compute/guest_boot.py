@@ -38,8 +38,11 @@ def kernel_cmdline(image: Image, vm: Vm) -> str:
     return f"{base} flexvm.name={shlex.quote(vm.name)}"
 
 
-def guest_spec(vm: Vm, image: Image, accelerator: Accelerator, bridge: str | None = None) -> GuestSpec:
-    """The spec to define ``vm`` on a host; NICs on a flexvm network go onto the host's ``bridge``."""
+def guest_spec(
+    vm: Vm, image: Image, accelerator: Accelerator, bridge: str | None = None, *, isolated: bool = True
+) -> GuestSpec:
+    """The spec to define ``vm`` on a host; NICs on a flexvm network go onto the host's ``bridge``,
+    behind their project's filter when the network is ``isolated`` (see ``Network.isolated``)."""
     disks = [GuestDisk(vm.os_disk.name, "disk", "qcow2", "vda")]
     seed = next((d for d in vm.disks if d.role == "seed"), None)
     if seed is not None:
@@ -59,7 +62,7 @@ def guest_spec(vm: Vm, image: Image, accelerator: Accelerator, bridge: str | Non
         memory_mib=vm.memory_mib,
         accelerator=accelerator,
         disks=tuple(disks),
-        nics=tuple(guest_nic(vm, nic, bridge) for nic in vm.nics),
+        nics=tuple(guest_nic(vm, nic, bridge, isolated=isolated) for nic in vm.nics),
         kernel=kernel,
         console_log=vm.console_log,
         max_vcpus=vm.max_vcpus if vm.max_vcpus and vm.max_vcpus > vm.vcpus else None,
@@ -68,10 +71,12 @@ def guest_spec(vm: Vm, image: Image, accelerator: Accelerator, bridge: str | Non
     )
 
 
-def guest_nic(vm: Vm, nic: Nic, bridge: str | None) -> GuestNic:
-    """A NIC on QEMU's user network, or on the host's bridge behind its project's isolation."""
+def guest_nic(vm: Vm, nic: Nic, bridge: str | None, *, isolated: bool = True) -> GuestNic:
+    """A NIC on QEMU's user network, or on the host's bridge (behind its project's filter)."""
     if nic.network == "user":
         return GuestNic(nic.mac, "user")
+    if not isolated:
+        return GuestNic(nic.mac, "bridge", bridge)
     return GuestNic(nic.mac, "bridge", bridge, isolation_name(nic.network, project_of(vm.name)), nic.ip)
 
 

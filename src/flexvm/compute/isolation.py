@@ -44,12 +44,22 @@ class Isolator:
         self.db = db
         self.hosts = hosts
 
+    def isolates(self, host: Host) -> bool:
+        """Whether guests on ``host``'s network carry filters (``Network.isolated``)."""
+        if host.network is None:
+            return False
+        with self.db.session() as session:
+            network = NetworkRepo(session).find(host.network)
+        return network is not None and network.isolated
+
     def spread(self, vm: Vm, required: str | None) -> None:
         """Apply ``vm``'s project's filter for each of its networks on every host there; raises
         if the ``required`` host (where the guest is about to be defined or go) cannot take it."""
         project = project_of(vm.name)
         for network in sorted({nic.network for nic in vm.nics if nic.network != "user"}):
             with self.db.session() as session:
+                if not NetworkRepo(session).get(network).isolated:
+                    continue
                 isolation = NetworkService.isolation(session, network, project)
                 hosts = [h for h in HostRepo(session).list() if h.network == network]
             for host in hosts:
@@ -62,9 +72,10 @@ class Isolator:
         """Apply every project's filter of the host's network on it (after it was away)."""
         with self.db.session() as session:
             host = HostRepo(session).get(host_name)
-            if host.network is None:
+            found = NetworkRepo(session).find(host.network) if host.network else None
+            if found is None or not found.isolated:
                 return
-            network = host.network
+            network = found.name
             isolations = [
                 NetworkService.isolation(session, network, project)
                 for project in NetworkRepo(session).projects_on(network)

@@ -361,7 +361,8 @@ class VmMover:
             def define() -> None:
                 self.hosts.isolation.spread(vm, required=plan.destination)
                 if dest.guest_info(vm.domain_name) is None:
-                    dest.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
+                    isolated = self.hosts.isolation.isolates(host)
+                    dest.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge, isolated=isolated))
 
             run.step("define", define, detail=f"defining the guest on {plan.destination}")
         self._switch(run, vm, source, plan, outer)

@@ -482,7 +482,8 @@ class ResizeService:
 
         def redefine() -> None:
             self.hosts.isolation.spread(resized, required=host.name)
-            spec = guest_boot.guest_spec(resized, image, host.accelerator, host.bridge)
+            isolated = self.hosts.isolation.isolates(host)
+            spec = guest_boot.guest_spec(resized, image, host.accelerator, host.bridge, isolated=isolated)
             if _defined_as(driver.guest_info(resized.domain_name), spec):
                 return  # a re-run after a crash: the first attempt redefined it already
             driver.undefine(resized.domain_name)

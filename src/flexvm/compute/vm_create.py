@@ -344,7 +344,8 @@ class VmCreator:
                 if existing.vm_id == vm.id:  # defined before the server died: ours
                     return
                 raise AlreadyExists("guest", f"{vm.domain_name} on host {host_name}")
-            driver.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
+            isolated = self.hosts.isolation.isolates(host)
+            driver.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge, isolated=isolated))
 
         run.step(
             "define",

@@ -127,7 +127,8 @@ class VmPower:
 
             def define() -> None:
                 if driver.guest_info(vm.domain_name) is None:
-                    driver.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge))
+                    isolated = self.hosts.isolation.isolates(host)
+                    driver.define(guest_boot.guest_spec(vm, image, host.accelerator, host.bridge, isolated=isolated))
 
             run.step("define", define, detail="defining the guest again")
         image = self.images.get(vm.image)

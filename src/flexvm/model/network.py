@@ -51,6 +51,12 @@ class Network:
         if self.dhcp_hosts_dir is not None and not Path(self.dhcp_hosts_dir).is_absolute():
             raise InvalidInput("dhcp_hosts_dir", "must be an absolute path")
 
+    @property
+    def isolated(self) -> bool:
+        """Whether its projects are kept apart: only where guests get the addresses flexvm reserves
+        (its DHCP reservations), since each guest's filter lets it send from that address alone."""
+        return self.dhcp_hosts_dir is not None
+
     def addresses(self) -> Iterator[str]:
         """The range in order, without the subnet's own network and broadcast addresses or the gateway."""
         subnet = ipaddress.ip_network(self.subnet)
