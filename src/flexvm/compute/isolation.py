@@ -94,8 +94,8 @@ class Isolator:
         changed = 0
         for vm in vms:
             for nic in vm.nics:
-                if nic.network == "user" or nic.ip is None:
-                    continue
+                if nic.network != host.network or nic.ip is None:
+                    continue  # QEMU's user network, or not this (isolated) one
                 try:
                     if driver.guest_info(vm.domain_name) is None:
                         break  # deallocated, or not made yet: it gets the filter when defined
