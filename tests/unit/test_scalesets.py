@@ -315,3 +315,19 @@ def test_the_sets_own_availability_set_is_the_sets_alone(scaling: ScalingPlatfor
     assert p.vms.list() == []
     run(p, p.scale_sets.scale("web", 1), timeout=30)
     assert names(scaling) == ["web-0"]
+
+
+def test_a_rolling_updates_surge_is_held_to_the_projects_quota_and_nothing_is_lost(web: ScalingPlatform) -> None:
+    """A VM quota the set already fills: the first new-model instance is refused naming the
+    quota, and the three old ones keep serving; no fourth VM is left behind."""
+    p = web.platform
+    p.projects.set_quotas("default", {"vms": 3})
+    done = run(p, p.scale_sets.update_model("web", size="Standard_B1s", max_unavailable=1), status="failed", timeout=60)
+    assert done.error is not None and done.error["code"] == "QuotaExceeded"
+    assert done.error["details"]["quota"] == "vms" and done.error["details"]["limit"] == 3
+    views = p.scale_sets.instances("web")
+    assert [v.instance.vm_name for v in views] == ["web-0", "web-1", "web-2"]
+    assert {v.instance.state for v in views} == {InstanceState.SERVING} and not any(v.current_model for v in views)
+    assert sorted(vm.name for vm in p.vms.list()) == ["web-0", "web-1", "web-2"]
+    assert web.haproxy.backends("web") == ["web-0", "web-1", "web-2"]
+    assert "quota 'vms' exceeded" in (p.scale_sets.get("web").error or "")
