@@ -46,13 +46,13 @@ class Keyed(BaseModel):
 
 class VmCreate(Strict):
     name: NameField
-    size: str
+    size: SizeNameField
     image: NameField
     user_data: str | None = None
     host: str | None = Field(None, description="pin to this host")
     availability_set: NameField | None = None
     policy: Literal["best-fit", "spread"] = "best-fit"
-    max_size: str | None = Field(
+    max_size: SizeNameField | None = Field(
         None, description="ceiling for resizing without a restart (default: the family's largest)"
     )
 
@@ -359,7 +359,7 @@ class FailureOut(BaseModel):
 
 
 class ResizeRequest(Strict):
-    size: str
+    size: SizeNameField
     allow_restart: bool = False
     force: bool = Field(False, description="shrink memory even if the guest is using it")
     dry_run: bool = False
@@ -429,7 +429,7 @@ class ExportRequest(Strict):
 class ImportRequest(Strict):
     file: str = Field(description="absolute path of an export, readable by the server")
     name: str | None = None
-    size: str | None = None
+    size: SizeNameField | None = None
 
 
 class SeriesOut(BaseModel):
@@ -484,7 +484,7 @@ class AdvisorOut(BaseModel):
 
 class ScaleSetCreate(Strict):
     name: NameField
-    size: str
+    size: SizeNameField
     image: NameField
     instances: StrictInt
     lb_port: str | None = Field(
@@ -503,7 +503,7 @@ class ScaleRequest(Strict):
 
 
 class ScaleSetUpdate(Strict):
-    size: str | None = None
+    size: SizeNameField | None = None
     image: NameField | None = None
     max_unavailable: StrictInt | None = None
 

@@ -228,6 +228,8 @@ class VmFiles:
         self, source: Path, name: str | None = None, size: str | None = None, *, project: str = DEFAULT_PROJECT
     ) -> Operation:
         """Make a VM from an exported file, in ``project``; it starts from the disk exactly as exported."""
+        if size is not None:
+            self.sizes.get(size)  # a bad size is refused before the file is even looked at
         if not source.is_absolute() or not source.is_file():
             raise InvalidInput("file", f"{source} is not a file (give an absolute path the server can read)")
         manifest = read_manifest(source)

@@ -30,14 +30,15 @@ class SizeService:
             custom = SizeRepo(session).custom()
         return list(BUILTIN_SIZES) + custom
 
-    def get(self, name: str) -> Size:
+    def get(self, name: str, field: str = "size") -> Size:
+        """The size called ``name``; an unknown one is refused naming ``field``."""
         if name in _BUILTIN:
             return _BUILTIN[name]
         with self.db.session() as session:
             size = SizeRepo(session).get_custom(name)
         if size is None:
             known = ", ".join(s.name for s in self.all())
-            raise InvalidInput("size", f"unknown size '{name}'; known sizes: {known}")
+            raise InvalidInput(field, f"unknown size '{name}'; known sizes: {known}")
         return size
 
     def ceiling_for(self, size: Size) -> Size:

@@ -154,7 +154,7 @@ class VmCreator:
         """How far the VM may later grow without a restart: its family's largest size by default."""
         if max_size is None:
             return self.sizes.ceiling_for(size)
-        ceiling = self.sizes.get(max_size)
+        ceiling = self.sizes.get(max_size, "max_size")
         if ceiling.vcpus < size.vcpus or ceiling.memory_mib < size.memory_mib:
             raise InvalidInput(
                 "max_size",
