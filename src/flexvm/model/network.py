@@ -93,17 +93,14 @@ def block_prefix(network: Network) -> int:
 
 
 def candidate_blocks(network: Network, prefix: int | None = None) -> list[str]:
-    """Every aligned block of ``prefix`` (default: the network's) lying wholly inside the range."""
+    """Every aligned block of ``prefix`` (default: the network's) that holds part of the range,
+    in order. One at an edge of the range is handed out for the part inside it: the rest of it is
+    the network's own (outside the range), which every project's filter lets through anyway."""
     prefix = block_prefix(network) if prefix is None else prefix
-    start = ipaddress.IPv4Address(network.range_start)
-    end = ipaddress.IPv4Address(network.range_end)
+    start = int(ipaddress.IPv4Address(network.range_start))
+    end = int(ipaddress.IPv4Address(network.range_end))
     size = 1 << (32 - prefix)
-    first = (int(start) + size - 1) // size * size
-    return [
-        f"{ipaddress.IPv4Address(base)}/{prefix}"
-        for base in range(first, int(end) + 2 - size, size)
-        if base + size - 1 <= int(end)
-    ]
+    return [f"{ipaddress.IPv4Address(base)}/{prefix}" for base in range(start // size * size, end + 1, size)]
 
 
 def guest_space(network: Network) -> tuple[str, ...]:
