@@ -74,7 +74,11 @@ def test_cpu_percent_follows_a_burning_guest(watched: tuple[FlexvmServer, str, s
     shown = server.ok("vm", "metrics", name, "--window", "2m").stdout
     assert "cpu_percent" in shown and any(bar in shown for bar in "▁▂▃▄▅▆▇█")
 
-    text = httpx.get(f"{server.url}/metrics", timeout=10, verify=server.verify()).text
+    scrape = httpx.get(f"{server.url}/metrics", timeout=10, verify=server.verify())
+    assert scrape.status_code == 401, "it names every project's VMs: no scrape without a token"
+    text = httpx.get(
+        f"{server.url}/metrics", timeout=10, verify=server.verify(), headers={"Authorization": f"Bearer {server.token}"}
+    ).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     labels = [s.labels for s in families["flexvm_vm_cpu_percent"].samples]
     assert {"vm": name, "host": "lab1", "size": "Standard_B1s", "scale_set": ""} in labels

@@ -223,6 +223,17 @@ def test_a_reader_is_told_the_role_it_needs_and_another_project_is_not_there(log
     assert [p["name"] for p in reader.get("/v1/projects").json()] == ["team-a"]
 
 
+def test_the_prometheus_exposition_needs_a_role_on_the_platform(api: TestClient, login: Login) -> None:
+    """It names every project's VMs: a project's Owner may not scrape it, a platform Reader may."""
+    anonymous = TestClient(api.app)
+    error_of(anonymous.get("/metrics"), 401, "Unauthorized")
+    error_of(login("olga", Role.OWNER).get("/metrics"), 403, "AuthorizationFailed")
+    scraper = login("prometheus", Role.READER, None)
+    answer = scraper.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    assert api.get("/metrics").status_code == 200  # the admin
+
+
 def test_a_vm_operator_powers_vms_but_cannot_change_them(api: TestClient, login: Login) -> None:
     finished(api, api.post("/v1/vms", json={"name": "web1", **CREATE}, params={"project": "team-a"}))
     operator = login("heidi", Role.VM_OPERATOR)

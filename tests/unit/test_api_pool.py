@@ -127,8 +127,9 @@ def test_network_crud(api: TestClient, tmp_path: Path) -> None:
     response = api.post("/v1/networks", json=network_body(tmp_path))
     assert response.status_code == 201, response.text
     created = response.json()
-    assert set(created) == {"name", "subnet", "range_start", "range_end", "gateway", "dhcp_hosts_dir", "created_at"}
-    assert (created["subnet"], created["dhcp_hosts_dir"]) == ("10.213.0.0/24", str(tmp_path))
+    fields = {"name", "subnet", "range_start", "range_end", "gateway", "dhcp_hosts_dir", "created_at", "isolated"}
+    assert set(created) == fields
+    assert (created["subnet"], created["dhcp_hosts_dir"], created["isolated"]) == ("10.213.0.0/24", str(tmp_path), True)
     assert [n["name"] for n in api.get("/v1/networks").json()] == ["lan"]
     assert api.get("/v1/networks/lan").json() == created
     error_of(api.post("/v1/networks", json=network_body(tmp_path)), 409, "AlreadyExists")

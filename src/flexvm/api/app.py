@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flexvm import __version__
 from flexvm.access.people import People
-from flexvm.api.access import require_rules
+from flexvm.api.access import Scope, platform_access, require_rules
 from flexvm.api.audit import audit_event
 from flexvm.api.deps import PREFIX
 from flexvm.api.hints import with_hint
@@ -38,13 +38,15 @@ from flexvm.api.routes import (
     vms,
 )
 from flexvm.errors import DatabaseUnavailable, FlexvmError
+from flexvm.model.access import Right
 from flexvm.monitor.prometheus import exposition
 from flexvm.platform import Platform
 
 log = logging.getLogger(__name__)
 
 # Prometheus scrapes without a token; what it reads is measurements, no secrets or controls.
-OPEN_PATHS = {"/healthz", "/openapi.json", "/metrics"}
+# /metrics is not among them: it names every project's VMs, so a scraper needs a platform role.
+OPEN_PATHS = {"/healthz", "/openapi.json"}
 # The database is reconnected to as soon as it answers again (pool_pre_ping): a client may retry soon.
 RETRY_AFTER_SECONDS = 5
 
@@ -86,7 +88,7 @@ def create_app(platform: Platform, token: str) -> FastAPI:
     app.state.people = People(platform.db, token)
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus_metrics() -> Response:
+    def prometheus_metrics(scope: Scope = platform_access(Right.READ)) -> Response:
         return Response(exposition(platform.collector), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
