@@ -87,7 +87,14 @@ def create_app(platform: Platform, token: str) -> FastAPI:
     app.include_router(people.audit_router, prefix=PREFIX)
     app.state.people = People(platform.db, token)
 
-    @app.get("/metrics", include_in_schema=False)
+    # In the OpenAPI document like any guarded route: its rule is checked there (a platform Reader's
+    # token), and the permission matrix tries it as every caller.
+    @app.get(
+        "/metrics",
+        summary="Prometheus exposition of every host's and VM's metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
     def prometheus_metrics(scope: Scope = platform_access(Right.READ)) -> Response:
         return Response(exposition(platform.collector), media_type=CONTENT_TYPE_LATEST)
 
