@@ -8,6 +8,9 @@ Storage is two pools per host, named by the driver: an *image* pool holding imag
 (named by content, so each is uploaded once per host) and an *instance* pool holding each
 VM's OS disk overlay, its cloud-init seed and its serial-console log. Everything a driver
 does to files goes through the hypervisor connection, so a remote host needs no other access.
+
+A VM on shared storage keeps what would be in the instance pool in a directory every host sees
+(``store``, a pool of its own on each host): the instance-volume methods take it as ``store``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from flexvm.model.guest import (
 from flexvm.model.host import AcceleratorChoice, HostInfo
 from flexvm.model.metrics import HostReading
 from flexvm.model.network import Isolation
+from flexvm.model.storage import SharedStorage
 
 
 class Driver(ABC):
@@ -57,15 +61,23 @@ class Driver(ABC):
         while any disk in the instance pool is an overlay on it, whoever made that disk."""
 
     @abstractmethod
-    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+    def create_overlay(
+        self,
+        volume: str,
+        backing_volume: str,
+        backing_format: str,
+        size_bytes: int,
+        *,
+        store: SharedStorage | None = None,
+    ) -> None:
         """A qcow2 in the instance pool backed by an image-pool volume, of the given virtual size."""
 
     @abstractmethod
-    def upload_instance_volume(self, volume: str, source: Path) -> None:
+    def upload_instance_volume(self, volume: str, source: Path, *, store: SharedStorage | None = None) -> None:
         """Copy a local file (e.g. a cloud-init seed) into the instance pool."""
 
     @abstractmethod
-    def delete_instance_volume(self, volume: str) -> None:
+    def delete_instance_volume(self, volume: str, *, store: SharedStorage | None = None) -> None:
         """Remove a volume from the instance pool; a missing one is not an error."""
 
     @abstractmethod
@@ -73,8 +85,15 @@ class Driver(ABC):
         """Names of every volume in the instance pool."""
 
     @abstractmethod
-    def resize_instance_volume(self, volume: str, size_bytes: int, *, guest: str | None) -> None:
+    def resize_instance_volume(
+        self, volume: str, size_bytes: int, *, guest: str | None, store: SharedStorage | None = None
+    ) -> None:
         """Grow a disk. With ``guest`` running, online (the guest sees the new size at once)."""
+
+    @abstractmethod
+    def check_storage(self, store: SharedStorage) -> None:
+        """Make sure the host reaches the shared directory and can write there (its pool defined
+        and started on first use); raises HypervisorError saying what is wrong when it cannot."""
 
     # --- guests --------------------------------------------------------------------------
     @abstractmethod
@@ -104,7 +123,7 @@ class Driver(ABC):
     def list_guests(self) -> list[GuestInfo]: ...
 
     @abstractmethod
-    def console_read(self, log_volume: str, offset: int = 0) -> bytes:
+    def console_read(self, log_volume: str, offset: int = 0, *, store: SharedStorage | None = None) -> bytes:
         """Serial-console output logged so far, from ``offset`` (b"" when there is none yet)."""
 
     # --- change while running ------------------------------------------------------------
@@ -132,7 +151,8 @@ class Driver(ABC):
         """Live-migrate a running guest to ``request.dest_uri`` (persistent there, undefined here).
 
         The destination must already hold the guest's image volumes and an overlay of each of its
-        instance disks (same names, same backing): only the overlays' data is copied. A migration
+        instance disks (same names, same backing): only the overlays' data is copied. With
+        ``request.copy_storage`` off (the disks are on shared storage) only memory moves. A migration
         that fails, or has not finished after ``max_seconds`` even with auto-converge (and, if
         allowed, post-copy), is aborted and the guest keeps running here, disks intact.
         """
@@ -143,7 +163,7 @@ class Driver(ABC):
         has since died, say): a resumed move waits for it rather than start a second one."""
 
     @abstractmethod
-    def download_instance_volume(self, volume: str, target: Path) -> None:
+    def download_instance_volume(self, volume: str, target: Path, *, store: SharedStorage | None = None) -> None:
         """Copy an instance-pool volume (e.g. a stopped guest's disk) to a local file."""
 
     # --- measurements --------------------------------------------------------------------

@@ -11,7 +11,10 @@ What it models, because services depend on it:
 - the instance and image pools are dicts of volumes; an overlay needs its backing volume;
 - a started guest "boots": after ``ready_delay`` seconds its console log shows the tiny
   image's readiness line (``ready_delay=None``: it never becomes ready);
-- any method can be told to fail: ``fail_next("define")`` makes the next call raise.
+- any method can be told to fail: ``fail_next("define")`` makes the next call raise;
+- shared storage is one dict of volumes per path, seen by every fake host that reaches it
+  (``FakeHost.unreachable_stores`` lists the paths a host cannot reach); a disk on it that a
+  running guest holds cannot be opened by a second guest, as libvirt's lock manager refuses.
 
 Instances are shared per URI (``fake://name``), so a test and the server see the same host.
 """
@@ -42,6 +45,7 @@ from flexvm.model.guest import (
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
 from flexvm.model.metrics import GuestCounters, HostCounters, HostReading
 from flexvm.model.network import Isolation
+from flexvm.model.storage import SharedStorage
 from flexvm.model.units import GIB, MIB
 
 
@@ -100,10 +104,12 @@ class FakeHost:
     ignores_shutdown: bool = False
     reachable: bool = True
     isolations: dict[str, Isolation] = field(default_factory=dict)  # filter name -> what it lets through
+    unreachable_stores: set[str] = field(default_factory=set)  # shared paths this host cannot reach
 
 
 class FakeDriver(Driver):
     _hosts: ClassVar[dict[str, FakeHost]] = {}
+    _stores: ClassVar[dict[str, dict[str, FakeVolume]]] = {}  # shared path -> its volumes
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, uri: str, host: FakeHost) -> None:
@@ -140,6 +146,7 @@ class FakeDriver(Driver):
     def reset_all(cls) -> None:
         with cls._registry_lock:
             cls._hosts.clear()
+            cls._stores.clear()
 
     # --- failure injection ---------------------------------------------------------------
     def fail_next(self, method: str, times: int = 1) -> None:
@@ -154,6 +161,35 @@ class FakeDriver(Driver):
         if left > 0:
             self.host.failures[method] = left - 1
             raise HypervisorError(f"{method}: injected failure on {self.uri}")
+
+    def _volumes(self, store: SharedStorage | None) -> dict[str, FakeVolume]:
+        """The host's instance pool, or the shared directory's volumes."""
+        if store is None:
+            return self.host.instances
+        if store.path in self.host.unreachable_stores:
+            raise HypervisorError(f"{store.path} is not mounted on {self.uri}")
+        with FakeDriver._registry_lock:
+            return FakeDriver._stores.setdefault(store.path, {})
+
+    def _disk_volumes(self, spec: GuestSpec) -> dict[str, FakeVolume]:
+        return self._volumes(spec.store)
+
+    def _check_disk_locks(self, spec: GuestSpec) -> None:
+        """libvirt's lock manager: a shared disk a running guest holds cannot be opened again."""
+        if spec.store is None:
+            return
+        mine = {d.volume for d in spec.disks if d.device == "disk"}
+        with FakeDriver._registry_lock:
+            hosts = list(FakeDriver._hosts.items())
+        for key, host in hosts:
+            for other in host.guests.values():
+                held = {d.volume for d in other.spec.disks} & mine
+                same = other.spec.store is not None and other.spec.store.path == spec.store.path
+                if same and held and other.state is GuestState.RUNNING and other is not self.host.guests.get(spec.name):
+                    raise HypervisorError(
+                        f"starting {spec.name}: Failed to acquire lock: Resource temporarily unavailable "
+                        f"({', '.join(sorted(held))} is held by {other.spec.name} on fake://{key})"
+                    )
 
     # --- host facts ----------------------------------------------------------------------
     def host_info(self) -> HostInfo:
@@ -186,36 +222,53 @@ class FakeDriver(Driver):
 
     def delete_image_volume(self, volume: str) -> None:
         self._check("delete_image_volume")
-        users = sorted(name for name, v in self.host.instances.items() if v.backing == volume)
+        in_stores = [v for store in FakeDriver._stores.values() for v in store.items()]
+        users = sorted(name for name, v in [*self.host.instances.items(), *in_stores] if v.backing == volume)
         if users:
             raise InvalidState(f"image volume {volume} still backs disks on {self.uri}: {', '.join(users)}")
         self.host.images.pop(volume, None)
 
-    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+    def create_overlay(
+        self,
+        volume: str,
+        backing_volume: str,
+        backing_format: str,
+        size_bytes: int,
+        *,
+        store: SharedStorage | None = None,
+    ) -> None:
         self._check("create_overlay")
         with self._lock:
+            volumes = self._volumes(store)
             if backing_volume not in self.host.images:
                 raise HypervisorError(f"image volume {backing_volume} is not on {self.uri}")
-            if volume in self.host.instances:
+            if volume in volumes:
                 raise HypervisorError(f"volume {volume} already exists on {self.uri}")
-            self.host.instances[volume] = FakeVolume(size_bytes, backing=backing_volume)
+            volumes[volume] = FakeVolume(size_bytes, backing=backing_volume)
 
-    def upload_instance_volume(self, volume: str, source: Path) -> None:
+    def upload_instance_volume(self, volume: str, source: Path, *, store: SharedStorage | None = None) -> None:
         self._check("upload_instance_volume")
-        self.host.instances[volume] = FakeVolume(source.stat().st_size)
+        data = source.read_bytes()
+        self._volumes(store)[volume] = FakeVolume(len(data), data=data)
 
-    def delete_instance_volume(self, volume: str) -> None:
+    def delete_instance_volume(self, volume: str, *, store: SharedStorage | None = None) -> None:
         self._check("delete_instance_volume")
-        self.host.instances.pop(volume, None)
+        self._volumes(store).pop(volume, None)
+
+    def check_storage(self, store: SharedStorage) -> None:
+        self._check("check_storage")
+        self._volumes(store)
 
     def list_instance_volumes(self) -> list[str]:
         self._check("list_instance_volumes")
         return sorted(self.host.instances)
 
-    def resize_instance_volume(self, volume: str, size_bytes: int, *, guest: str | None) -> None:
+    def resize_instance_volume(
+        self, volume: str, size_bytes: int, *, guest: str | None, store: SharedStorage | None = None
+    ) -> None:
         self._check("resize_instance_volume")
         with self._lock:
-            vol = self.host.instances.get(volume)
+            vol = self._volumes(store).get(volume)
             if vol is None:
                 raise HypervisorError(f"disk {volume} is not on {self.uri}")
             if size_bytes < vol.size:
@@ -234,8 +287,9 @@ class FakeDriver(Driver):
         with self._lock:
             if spec.name in self.host.guests:
                 raise AlreadyExists(f"domain on host {self.uri}", spec.name)
+            volumes = self._disk_volumes(spec)
             for disk in spec.disks:
-                if disk.volume not in self.host.instances:
+                if disk.volume not in volumes:
                     raise HypervisorError(f"disk volume {disk.volume} of {spec.name} does not exist")
             self.host.guests[spec.name] = FakeGuest(spec)
 
@@ -247,6 +301,7 @@ class FakeDriver(Driver):
             if guest.state is GuestState.RUNNING:
                 raise HypervisorError(f"starting {name}: domain is already running")
             self._check_isolation(guest.spec)
+            self._check_disk_locks(guest.spec)
             running = sum(g.memory_mib for g in self.host.guests.values() if g.state is GuestState.RUNNING)
             if running + guest.plugged_mib > self.host.memory_mib:
                 raise HypervisorError(f"starting {name}: cannot allocate {guest.plugged_mib} MiB")
@@ -288,13 +343,13 @@ class FakeDriver(Driver):
         with self._lock:
             return [self._info(g) for g in self.host.guests.values()]
 
-    def console_read(self, log_volume: str, offset: int = 0) -> bytes:
+    def console_read(self, log_volume: str, offset: int = 0, *, store: SharedStorage | None = None) -> bytes:
         self._check("console_read")
         with self._lock:
             for guest in self.host.guests.values():
                 if guest.spec.console_log == log_volume:
                     self._settle(guest)
-            volume = self.host.instances.get(log_volume)
+            volume = self._volumes(store).get(log_volume)
             return b"" if volume is None else volume.data[offset:]
 
     # --- change while running ------------------------------------------------------------
@@ -372,7 +427,9 @@ class FakeDriver(Driver):
                 else []
             )
             missing = [v for v in needed if v not in dest.host.images]
-            missing += [d.volume for d in guest.spec.disks if d.volume not in dest.host.instances]
+            shared = guest.spec.store is not None and not request.copy_storage
+            dest_volumes = dest._disk_volumes(guest.spec)
+            missing += [d.volume for d in guest.spec.disks if d.volume not in dest_volumes]
             if missing:
                 raise HypervisorError(f"migrating {name}: the destination lacks {', '.join(missing)}")
             if name in dest.host.guests:
@@ -380,7 +437,7 @@ class FakeDriver(Driver):
             if guest.snapshots:
                 raise HypervisorError(f"migrating {name}: cannot migrate a guest with {len(guest.snapshots)} snapshots")
             disk_bytes = 0
-            for disk in guest.spec.disks:
+            for disk in [] if shared else guest.spec.disks:  # shared: both hosts see the same files
                 source = self.host.instances[disk.volume]
                 dest.host.instances[disk.volume].data = source.data
                 dest.host.instances[disk.volume].size = source.size
@@ -408,9 +465,9 @@ class FakeDriver(Driver):
             converged_by="plain",
         )
 
-    def download_instance_volume(self, volume: str, target: Path) -> None:
+    def download_instance_volume(self, volume: str, target: Path, *, store: SharedStorage | None = None) -> None:
         self._check("download_instance_volume")
-        vol = self.host.instances.get(volume)
+        vol = self._volumes(store).get(volume)
         if vol is None:
             raise HypervisorError(f"volume {volume} is not on {self.uri}")
         target.write_bytes(vol.data)
@@ -485,7 +542,8 @@ class FakeDriver(Driver):
             guest = self._guest(name)
             if snapshot in guest.snapshots:
                 raise HypervisorError(f"{name} already has a snapshot named {snapshot}")
-            data = {d.volume: self.host.instances[d.volume].data for d in guest.spec.disks if d.device == "disk"}
+            volumes = self._disk_volumes(guest.spec)
+            data = {d.volume: volumes[d.volume].data for d in guest.spec.disks if d.device == "disk"}
             guest.snapshots[snapshot] = (guest.state, data)
 
     def list_snapshots(self, name: str) -> list[str]:
@@ -499,8 +557,9 @@ class FakeDriver(Driver):
             if snapshot not in guest.snapshots:
                 raise HypervisorError(f"{name} has no snapshot named {snapshot}")
             state, data = guest.snapshots[snapshot]
+            volumes = self._disk_volumes(guest.spec)
             for volume, content in data.items():
-                self.host.instances[volume].data = content
+                volumes[volume].data = content
             guest.state = state
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
@@ -561,7 +620,7 @@ class FakeDriver(Driver):
         guest = self.host.guests.get(name)
         if guest is None or not guest.spec.console_log:
             return
-        volume = self.host.instances.setdefault(guest.spec.console_log, FakeVolume(0))
+        volume = self._disk_volumes(guest.spec).setdefault(guest.spec.console_log, FakeVolume(0))
         volume.data += (line + "\n").encode()
         volume.size = len(volume.data)
 
@@ -578,12 +637,9 @@ class FakeDriver(Driver):
         delay = self.host.ready_delay
         if delay is not None and now - guest.started_at >= delay and guest.ready_boot < guest.boots:
             guest.ready_boot = guest.boots
+            volumes = self._disk_volumes(guest.spec)
             disk = next(
-                (
-                    self.host.instances[d.volume].size
-                    for d in guest.spec.disks
-                    if d.device == "disk" and d.volume in self.host.instances
-                ),
+                (volumes[d.volume].size for d in guest.spec.disks if d.device == "disk" and d.volume in volumes),
                 0,
             )
             self._log(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from flexvm.model.host import Accelerator
+from flexvm.model.storage import SharedStorage
 
 
 class GuestState(StrEnum):
@@ -19,7 +20,7 @@ class GuestState(StrEnum):
 
 @dataclass(frozen=True)
 class GuestDisk:
-    volume: str  # volume name in the host's instance pool
+    volume: str  # volume name in the host's instance pool (or the spec's shared store)
     device: str = "disk"  # "disk" or "cdrom"
     format: str = "qcow2"
     target: str = "vda"
@@ -60,6 +61,8 @@ class GuestSpec:
     max_vcpus: int | None = None
     max_memory_mib: int | None = None
     memory_slots: int = 0
+    # The shared directory its disks and console log are in; None: the host's instance pool.
+    store: SharedStorage | None = None
 
 
 @dataclass
@@ -100,7 +103,7 @@ class MemoryStats:
 class MigrationRequest:
     dest_uri: str
     dest_address: str | None = None  # where the destination listens for migration data
-    copy_storage: bool = True  # copy the instance disks (hosts do not share storage)
+    copy_storage: bool = True  # copy the instance disks (False: they are on storage both hosts share)
     max_seconds: float = 300.0  # abort (and leave the guest on the source) after this long
     max_downtime_ms: int = 300  # the pause QEMU may take at switch-over
     allow_postcopy: bool = True  # if auto-converge is not enough

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from flexvm.errors import InvalidState
 from flexvm.model.states import StateMachine
+from flexvm.model.storage import SharedStorage
 
 
 class ProvisioningState(StrEnum):
@@ -119,6 +120,9 @@ class Vm:
     error: str | None = None
     disks: list[Disk] = field(default_factory=list)
     nics: list[Nic] = field(default_factory=list)
+    # Where its disks and console log live when not in its host's own pool: a shared directory
+    # every host sees, so another host can run it from the same files.
+    storage: SharedStorage | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         # The states change only through their machines (set_power, set_provisioning), which

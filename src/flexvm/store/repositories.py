@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from flexvm.errors import AlreadyExists, NotFound
@@ -22,6 +22,7 @@ from flexvm.model.network import Block, Network
 from flexvm.model.operation import Operation, OperationStatus, Step
 from flexvm.model.projects import PROJECT_TARGETS
 from flexvm.model.sizes import Size
+from flexvm.model.storage import SharedStorage
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
 from flexvm.store.access import keys_in
 from flexvm.store.tables import (
@@ -206,6 +207,7 @@ def _vm(row: VmRow) -> Vm:
         error=row.error,
         disks=[Disk(**d) for d in row.disks],
         nics=[Nic(**n) for n in row.nics],
+        storage=None if row.storage is None else SharedStorage(row.storage, row.storage_path or ""),
     )
 
 
@@ -285,10 +287,14 @@ class VmRepo:
         compute = select(VmRow.host, func.sum(VmRow.vcpus), func.sum(VmRow.memory_mib)).where(VmRow.host.is_not(None))
         for host, vcpus, memory in self.session.execute(compute.group_by(VmRow.host)):
             add(host, vcpus, memory, 0)
-        disks = select(VmRow.disk_host, func.sum(VmRow.disk_bytes)).where(VmRow.disk_host.is_not(None))
+        # A disk on shared storage takes none of its host's own disk.
+        disks = select(VmRow.disk_host, func.sum(VmRow.disk_bytes)).where(
+            VmRow.disk_host.is_not(None), VmRow.storage.is_(None)
+        )
         for host, disk in self.session.execute(disks.group_by(VmRow.disk_host)):
             add(host, 0, 0, disk)
-        moving = select(VmRow.moving_to, func.sum(VmRow.vcpus), func.sum(VmRow.memory_mib), func.sum(VmRow.disk_bytes))
+        local_disk = case((VmRow.storage.is_(None), VmRow.disk_bytes), else_=0)
+        moving = select(VmRow.moving_to, func.sum(VmRow.vcpus), func.sum(VmRow.memory_mib), func.sum(local_disk))
         for host, vcpus, memory, disk in self.session.execute(
             moving.where(VmRow.moving_to.is_not(None)).group_by(VmRow.moving_to)
         ):
@@ -304,7 +310,9 @@ class VmRepo:
 
     @staticmethod
     def _columns(vm: Vm) -> dict[str, Any]:
-        columns = _fields(vm, "disks", "nics")
+        columns = _fields(vm, "disks", "nics", "storage")
+        columns["storage"] = None if vm.storage is None else vm.storage.name
+        columns["storage_path"] = None if vm.storage is None else vm.storage.path
         columns["provisioning_state"] = vm.provisioning_state.value
         columns["power_state"] = vm.power_state.value
         columns["disks"] = [dataclasses.asdict(d) for d in vm.disks]

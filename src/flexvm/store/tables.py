@@ -87,6 +87,15 @@ class NetworkRow(Base):
     last_allocated: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class StorageRow(Base):
+    """A shared directory every host sees at ``path`` (see model.storage)."""
+
+    __tablename__ = "storages"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AddressRow(Base):
     """One reserved address. The primary key makes a double reservation impossible."""
 
@@ -157,6 +166,10 @@ class VmRow(Base):
     max_vcpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
     moving_to: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Shared storage its disks are on (NULL: its host's own pool); the path is kept beside the
+    # name because a storage's path never changes while a VM uses it.
+    storage: Mapped[str | None] = mapped_column(ForeignKey("storages.name"), nullable=True)
+    storage_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
 
 class OperationRow(Base):

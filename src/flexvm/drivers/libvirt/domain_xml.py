@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from flexvm.model.guest import GuestDisk, GuestNic, GuestSpec
+from flexvm.model.storage import SharedStorage
 
 METADATA_NS = "https://flexvm.dev/xmlns/vm/1"
 ET.register_namespace("flexvm", METADATA_NS)
@@ -62,7 +63,7 @@ def build_domain_xml(spec: GuestSpec, paths: PoolPaths) -> str:
     _sub(domain, "on_crash", "destroy")
     devices = _sub(domain, "devices")
     for disk in spec.disks:
-        _disk_element(devices, disk, paths)
+        _disk_element(devices, disk, spec, paths)
     for nic in spec.nics:
         _nic_element(devices, nic)
     _console_elements(devices, spec, paths)
@@ -124,10 +125,20 @@ def _os_element(domain: ET.Element, spec: GuestSpec, paths: PoolPaths) -> None:
         _sub(os_element, "boot", dev="hd")
 
 
-def _disk_element(devices: ET.Element, disk: GuestDisk, paths: PoolPaths) -> None:
+def instance_dir(store: SharedStorage | None, paths: PoolPaths) -> PurePosixPath:
+    """Where a guest's disks and console log are: the shared directory, or the host's instance pool."""
+    return paths.instances if store is None else PurePosixPath(store.path)
+
+
+def _disk_element(devices: ET.Element, disk: GuestDisk, spec: GuestSpec, paths: PoolPaths) -> None:
     element = _sub(devices, "disk", type="file", device=disk.device)
-    _sub(element, "driver", name="qemu", type=disk.format)
-    _sub(element, "source", file=str(paths.instances / disk.volume))
+    if spec.store is not None and disk.device == "disk":
+        # Another host opens the same file after a migration: nothing may sit in this host's page
+        # cache (libvirt refuses to migrate a disk on a shared filesystem with any other cache mode).
+        _sub(element, "driver", name="qemu", type=disk.format, cache="none")
+    else:
+        _sub(element, "driver", name="qemu", type=disk.format)
+    _sub(element, "source", file=str(instance_dir(spec.store, paths) / disk.volume))
     if disk.device == "cdrom":
         _sub(element, "target", dev=disk.target, bus="sata" if disk.target.startswith("sd") else "ide")
         _sub(element, "readonly")
@@ -157,7 +168,7 @@ def _console_elements(devices: ET.Element, spec: GuestSpec, paths: PoolPaths) ->
     serial = _sub(devices, "serial", type="pty")
     if spec.console_log:
         # append: the log outlives restarts, so a console shows every boot of the VM.
-        _sub(serial, "log", file=str(paths.instances / spec.console_log), append="on")
+        _sub(serial, "log", file=str(instance_dir(spec.store, paths) / spec.console_log), append="on")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")

@@ -11,7 +11,14 @@ from typing import Any
 from flexvm.drivers.base import Driver
 from flexvm.drivers.libvirt import accel, hotplug, migration, stats
 from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
-from flexvm.drivers.libvirt.domain_xml import build_domain_xml, disk_sources, interface_xml, nic_filter, vm_id_from_xml
+from flexvm.drivers.libvirt.domain_xml import (
+    build_domain_xml,
+    disk_sources,
+    instance_dir,
+    interface_xml,
+    nic_filter,
+    vm_id_from_xml,
+)
 from flexvm.drivers.libvirt.nwfilter_xml import GUEST_FILTER, guest_filter_xml, project_filter_xml
 from flexvm.drivers.libvirt.storage import IMAGE_POOL, INSTANCE_POOL, Storage
 from flexvm.errors import AlreadyExists, HypervisorError, InvalidState
@@ -28,6 +35,7 @@ from flexvm.model.guest import (
 from flexvm.model.host import Accelerator, AcceleratorChoice, HostInfo
 from flexvm.model.metrics import HostReading
 from flexvm.model.network import Isolation
+from flexvm.model.storage import SharedStorage
 
 _STATES = {
     0: GuestState.OTHER,
@@ -123,30 +131,44 @@ class LibvirtDriver(Driver):
             raise InvalidState(f"image volume {volume} still backs disks on {self.uri}: {', '.join(users)}")
         self.storage.delete(IMAGE_POOL, volume)
 
-    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+    def create_overlay(
+        self,
+        volume: str,
+        backing_volume: str,
+        backing_format: str,
+        size_bytes: int,
+        *,
+        store: SharedStorage | None = None,
+    ) -> None:
+        pool = self.storage.instance_pool(store)
         try:
-            self.storage.create_overlay(volume, backing_volume, backing_format, size_bytes)
+            self.storage.create_overlay(volume, backing_volume, backing_format, size_bytes, pool)
         except FileNotFoundError as err:
             raise HypervisorError(str(err)) from err
 
-    def upload_instance_volume(self, volume: str, source: Path) -> None:
-        self.storage.upload(INSTANCE_POOL, volume, source)
+    def upload_instance_volume(self, volume: str, source: Path, *, store: SharedStorage | None = None) -> None:
+        self.storage.upload(self.storage.instance_pool(store), volume, source)
 
-    def delete_instance_volume(self, volume: str) -> None:
-        self.storage.delete(INSTANCE_POOL, volume)
+    def delete_instance_volume(self, volume: str, *, store: SharedStorage | None = None) -> None:
+        self.storage.delete(self.storage.instance_pool(store), volume)
+
+    def check_storage(self, store: SharedStorage) -> None:
+        self.storage.check_writable(self.storage.instance_pool(store))
 
     def list_instance_volumes(self) -> list[str]:
         return self.storage.names(INSTANCE_POOL)
 
-    def resize_instance_volume(self, volume: str, size_bytes: int, *, guest: str | None) -> None:
+    def resize_instance_volume(
+        self, volume: str, size_bytes: int, *, guest: str | None, store: SharedStorage | None = None
+    ) -> None:
         if guest is None:
             try:
-                self.storage.resize(volume, size_bytes)
+                self.storage.resize(volume, size_bytes, self.storage.instance_pool(store))
             except FileNotFoundError as err:
                 raise HypervisorError(str(err)) from err
             return
         lv = require_libvirt()
-        path = str(self.storage.paths.instances / volume)
+        path = str(instance_dir(store, self.storage.paths) / volume)
         dom = self._domain(guest)
         with self.connection.translate(f"growing disk {volume} of {guest} online"):
             # blockResize would shrink as readily as grow, cutting off the guest's data.
@@ -233,8 +255,8 @@ class LibvirtDriver(Driver):
 
         return self.connection.call("listing guests", read)
 
-    def console_read(self, log_volume: str, offset: int = 0) -> bytes:
-        return self.storage.download(INSTANCE_POOL, log_volume, offset)
+    def console_read(self, log_volume: str, offset: int = 0, *, store: SharedStorage | None = None) -> bytes:
+        return self.storage.download(self.storage.instance_pool(store), log_volume, offset)
 
     # --- change while running (hotplug.py does the work) --------------------------------
     def set_vcpus(self, name: str, vcpus: int) -> None:
@@ -272,9 +294,9 @@ class LibvirtDriver(Driver):
         with self.connection.translate(f"reading {name}'s job"):
             return bool(dom.jobInfo()[0] != lv.VIR_DOMAIN_JOB_NONE)
 
-    def download_instance_volume(self, volume: str, target: Path) -> None:
+    def download_instance_volume(self, volume: str, target: Path, *, store: SharedStorage | None = None) -> None:
         try:
-            self.storage.download_to_file(INSTANCE_POOL, volume, target)
+            self.storage.download_to_file(self.storage.instance_pool(store), volume, target)
         except FileNotFoundError as err:
             raise HypervisorError(str(err)) from err
 

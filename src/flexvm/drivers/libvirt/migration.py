@@ -423,6 +423,12 @@ def migration_flags(request: MigrationRequest, postcopy: bool) -> int:
     )
     if request.copy_storage:
         flags |= lv.VIR_MIGRATE_NON_SHARED_INC
+    else:
+        # The disks are on storage flexvm has checked every host sees (one host writes a marker
+        # there, the others read it back: compute.storage). libvirt's own check knows only the
+        # filesystem types it lists (NFS, GlusterFS, Ceph, …) and refuses anything else, a bind
+        # mount (the lab) among them, as "unsafe"; the disks are opened with cache=none either way.
+        flags |= lv.VIR_MIGRATE_UNSAFE
     if postcopy:
         flags |= lv.VIR_MIGRATE_POSTCOPY
     return flags

@@ -1,12 +1,15 @@
 """The host's two storage pools and the volumes in them, all through the libvirt connection.
 
 Using libvirt's storage API (not file paths) is what lets a remote host receive images and
-serve console logs without ssh or scp.
+serve console logs without ssh or scp. Shared storage is one more directory pool per shared
+directory, named after it (``SharedStorage.pool_name``); instance volumes of a VM on shared
+storage live there instead of in the instance pool.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -14,6 +17,7 @@ from typing import Any
 
 from flexvm.drivers.libvirt.connection import Connection, is_missing, require_libvirt
 from flexvm.drivers.libvirt.domain_xml import PoolPaths
+from flexvm.model.storage import SharedStorage
 
 STORAGE_ROOT = PurePosixPath("/var/lib/libvirt/flexvm")
 IMAGE_POOL = "flexvm-images"
@@ -49,11 +53,20 @@ class Storage:
         self.connection = connection
         self.paths = PoolPaths(images=root / "images", instances=root / "instances")
         self._pools: dict[str, Any] = {}
+        self._paths: dict[str, PurePosixPath] = {IMAGE_POOL: self.paths.images, INSTANCE_POOL: self.paths.instances}
+
+    def instance_pool(self, store: SharedStorage | None) -> str:
+        """The pool instance volumes go to: the host's own, or the shared directory's."""
+        if store is None:
+            return INSTANCE_POOL
+        self._paths[store.pool_name] = PurePosixPath(store.path)
+        return store.pool_name
 
     def pool(self, name: str) -> Any:
-        """The pool, defined, built, started and set to autostart on first use."""
+        """The pool, defined, built, started and set to autostart on first use. A shared pool is
+        never built: a directory made here would be this host's own, not the one the others see."""
         conn = self.connection.get()
-        path = self.paths.images if name == IMAGE_POOL else self.paths.instances
+        path = self._paths[name]
         with self.connection.translate(f"storage pool {name}", conn):
             try:
                 pool = conn.storagePoolLookupByName(name)
@@ -61,7 +74,8 @@ class Storage:
                 if not is_missing(err):
                     raise
                 pool = conn.storagePoolDefineXML(pool_xml(name, path), 0)
-                pool.build(0)
+                if name in (IMAGE_POOL, INSTANCE_POOL):
+                    pool.build(0)
                 pool.setAutostart(1)
             if not pool.isActive():
                 pool.create(0)
@@ -174,11 +188,13 @@ class Storage:
         with self.connection.translate(f"listing pool {pool_name}"):
             return sorted(pool.listVolumes())
 
-    def create_overlay(self, volume: str, backing_volume: str, backing_format: str, size_bytes: int) -> None:
+    def create_overlay(
+        self, volume: str, backing_volume: str, backing_format: str, size_bytes: int, pool_name: str = INSTANCE_POOL
+    ) -> None:
         backing = self.lookup(IMAGE_POOL, backing_volume)
         if backing is None:
             raise FileNotFoundError(f"image volume {backing_volume} is not on this host")
-        pool = self.pool(INSTANCE_POOL)
+        pool = self.pool(pool_name)
         with self.connection.translate(f"creating disk {volume}"):
             xml = volume_xml(volume, size_bytes, "qcow2", (backing.path(), backing_format))
             pool.createXML(xml, 0)
@@ -198,12 +214,20 @@ class Storage:
                     users.append(vol.name())
         return sorted(users)
 
-    def resize(self, volume: str, size_bytes: int) -> None:
-        vol = self.lookup(INSTANCE_POOL, volume)
+    def resize(self, volume: str, size_bytes: int, pool_name: str = INSTANCE_POOL) -> None:
+        vol = self.lookup(pool_name, volume, refresh=True)
         if vol is None:
             raise FileNotFoundError(f"disk {volume} is not on this host")
         with self.connection.translate(f"resizing disk {volume}"):
             vol.resize(size_bytes, 0)
+
+    def check_writable(self, pool_name: str) -> None:
+        """Create and delete a small volume: the directory is there and this host may write to it."""
+        probe = f".flexvm-probe-{uuid.uuid4().hex[:12]}"
+        pool = self.pool(pool_name)
+        with self.connection.translate(f"writing to pool {pool_name}"):
+            vol = pool.createXML(volume_xml(probe, 4096, "raw"), 0)
+            vol.delete(0)
 
     def pool_space(self) -> tuple[int, int]:
         """(capacity, available) bytes of the filesystem under the instance pool."""
