@@ -24,6 +24,7 @@ from flexvm.compute.networks import NetworkService
 from flexvm.compute.reconcile import Reconciler, ReconcileReport
 from flexvm.compute.resize import ResizeService
 from flexvm.compute.sizes import SizeService
+from flexvm.compute.storage import StorageService
 from flexvm.compute.vm_create import VmCreator
 from flexvm.compute.vm_delete import VmDeleter
 from flexvm.compute.vm_disks import VmDisks
@@ -102,6 +103,7 @@ class Platform:
     autoscale: AutoscaleService
     projects: ProjectService
     audit: AuditLog
+    storage: StorageService
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
@@ -192,6 +194,7 @@ class Platform:
             AutoscaleService(db, scale_sets, query),
             ProjectService(db, hosts.isolation.forget),
             AuditLog(db),
+            StorageService(db, hosts),
         )
 
     def start(self) -> ReconcileReport:

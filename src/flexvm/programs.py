@@ -59,6 +59,7 @@ PROGRAMS: dict[str, Program] = {
     "dnsmasq": Program("dnsmasq-base", "lab: DHCP on the lab switch"),
     "libvirtd": Program("libvirt-daemon", "lab: each host's libvirtd; setup.sh: the machine's"),
     "virtlogd": Program("libvirt-daemon", "lab: beside each host's libvirtd; setup.sh: the machine's"),
+    "virtlockd": Program("libvirt-daemon", "lab with shared storage: each host's disk locks"),
     # --- started by libvirtd on flexvm's behalf (and by the tiny-image tests directly) ------
     "qemu-system-x86_64": Program("qemu-system-x86", "every guest, through libvirtd"),
     # libvirtd's nwfilter driver runs it to put each project's filter on its guests' NICs.

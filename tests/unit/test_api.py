@@ -23,6 +23,7 @@ VM_KEYS = {
     "id", "name", "size", "image", "vcpus", "memory_mib", "disk_bytes", "provisioning_state", "power_state",
     "host", "disk_host", "created_at", "ready_at", "boot_seconds", "active_operation_id", "error", "disks", "nics",
     "availability_set", "max_size", "max_vcpus", "max_memory_mib", "moving_to", "project",
+    "storage",
 }  # fmt: skip
 OPERATION_KEYS = {
     "id", "kind", "target_kind", "target_name", "status", "progress", "message", "created_at", "started_at",
@@ -76,6 +77,11 @@ PUBLIC_SURFACE = {
     ("POST", "/v1/networks"),
     ("GET", "/v1/networks/{name}"),
     ("DELETE", "/v1/networks/{name}"),
+    ("GET", "/v1/storage"),
+    ("POST", "/v1/storage"),
+    ("GET", "/v1/storage/{name}"),
+    ("DELETE", "/v1/storage/{name}"),
+    ("GET", "/metrics"),
     ("GET", "/v1/availability-sets"),
     ("POST", "/v1/availability-sets"),
     ("GET", "/v1/availability-sets/{name}"),

@@ -127,6 +127,9 @@ BODIES: dict[tuple[str, str], Body] = {
         {"name": MISSING, "subnet": "10.99.0.0/24", "range_start": "10.99.0.10", "range_end": "10.99.0.20"},
         harmless={"name": MISSING, "subnet": "not-a-subnet", "range_start": "x", "range_end": "y"},
     ),
+    ("POST", "/v1/storage"): Body(
+        {"name": MISSING, "path": "/srv/nosuch-flexvm"}, harmless={"name": MISSING, "path": "not/absolute"}
+    ),
     ("POST", "/v1/availability-sets"): Body({"name": MISSING}, harmless={"name": MISSING, "fault_domains": "two"}),
     ("POST", "/v1/pool/rebalance"): Body({"dry_run": True}),
     ("POST", "/v1/scalesets"): Body(

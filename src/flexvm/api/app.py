@@ -34,6 +34,7 @@ from flexvm.api.routes import (
     projects,
     scalesets,
     sizes,
+    storage,
     vm_files,
     vms,
 )
@@ -73,6 +74,7 @@ def create_app(platform: Platform, token: str) -> FastAPI:
         images,
         hosts,
         networks,
+        storage,
         availability_sets,
         capacity,
         pool,

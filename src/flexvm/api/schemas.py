@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from flexvm.api.params import NameField, SizeNameField
 from flexvm.model.projects import image_project, project_of_target, split_key
@@ -54,6 +54,9 @@ class VmCreate(Strict):
     policy: Literal["best-fit", "spread"] = "best-fit"
     max_size: SizeNameField | None = Field(
         None, description="ceiling for resizing without a restart (default: the family's largest)"
+    )
+    storage: NameField | None = Field(
+        None, description="shared storage for its disks (any host can then run it); default: its host's own disk"
     )
 
 
@@ -216,6 +219,12 @@ class VmOut(Out, Keyed):
     moving_to: str | None
     disks: list[DiskOut]
     nics: list[NicOut]
+    storage: str | None = Field(None, description="the shared storage its disks are on; none: its host's own")
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage_name(cls, value: Any) -> Any:
+        return getattr(value, "name", value)
 
 
 class SizeOut(BaseModel):
@@ -310,6 +319,20 @@ class NetworkOut(Out):
     isolated: bool = Field(
         description="projects' guests are kept apart on it (only where flexvm's DHCP reservations hand out addresses)"
     )
+
+
+class StorageAdd(Strict):
+    name: NameField
+    path: str = Field(description="the directory every host mounts at this same path (NFS, CephFS …)")
+
+
+class StorageOut(BaseModel):
+    name: str
+    path: str
+    hosts: dict[str, str | None] = Field(
+        default_factory=dict, description="host -> null when it reaches the directory, else why not"
+    )
+    vms: list[str] = Field(default_factory=list, description="the VMs whose disks are there")
 
 
 class AvailabilitySetOut(Keyed):

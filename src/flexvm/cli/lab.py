@@ -18,12 +18,14 @@ from flexvm.config import Settings
 from flexvm.errors import Conflict, FlexvmError, NotFound
 from flexvm.lab import Lab, LabSpec, LabState
 from flexvm.lab.model import DEFAULT_SUBNET
+from flexvm.lab.plan import SHARED_STORAGE_NAME
 
 app = typer.Typer(
     help="A lab of several hosts on this machine, for trying and testing multi-host features.", no_args_is_help=True
 )
 
 LAB_NETWORK = "lab"
+COLLECTIONS = {"network": "/networks", "host": "/hosts", "storage": "/storage"}
 
 
 def _lab() -> Lab:
@@ -58,6 +60,12 @@ def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | N
         added.append(f"host:{host.name}")  # accepted: it may be registered even if waiting fails
         done = _wait(api, operation, f"registering {host.name}")
         output.console.print(f"  {host.name}: {host.uri} ({done['result'].get('accelerator', '?')})")
+    if state.shared_path is not None:
+        with contextlib.suppress(NotFound):  # a leftover from an earlier lab
+            api.delete(f"/storage/{SHARED_STORAGE_NAME}")
+        api.post("/storage", {"name": SHARED_STORAGE_NAME, "path": state.shared_path})
+        added.append(f"storage:{SHARED_STORAGE_NAME}")
+        output.console.print(f"  storage {SHARED_STORAGE_NAME}: {state.shared_path} on every host ({state.shared_how})")
 
 
 def _remove_added(api: ApiClient, added: list[str]) -> None:
@@ -65,7 +73,7 @@ def _remove_added(api: ApiClient, added: list[str]) -> None:
     for item in reversed(added):
         kind, name = item.split(":", 1)
         with contextlib.suppress(NotFound):
-            api.delete(f"/{kind}s/{name}")
+            api.delete(f"{COLLECTIONS[kind]}/{name}")
 
 
 def _wait(api: ApiClient, operation: dict[str, Any], label: str) -> dict[str, Any]:
@@ -78,6 +86,9 @@ def _lab_vms(api: ApiClient, state: LabState) -> list[str]:
 
 
 def _unregister(api: ApiClient, state: LabState) -> None:
+    if state.shared_path is not None:
+        with contextlib.suppress(NotFound):
+            api.delete(f"/storage/{SHARED_STORAGE_NAME}")
     for host in state.hosts:
         with contextlib.suppress(NotFound):
             api.delete(f"/hosts/{host.name}")
@@ -91,13 +102,18 @@ def up(
     host_cpus: int | None = typer.Option(None, "--host-cpus", help="CPUs each host advertises to the pool"),
     host_memory: str | None = typer.Option(None, "--host-memory", help="memory each host advertises, e.g. 4G"),
     subnet: str = typer.Option(DEFAULT_SUBNET, "--subnet", help="the lab network (private, unused here)"),
+    shared_storage: bool = typer.Option(
+        False, "--shared-storage", help=f"a directory every host shares, added as storage '{SHARED_STORAGE_NAME}'"
+    ),
     fmt: output.Format = OutputOpt,
 ) -> None:
     """Start N lab hosts, each with its own libvirtd, and add them to the pool."""
     api = client()
     api.get("/hosts")  # the server must be there before anything is built for it
     lab = _lab()
-    state = lab.up(LabSpec(hosts=hosts, subnet=subnet))  # on failure it removes what it made itself
+    state = lab.up(
+        LabSpec(hosts=hosts, subnet=subnet, shared_storage=shared_storage)
+    )  # on failure it removes what it made itself
     output.console.print(
         f"lab up: {len(state.hosts)} hosts on {state.subnet} (this machine reaches it as {state.gateway})"
     )
@@ -141,12 +157,22 @@ def status(fmt: output.Format = OutputOpt) -> None:
         for h in state.hosts
     ]
     if fmt is output.Format.json:
-        output.emit_json({"subnet": state.subnet, "gateway": state.gateway, "phase": state.phase, "hosts": rows})
+        output.emit_json(
+            {
+                "subnet": state.subnet,
+                "gateway": state.gateway,
+                "phase": state.phase,
+                "hosts": rows,
+                "shared_storage": state.shared_path and {"path": state.shared_path, "how": state.shared_how},
+            }
+        )
         return
     output.console.print(
         f"lab on {state.subnet}, gateway {state.gateway}, guests get "
         f"{state.dhcp_range[0]}-{state.dhcp_range[1]} ({state.phase})"
     )
+    if state.shared_path is not None:
+        output.console.print(f"shared storage {SHARED_STORAGE_NAME} at {state.shared_path}: {state.shared_how}")
     output.table(
         rows,
         [

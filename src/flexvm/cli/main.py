@@ -16,6 +16,7 @@ from flexvm.cli.lab import app as lab_app
 from flexvm.cli.monitor import advisor, top, vm_metrics
 from flexvm.cli.pool import capacity, network_app, set_app
 from flexvm.cli.scaling import autoscale_app, scaleset_app
+from flexvm.cli.storage import storage_app
 from flexvm.cli.vm import app as vm_app
 from flexvm.config import Settings
 from flexvm.errors import FlexvmError
@@ -41,6 +42,7 @@ app.add_typer(host_app, name="host")
 app.add_typer(operation_app, name="operation")
 app.add_typer(server_app, name="server")
 app.add_typer(network_app, name="network")
+app.add_typer(storage_app, name="storage")
 app.add_typer(set_app, name="availability-set")
 app.add_typer(scaleset_app, name="scaleset")
 app.add_typer(autoscale_app, name="autoscale")

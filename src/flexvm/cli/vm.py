@@ -38,7 +38,7 @@ def show_vm(vm: dict[str, Any], fmt: output.Format) -> None:
             ("size", f"{vm['size']} ({vm['vcpus']} vCPU, {output.mib(vm['memory_mib'])})"),
             ("image", vm["image"]),
             ("host", vm["host"]),
-            ("disk host", vm["disk_host"]),
+            ("disk host", vm["disk_host"] if not vm.get("storage") else f"shared storage {vm['storage']}"),
             ("power state", vm["power_state"]),
             ("provisioning", vm["provisioning_state"]),
             ("OS disk", output.nbytes(vm["disk_bytes"])),
@@ -73,6 +73,9 @@ def create(
     max_size: str | None = typer.Option(
         None, "--max-size", help="grow to this without a restart (default: family's largest)"
     ),
+    storage: str | None = typer.Option(
+        None, "--storage", help="keep its disks on this shared storage (see `flexvm storage list`)"
+    ),
     no_wait: bool = NoWait,
     fmt: output.Format = OutputOpt,
 ) -> None:
@@ -86,6 +89,8 @@ def create(
         "policy": policy,
         "max_size": max_size,
     }
+    if storage is not None:
+        body["storage"] = storage
     if user_data is not None:
         body["user_data"] = read_user_data(user_data)
     api = client()

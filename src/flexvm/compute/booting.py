@@ -55,7 +55,7 @@ class Booter:
 
     def console_mark(self, run: Run, driver: Driver, vm: Vm) -> int:
         """Where the console stands before a start: the readiness line is looked for after it."""
-        return int(run.step("console", lambda: guest_boot.console_length(driver, vm.console_log)))
+        return int(run.step("console", lambda: guest_boot.console_length(driver, vm)))
 
     def boot(
         self, run: Run, driver: Driver, vm: Vm, image: Image, *, creating: bool, console_offset: int | None = None
@@ -165,4 +165,4 @@ def upload_seed(driver: Driver, vm: Vm, ssh_keys: tuple[str, ...]) -> None:
     with tempfile.TemporaryDirectory(prefix="flexvm-seed-") as tmp:
         path = Path(tmp) / seed.name
         build_nocloud_seed(path, instance_id=vm.id, hostname=vm.name, user_data=vm.user_data, ssh_keys=list(ssh_keys))
-        driver.upload_instance_volume(seed.name, path)
+        driver.upload_instance_volume(seed.name, path, store=vm.storage)

@@ -323,7 +323,7 @@ class VmFiles:
 
         def fetch() -> None:
             folder.mkdir(parents=True, exist_ok=True)
-            self._driver(vm).download_instance_volume(vm.os_disk.name, overlay)
+            self._driver(vm).download_instance_volume(vm.os_disk.name, overlay, store=vm.storage)
 
         def merge() -> None:
             backing = self.images.store.path_of(base.disk_file)

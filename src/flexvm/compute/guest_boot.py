@@ -68,6 +68,7 @@ def guest_spec(
         max_vcpus=vm.max_vcpus if vm.max_vcpus and vm.max_vcpus > vm.vcpus else None,
         max_memory_mib=vm.max_memory_mib if vm.max_memory_mib and vm.max_memory_mib > vm.memory_mib else None,
         memory_slots=MEMORY_SLOTS if vm.max_memory_mib and vm.max_memory_mib > vm.memory_mib else 0,
+        store=vm.storage,
     )
 
 
@@ -97,8 +98,8 @@ class Readiness:
     facts: dict[str, str]
 
 
-def console_length(driver: Driver, log_volume: str) -> int:
-    return len(driver.console_read(log_volume, 0))
+def console_length(driver: Driver, vm: Vm) -> int:
+    return len(driver.console_read(vm.console_log, 0, store=vm.storage))
 
 
 def wait_until_ready(
@@ -119,7 +120,7 @@ def wait_until_ready(
     deadline = started + timeout
     seen = b""
     while True:
-        seen += driver.console_read(vm.console_log, console_offset + len(seen))
+        seen += driver.console_read(vm.console_log, console_offset + len(seen), store=vm.storage)
         text = seen.decode(errors="replace")
         if marker is not None:
             for line in text.splitlines():

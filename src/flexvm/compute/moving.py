@@ -31,7 +31,7 @@ from flexvm.compute.vm_records import (
     check_usable,
     leave_behind,
     power_step,
-    remove_guest_and_files,
+    remove_host_copy,
     remove_volumes,
 )
 from flexvm.config import Settings
@@ -250,6 +250,9 @@ class VmMover:
             detail=f"making sure image '{image.name}' is on {plan.destination}",
         )
 
+        if vm.storage is not None:
+            return  # both hosts see the disks already: nothing to make there
+
         def prepare() -> None:
             remove_volumes(dest, vm)  # a failed earlier attempt's (a resumed move finds them empty)
             dest.create_overlay(vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes)
@@ -272,7 +275,7 @@ class VmMover:
         request = MigrationRequest(
             dest_uri=dest_host.uri,
             dest_address=migration_address(dest_host.uri),
-            copy_storage=True,
+            copy_storage=vm.storage is None,  # on shared storage only the memory moves
             max_seconds=self.migration_timeout,
         )
 
@@ -308,7 +311,8 @@ class VmMover:
                 "migration_seconds": round(result.total_seconds, 3),
             }
 
-        moved = run.step("migrate", migrate, detail=f"live to {plan.destination}, disks copied")
+        how = "disks copied" if vm.storage is None else f"memory only (disks on shared storage '{vm.storage.name}')"
+        moved = run.step("migrate", migrate, detail=f"live to {plan.destination}, {how}")
         self._switch(run, vm, source, plan, outer)
         return dict(moved)
 
@@ -348,13 +352,14 @@ class VmMover:
                 if any(d.role == "seed" for d in vm.disks):
                     upload_seed(dest, vm, self.settings.ssh_keys)
 
-        run.step(
-            "copy",
-            copy,
-            undo=lambda _out: self._undo_destination(vm, dest, plan.destination),
-            undo_if_failed=True,
-            detail=f"copying the disk of {vm.name} to {plan.destination}",
-        )
+        if vm.storage is None:
+            run.step(
+                "copy",
+                copy,
+                undo=lambda _out: self._undo_destination(vm, dest, plan.destination),
+                undo_if_failed=True,
+                detail=f"copying the disk of {vm.name} to {plan.destination}",
+            )
         if plan.mode == "cold":
             host = self.hosts.get(plan.destination)
 
@@ -409,17 +414,16 @@ class VmMover:
     def _forget_on_source(self, vm: Vm, source: Driver, source_name: str) -> None:
         """Keep the source's console log, then remove the guest and its files there."""
         try:
-            self.records.consoles.keep(vm.id, source, vm.console_log)
-            remove_guest_and_files(source, vm)
+            if vm.storage is None:  # a shared console log goes on being written where it is
+                self.records.consoles.keep(vm.id, source, vm.console_log)
+            remove_host_copy(source, vm)
         except FlexvmError as err:
             leave_behind(self.db, source_name, vm, f"move of VM {vm.name} away: {err.message}")
 
     def _undo_destination(self, vm: Vm, dest: Driver, dest_name: str) -> None:
         try:
             if not _runs_on(dest, vm):
-                dest.destroy(vm.domain_name)
-                dest.undefine(vm.domain_name)
-                remove_volumes(dest, vm)
+                remove_host_copy(dest, vm)
         except FlexvmError as err:
             leave_behind(self.db, dest_name, vm, f"failed move of VM {vm.name}: {err.message}")
 

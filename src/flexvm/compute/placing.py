@@ -52,7 +52,7 @@ def build_request(
     return Request(
         vm.vcpus,
         vm.memory_mib,
-        vm.disk_bytes if disk else 0,
+        vm.disk_bytes if disk and vm.storage is None else 0,  # a shared disk takes no host's disk
         pinned=pinned,
         excluded=excluded,
         requires=frozenset(image.requires),

@@ -381,7 +381,7 @@ class ResizeService:
         assert vm.host is not None
         driver = self.hosts.driver(vm.host)
         vcpus_before, memory_before = original[1], original[2]
-        console_before = run.step("console", lambda: guest_boot.console_length(driver, vm.console_log))
+        console_before = run.step("console", lambda: guest_boot.console_length(driver, vm))
         plugged = False
         if target.vcpus != vcpus_before:
 
@@ -440,7 +440,7 @@ class ResizeService:
             return None
         deadline = time.monotonic() + GUEST_CONFIRM_SECONDS
         while time.monotonic() < deadline:
-            text = driver.console_read(vm.console_log, offset).decode(errors="replace")
+            text = driver.console_read(vm.console_log, offset, store=vm.storage).decode(errors="replace")
             states = [guest_boot.parse_fields(line) for line in text.splitlines() if "flexvm: state" in line]
             if states and (cpus is None or states[-1].get("cpus") == str(cpus)):
                 return True

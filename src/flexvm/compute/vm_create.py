@@ -41,6 +41,7 @@ from flexvm.model.image import Image
 from flexvm.model.operation import Operation
 from flexvm.model.projects import check_key
 from flexvm.model.sizes import Size
+from flexvm.model.storage import SharedStorage
 from flexvm.model.units import format_bytes
 from flexvm.model.vm import Disk, Nic, PowerState, ProvisioningState, Vm
 from flexvm.operations.engine import Engine
@@ -48,6 +49,7 @@ from flexvm.operations.run import Run
 from flexvm.store.db import Database, utcnow
 from flexvm.store.repositories import AvailabilitySetRepo, HostRepo, ImageRepo, LeftoverRepo, NetworkRepo, VmRepo
 from flexvm.store.scaling import ScaleSetRepo
+from flexvm.store.storage import StorageRepo
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ class VmCreator:
         max_size: str | None = None,
         os_disk: OsDiskSource | None = None,
         network: str | None = None,
+        storage: str | None = None,
     ) -> Operation:
         check_key("name", name)
         size = self.sizes.get(size_name)
@@ -125,6 +128,7 @@ class VmCreator:
             image = self._image(session, image_name, user_data)
             self._check_references(session, name, host, availability_set, network)
             vm = self._new_vm(name, size, ceiling, image, user_data, availability_set, network, os_disk)
+            vm.storage = None if storage is None else _shared_storage(session, storage)
             admit_vm(session, name, Quotas(vcpus=vm.vcpus, memory_mib=vm.memory_mib, vms=1, disk_bytes=vm.disk_bytes))
             placement = place_vm(session, vm, image, pinned=host, policy=policy)
             VmRepo(session).add(vm)
@@ -308,11 +312,15 @@ class VmCreator:
         def os_disk_step() -> None:
             # Before the guest is defined nothing uses the disk: a re-run after a crash replaces
             # what the first attempt made (maybe half of it). A stale log must not fake readiness.
-            driver.delete_instance_volume(vm.os_disk.name)
-            driver.delete_instance_volume(vm.console_log)
+            driver.delete_instance_volume(vm.os_disk.name, store=vm.storage)
+            driver.delete_instance_volume(vm.console_log, store=vm.storage)
             if os_disk is None:
                 driver.create_overlay(
-                    vm.os_disk.name, guest_boot.image_volume(image, "disk"), image.format, vm.disk_bytes
+                    vm.os_disk.name,
+                    guest_boot.image_volume(image, "disk"),
+                    image.format,
+                    vm.disk_bytes,
+                    store=vm.storage,
                 )
             else:
                 self._upload_disk_from(driver, vm, os_disk)
@@ -333,7 +341,9 @@ class VmCreator:
             run.step(
                 "seed",
                 lambda: upload_seed(driver, vm, self.settings.ssh_keys),
-                undo=lambda _out: self._on_host(host_name, vm, lambda: driver.delete_instance_volume(seed.name)),
+                undo=lambda _out: self._on_host(
+                    host_name, vm, lambda: driver.delete_instance_volume(seed.name, store=vm.storage)
+                ),
                 undo_if_failed=True,
                 detail="cloud-init NoCloud seed",
             )
@@ -397,9 +407,9 @@ class VmCreator:
     def _upload_disk_from(driver: Driver, vm: Vm, source: OsDiskSource) -> None:
         with tempfile.TemporaryDirectory(prefix="flexvm-disk-") as tmp, tarfile.open(source.archive) as archive:
             archive.extract(archive.getmember(source.member), tmp, filter="data")
-            driver.upload_instance_volume(vm.os_disk.name, Path(tmp) / source.member)
+            driver.upload_instance_volume(vm.os_disk.name, Path(tmp) / source.member, store=vm.storage)
         if vm.disk_bytes > source.disk_bytes:  # imported at a size with a larger disk
-            driver.resize_instance_volume(vm.os_disk.name, vm.disk_bytes, guest=None)
+            driver.resize_instance_volume(vm.os_disk.name, vm.disk_bytes, guest=None, store=vm.storage)
 
     @staticmethod
     def _re_place(session: Session, vm: Vm, image: Image, excluded: frozenset[str], policy: str) -> dict[str, Any]:
@@ -425,13 +435,21 @@ class VmCreator:
 
 
 def _delete_os_disk(driver: Driver, vm: Vm) -> None:
-    driver.delete_instance_volume(vm.os_disk.name)
-    driver.delete_instance_volume(vm.console_log)
+    driver.delete_instance_volume(vm.os_disk.name, store=vm.storage)
+    driver.delete_instance_volume(vm.console_log, store=vm.storage)
 
 
 def _undefine(driver: Driver, vm: Vm) -> None:
     driver.destroy(vm.domain_name)
     driver.undefine(vm.domain_name)
+
+
+def _shared_storage(session: Session, name: str) -> SharedStorage:
+    found = StorageRepo(session).find(name)
+    if found is None:
+        known = ", ".join(s.name for s in StorageRepo(session).list())
+        raise InvalidInput("storage", f"unknown storage '{name}'; known: {known or 'none (add one with storage add)'}")
+    return found
 
 
 def _refuse_a_scale_sets_availability_set(session: Session, availability_set: str, vm_name: str) -> None:

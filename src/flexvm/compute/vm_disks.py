@@ -54,7 +54,9 @@ class VmDisks:
             admit_vm(session, name, Quotas(disk_bytes=size_bytes - vm.disk_bytes))
             host = HostRepo(session).lock(vm.disk_host)
             room = room_on(host, Allocation(*vms.allocated_on(host.name)))
-            reason = why_not(room, 0, 0, size_bytes - vm.disk_bytes)
+            # A disk on shared storage takes none of the host's disk (the storage's own space is
+            # the filesystem's to refuse).
+            reason = None if vm.storage is not None else why_not(room, 0, 0, size_bytes - vm.disk_bytes)
             if reason:
                 raise CapacityError(
                     f"cannot grow the disk of '{name}' on host {host.name}: {reason}",
@@ -85,7 +87,9 @@ class VmDisks:
         )
 
         def grow() -> None:
-            driver.resize_instance_volume(vm.os_disk.name, size_bytes, guest=vm.domain_name if online else None)
+            driver.resize_instance_volume(
+                vm.os_disk.name, size_bytes, guest=vm.domain_name if online else None, store=vm.storage
+            )
 
         detail = f"{format_bytes(old_bytes)} -> {format_bytes(size_bytes)}" + (" online" if online else "")
         run.step("grow", grow, detail=detail)

@@ -102,10 +102,19 @@ def remove_guest_and_files(driver: Driver, vm: Vm) -> None:
     remove_volumes(driver, vm)
 
 
+def remove_host_copy(driver: Driver, vm: Vm) -> None:
+    """What one host holds of a VM that lives on elsewhere: its guest, and its volumes unless they
+    are on shared storage (the VM's only disk, which the other host runs from). Safe to repeat."""
+    driver.destroy(vm.domain_name)
+    driver.undefine(vm.domain_name)
+    if vm.storage is None:
+        remove_volumes(driver, vm)
+
+
 def remove_volumes(driver: Driver, vm: Vm) -> None:
     for disk in vm.disks:
-        driver.delete_instance_volume(disk.name)
-    driver.delete_instance_volume(vm.console_log)
+        driver.delete_instance_volume(disk.name, store=vm.storage)
+    driver.delete_instance_volume(vm.console_log, store=vm.storage)
 
 
 def leave_behind(db: Database, host: str, vm: Vm, reason: str) -> None:

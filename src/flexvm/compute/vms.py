@@ -56,7 +56,7 @@ class VmService:
         data = consoles.read(vm.id, offset) if offset < archived else b""
         host = vm.host or vm.disk_host
         if host is not None:
-            data += self.hosts.driver(host).console_read(vm.console_log, max(0, offset - archived))
+            data += self.hosts.driver(host).console_read(vm.console_log, max(0, offset - archived), store=vm.storage)
         return ConsoleChunk(data.decode(errors="replace"), offset + len(data))
 
     def create(self, name: str, size_name: str, image_name: str, **options: object) -> Operation:

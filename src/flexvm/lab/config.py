@@ -86,6 +86,12 @@ def dnsmasq_argv(plan: LabPlan) -> list[str]:
     ]
 
 
+# With shared storage, QEMU's disks are locked by virtlockd, directly on the image files (no
+# lockspace directory: the lock is on the file itself, so the same file opened from two hosts
+# collides, while two hosts' own disks of the same path, such as a migrating guest's copies, do not).
+QEMU_LOCK_SETTINGS: dict[str, ConfValue] = {"lock_manager": "lockd"}
+
+
 def reservation_line(mac: str, address: str) -> str:
     """One line of a dhcp_hosts_dir file, as the platform writes it."""
     return f"{mac.lower()},{address}\n"
@@ -100,5 +106,6 @@ def seed_files(etc_dir: Path) -> list[Path]:
 # /run/libvirt: the defaults (/run/libvirtd.pid, /run/virtlogd.pid) are the machine's daemons'.
 DAEMON_ARGV = {
     "virtlogd": ("virtlogd", "--daemon", "--pid-file", "/run/libvirt/virtlogd.pid"),
+    "virtlockd": ("virtlockd", "--daemon", "--pid-file", "/run/libvirt/virtlockd.pid"),
     "libvirtd": ("libvirtd", "--daemon", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid"),
 }

@@ -59,8 +59,8 @@ def start_dnsmasq(plan: LabPlan) -> int:
 
 
 def start_host_daemon(host: HostPlan, ns: HostNamespaces, kind: str) -> int:
-    """Start ``kind`` (virtlogd or libvirtd) inside the host; its PID."""
-    pid_file = host.virtlogd_pid_file if kind == "virtlogd" else host.libvirtd_pid_file
+    """Start ``kind`` (virtlogd, virtlockd or libvirtd) inside the host; its PID."""
+    pid_file = host.pid_file(kind)
     _start([*ns.enter(), *DAEMON_ARGV[kind]], host.daemon_log, f"{kind} of {host.name}")
     return wait_pid(pid_file, kind, host.netns)
 

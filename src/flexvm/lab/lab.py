@@ -33,6 +33,7 @@ from flexvm.lab.plan import (
     HOST_NETNS_PREFIX,
     HOST_UPLINK,
     PRIVATE_DIRS,
+    SHARED_PATH,
     SWITCH_BRIDGE,
     SWITCH_NETNS,
     HostPlan,
@@ -45,6 +46,23 @@ from flexvm.lab.plan import (
 from flexvm.lab.system import LabCommandError
 
 SYSTEM_LIBVIRT_ETC = Path("/etc/libvirt")
+PROC_FILESYSTEMS = Path("/proc/filesystems")
+
+
+def sharing_note(filesystems: str | None = None) -> str:
+    """How the lab's shared storage is shared, for the user: a bind mount of one directory into
+    every host. Real NFS between lab namespaces would need the kernel's NFS server and client;
+    this says which of them the kernel lacks (and that NFS is not built yet where it has both)."""
+    text = PROC_FILESYSTEMS.read_text() if filesystems is None else filesystems
+    offered = {line.split()[-1] for line in text.splitlines() if line.split()}
+    missing = [fs for fs in ("nfsd", "nfs") if fs not in offered]
+    if missing:
+        why = f"this kernel offers no {' or '.join(missing)} (not in /proc/filesystems)"
+    else:
+        why = "NFS between lab namespaces is not built yet"
+    return f"shared by bind-mount of one directory into every host: {why}"
+
+
 SYSTEM_QEMU_CAPS = Path("/var/cache/libvirt/qemu/capabilities")
 QEMU_GRACE = 5.0
 
@@ -79,7 +97,7 @@ class Lab:
             except FlexvmError:
                 self._tidy_root()
                 raise
-            plan = make_plan(self.root, spec.hosts, subnet)
+            plan = make_plan(self.root, spec.hosts, subnet, shared=spec.shared_storage)
             journal = Journal(plan.to_state(phase="starting"), plan.state_file)
             journal.save()  # before anything is made: from here on `down` can always find the lab
             try:
@@ -103,7 +121,7 @@ class Lab:
             return None
         for host in record.hosts:
             pids = {}
-            for kind in ("libvirtd", "virtlogd"):
+            for kind in record.daemons:
                 pid = self._daemon_pid(host.root, host.netns, kind, host.pids.get(kind))
                 if pid is not None:
                     pids[kind] = pid
@@ -148,7 +166,7 @@ class Lab:
                 raise InvalidState(
                     f"lab host {name} has lost its namespaces; recreate the lab (`flexvm lab down`, then `up`)"
                 )
-            for kind in ("virtlogd", "libvirtd"):
+            for kind in record.daemons:
                 pid = self._daemon_pid(host.root, host.netns, kind, host.pids.get(kind))
                 if pid is None:
                     pid = daemons.start_host_daemon(host_plan, ns, kind)
@@ -179,6 +197,10 @@ class Lab:
         record = journal.record
         for path in (plan.switch_dir, plan.dhcp_hosts_dir, plan.ns_dir):
             journal.make_dir(path)
+        if plan.shared:
+            journal.make_dir(plan.shared_dir)
+            plan.shared_dir.chmod(0o755)  # QEMU (libvirt-qemu) opens the disks there
+            record.shared_how = sharing_note()
         if netns.add_blackhole(str(plan.subnet), BLACKHOLE_METRIC):
             journal.made("route", subnet=str(plan.subnet), metric=BLACKHOLE_METRIC)
         self._build_switch(plan, journal)
@@ -235,13 +257,14 @@ class Lab:
         mountns.set_up(
             ns,
             hostname=host.name,
-            binds=[(host.private_dir(key), target) for key, target in PRIVATE_DIRS],
+            # Shared storage last: its mount point is inside the host's own /var/lib/libvirt.
+            binds=[(host.private_dir(key), target) for key, target in PRIVATE_DIRS]
+            + ([(plan.shared_dir, SHARED_PATH)] if plan.shared else []),
             hosts_file=host.hosts_file,
             ns_dir=plan.ns_dir,
         )
-        for kind in ("virtlogd", "libvirtd"):
-            pid_file = host.virtlogd_pid_file if kind == "virtlogd" else host.libvirtd_pid_file
-            journal.made("daemon", program=kind, netns=host.netns, pid_file=str(pid_file))
+        for kind in journal.record.daemons:
+            journal.made("daemon", program=kind, netns=host.netns, pid_file=str(host.pid_file(kind)))
             record.pids[kind] = daemons.start_host_daemon(host, ns, kind)
             journal.save()
 
@@ -270,6 +293,10 @@ class Lab:
         settings = config.libvirtd_settings(host.address, str(uuid.uuid4()))
         libvirtd_conf.write_text(config.set_conf_keys(text, settings))
         host.hosts_file.write_text(config.hosts_file(plan))
+        if plan.shared:
+            qemu_conf = etc / "qemu.conf"
+            text = qemu_conf.read_text() if qemu_conf.exists() else ""
+            qemu_conf.write_text(config.set_conf_keys(text, config.QEMU_LOCK_SETTINGS))
         # QEMU's capabilities, probed by the machine's libvirtd for the same binaries: a copy
         # spares each host that probe (libvirt checks the cache is still valid and reprobes if not).
         if SYSTEM_QEMU_CAPS.is_dir():
@@ -316,7 +343,7 @@ class Lab:
         """Daemons by PID, then QEMU by its pid files, then anything still in a lab namespace."""
         daemon_pids = []
         for host_plan, host in zip(plan.hosts, record.hosts, strict=True):
-            for kind in ("libvirtd", "virtlogd"):
+            for kind in record.daemons:
                 pid = self._daemon_pid(host_plan.root, host_plan.netns, kind, host.pids.get(kind))
                 if pid is not None:
                     daemon_pids.append(pid)

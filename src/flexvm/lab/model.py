@@ -17,6 +17,7 @@ DEFAULT_SUBNET = "10.213.0.0/24"
 class LabSpec:
     hosts: int  # 1..MAX_HOSTS
     subnet: str = DEFAULT_SUBNET  # must not overlap any route or address already on the machine
+    shared_storage: bool = False  # a directory every host sees at SHARED_PATH, and virtlockd on each
 
 
 @dataclass
@@ -27,7 +28,7 @@ class LabHost:
     netns: str  # its network namespace, e.g. "flexvm-lab1"
     bridge: str  # the bridge guests attach to inside that namespace ("br0")
     root: Path  # its private directories (run, lib, etc, log, cache)
-    pids: dict[str, int] = field(default_factory=dict)  # "libvirtd", "virtlogd"
+    pids: dict[str, int] = field(default_factory=dict)  # "libvirtd", "virtlogd", "virtlockd"
     # Filled in by Lab.status(): libvirtd runs, listens on its address, and the root namespace routes there.
     alive: bool = False
 
@@ -73,6 +74,14 @@ class LabState:
     # What `up` made, oldest first, recorded as it made each (see ``lab.journal``): a failed
     # `up` removes exactly these, newest first.
     made: list[dict[str, Any]] = field(default_factory=list)
+    # With shared storage: where every host sees it, and how it is shared (said to the user).
+    shared_path: str | None = None
+    shared_how: str = ""
+
+    @property
+    def daemons(self) -> tuple[str, ...]:
+        """Each host's daemons, in the order they start (virtlockd only beside shared storage)."""
+        return ("virtlogd", "virtlockd", "libvirtd") if self.shared_path else ("virtlogd", "libvirtd")
 
     def host(self, name: str) -> LabHost | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -90,6 +99,8 @@ class LabState:
             "dnsmasq_pid": self.dnsmasq_pid,
             "hosts": [h.to_dict() for h in self.hosts],
             "made": [dict(entry) for entry in self.made],
+            "shared_path": self.shared_path,
+            "shared_how": self.shared_how,
         }
 
     @classmethod
@@ -107,4 +118,6 @@ class LabState:
             dynamic_range=(dyn_start, dyn_end),
             phase=data.get("phase", "up"),
             made=[dict(entry) for entry in data.get("made", [])],
+            shared_path=data.get("shared_path"),
+            shared_how=data.get("shared_how", ""),
         )

@@ -40,6 +40,11 @@ RESERVED_FROM_OFFSET = 32
 DYNAMIC_SIZE = 15
 PRIVATE_SPACE = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
+# Where every lab host sees the lab's shared storage: inside each host's own /var/lib/libvirt
+# (nothing is made in the machine's), bind-mounted from the one directory ``LabPlan.shared_dir``.
+SHARED_PATH = "/var/lib/libvirt/flexvm-shared/lab-shared"
+SHARED_STORAGE_NAME = "lab-shared"
+
 # A host's private directories, each bind-mounted over the system's in the host's mount namespace.
 PRIVATE_DIRS = (
     ("run", "/run/libvirt"),
@@ -79,6 +84,10 @@ class HostPlan:
     def virtlogd_pid_file(self) -> Path:
         return self.run_dir / "virtlogd.pid"
 
+    def pid_file(self, kind: str) -> Path:
+        """Where a daemon of the host (libvirtd, virtlogd, virtlockd) writes its PID."""
+        return self.run_dir / f"{kind}.pid"
+
     @property
     def qemu_pid_dir(self) -> Path:
         return self.run_dir / "qemu"
@@ -112,6 +121,12 @@ class LabPlan:
     dhcp_range: tuple[str, str]
     dynamic_range: tuple[str, str]
     hosts: tuple[HostPlan, ...]
+    shared: bool = False
+
+    @property
+    def shared_dir(self) -> Path:
+        """The shared storage's directory, seen from the root namespace."""
+        return self.root / "shared"
 
     @property
     def prefix(self) -> int:
@@ -165,6 +180,7 @@ class LabPlan:
             self.dhcp_hosts_dir,
             self.ns_dir,
             *(h.root for h in self.hosts),
+            *([self.shared_dir] if self.shared else []),
             self.lock_file,
         ]
 
@@ -179,6 +195,7 @@ class LabPlan:
             hosts=[h.to_host() for h in self.hosts],
             dynamic_range=self.dynamic_range,
             phase=phase,
+            shared_path=SHARED_PATH if self.shared else None,
         )
 
 
@@ -229,7 +246,7 @@ def _address(subnet: ipaddress.IPv4Network, offset: int) -> str:
     return str(subnet.network_address + offset)
 
 
-def make_plan(root: Path, hosts: int, subnet: ipaddress.IPv4Network) -> LabPlan:
+def make_plan(root: Path, hosts: int, subnet: ipaddress.IPv4Network, *, shared: bool = False) -> LabPlan:
     size = subnet.num_addresses
     last_usable = size - 2  # the offset before the broadcast address
     dynamic_start = last_usable - DYNAMIC_SIZE + 1
@@ -252,9 +269,10 @@ def make_plan(root: Path, hosts: int, subnet: ipaddress.IPv4Network) -> LabPlan:
         dhcp_range=(_address(subnet, RESERVED_FROM_OFFSET), _address(subnet, dynamic_start - 1)),
         dynamic_range=(_address(subnet, dynamic_start), _address(subnet, last_usable)),
         hosts=host_plans,
+        shared=shared,
     )
 
 
 def plan_for_state(root: Path, state: LabState) -> LabPlan:
     """The plan a recorded lab was made from (``down`` needs every name, even of hosts never started)."""
-    return make_plan(root, len(state.hosts), ipaddress.IPv4Network(state.subnet))
+    return make_plan(root, len(state.hosts), ipaddress.IPv4Network(state.subnet), shared=state.shared_path is not None)

@@ -18,7 +18,13 @@ from pathlib import Path
 from flexvm.lab import netns
 
 # /proc/PID/comm is cut at 15 characters: "qemu-system-x86_64" reads "qemu-system-x86".
-COMMS = {"libvirtd": "libvirtd", "virtlogd": "virtlogd", "dnsmasq": "dnsmasq", "qemu": "qemu-"}
+COMMS = {
+    "libvirtd": "libvirtd",
+    "virtlogd": "virtlogd",
+    "virtlockd": "virtlockd",
+    "dnsmasq": "dnsmasq",
+    "qemu": "qemu-",
+}
 
 
 def read_pid_file(path: Path) -> int | None:

@@ -19,6 +19,7 @@ from flexvm.errors import HypervisorUnavailable, LabCommandError  # LabCommandEr
 # Every program the lab runs (directly, or inside a host through nsenter).
 LAB_PROGRAMS = (
     "ip", "nsenter", "unshare", "mount", "umount", "mkdir", "true", "hostname", "dnsmasq", "libvirtd", "virtlogd",
+    "virtlockd",
 )  # fmt: skip
 COMMAND_TIMEOUT = 60.0
 

@@ -26,6 +26,7 @@ def create_vm(
     body: schemas.VmCreate, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
 ) -> JSONResponse:
     no_host_pin(scope, body.host)
+    storage = named("storage", body.storage) if body.storage is not None else None
     return accepted(
         p.vms.create(
             scope.key(body.name),
@@ -36,6 +37,7 @@ def create_vm(
             availability_set=scope.key(body.availability_set, "availability_set") if body.availability_set else None,
             policy=body.policy,
             max_size=body.max_size,
+            storage=storage,
         )
     )
 
