@@ -12,6 +12,7 @@ without libvirtd); by default it runs against both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from flexvm.drivers.base import Driver
 from flexvm.drivers.fake import FakeDriver
 from flexvm.model.guest import BootKernel, GuestDisk, GuestNic, GuestSpec, GuestState
 from flexvm.model.host import Accelerator
+from flexvm.model.storage import SharedStorage
 from flexvm.model.units import MIB
 
 LIBVIRT_URI = "qemu:///system"
@@ -169,6 +171,42 @@ class ContractHost:
         if isinstance(self.driver, FakeDriver):
             return self.driver.host.instances[volume].size
         return qcow2_virtual_size(Path(str(self.driver.storage.paths.instances / volume)))  # type: ignore[attr-defined]
+
+    # --- shared storage ----------------------------------------------------------------------
+    def shared_store(self) -> SharedStorage:
+        """A directory of this machine as shared storage (every driver instance here sees it)."""
+        path = self.scratch / self.name("shared")
+        path.mkdir(mode=0o755)
+        return SharedStorage(path.name, str(path))
+
+    def missing_store(self) -> SharedStorage:
+        """Shared storage this host does not reach: not mounted there."""
+        path = f"/srv/{self.name('not-mounted')}"
+        if isinstance(self.driver, FakeDriver):
+            self.driver.host.unreachable_stores.add(path)
+        return SharedStorage(path.rsplit("/", 1)[1], path)
+
+    def second_connection(self) -> Driver:
+        """Another driver for the same host, as another server (or host) would open it."""
+        if isinstance(self.driver, FakeDriver):
+            return FakeDriver.for_uri(self.driver.uri)
+        return type(self.driver)(self.driver.uri)  # type: ignore[call-arg]
+
+    def forget_store(self, store: SharedStorage) -> None:
+        """Remove the pool libvirt keeps over a shared directory (the fake keeps none)."""
+        if isinstance(self.driver, FakeDriver):
+            return
+        import libvirt  # only here: the fake's runs need no libvirt bindings
+
+        conn = libvirt.open(self.driver.uri)
+        try:
+            with contextlib.suppress(libvirt.libvirtError):
+                pool = conn.storagePoolLookupByName(store.pool_name)
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+        finally:
+            conn.close()
 
     # --- guests ----------------------------------------------------------------------------
     def spec(self, name: str, overlay: str) -> GuestSpec:

@@ -80,6 +80,30 @@ def test_image_volume_upload_has_and_delete(contract_host: ContractHost, tmp_pat
     driver.delete_image_volume(volume)  # a missing volume is not an error
 
 
+def test_shared_storage_is_checked_and_its_volumes_are_seen_by_another_connection(
+    contract_host: ContractHost, tmp_path: Path
+) -> None:
+    driver = contract_host.driver
+    missing = contract_host.missing_store()
+    with pytest.raises(HypervisorError, match=re.escape(missing.path)):
+        driver.check_storage(missing)
+    store = contract_host.shared_store()
+    try:
+        driver.check_storage(store)
+        source = tmp_path / "marker"
+        source.write_bytes(b"written by one connection")
+        driver.upload_instance_volume("marker", source, store=store)
+        other = contract_host.second_connection()
+        assert other.console_read("marker", 0, store=store) == b"written by one connection"
+        assert driver.console_read("marker", 0) == b"", "the host's own pool does not hold it"
+        other.delete_instance_volume("marker", store=store)
+        assert driver.console_read("marker", 0, store=store) == b""
+        other.close()
+    finally:
+        contract_host.forget_store(store)
+        contract_host.forget_store(missing)
+
+
 def test_an_image_volume_backing_a_disk_is_not_deleted(contract_host: ContractHost, tmp_path: Path) -> None:
     driver = contract_host.driver
     image = contract_host.name("backing") + ".raw"

@@ -57,9 +57,7 @@ class StorageService:
         check_name("name", name)
         storage = SharedStorage(name, check_storage_path(path))
         with self.db.session() as session:
-            repo = StorageRepo(session)
-            repo.add(storage)  # refuses a taken name or path before any host is asked
-            session.rollback()
+            StorageRepo(session).check_free(storage)  # before any host is asked
         report = self.check(storage)
         if report.unreachable:
             raise Conflict(

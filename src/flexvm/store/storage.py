@@ -31,12 +31,16 @@ class StorageRepo:
         return storage
 
     def add(self, storage: SharedStorage) -> None:
+        self.check_free(storage)
+        self.session.add(StorageRow(name=storage.name, path=storage.path))
+
+    def check_free(self, storage: SharedStorage) -> None:
+        """Neither its name nor its path is taken (AlreadyExists naming which)."""
         if self.session.get(StorageRow, storage.name) is not None:
             raise AlreadyExists("storage", storage.name)
         same_path = self.session.scalars(select(StorageRow).where(StorageRow.path == storage.path)).first()
         if same_path is not None:
             raise AlreadyExists("storage with path", f"{storage.path}' (registered as '{same_path.name}")
-        self.session.add(StorageRow(name=storage.name, path=storage.path))
 
     def delete(self, name: str) -> None:
         row = self.session.get(StorageRow, name)

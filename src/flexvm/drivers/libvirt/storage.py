@@ -48,6 +48,11 @@ def volume_xml(name: str, capacity: int, fmt: str, backing: tuple[str, str] | No
     return ET.tostring(volume, encoding="unicode")
 
 
+def pool_path(xml: str) -> str:
+    """A pool's target directory, from its XML."""
+    return ET.fromstring(xml).findtext("target/path") or ""
+
+
 class Storage:
     def __init__(self, connection: Connection, root: PurePosixPath = STORAGE_ROOT) -> None:
         self.connection = connection
@@ -64,21 +69,35 @@ class Storage:
 
     def pool(self, name: str) -> Any:
         """The pool, defined, built, started and set to autostart on first use. A shared pool is
-        never built: a directory made here would be this host's own, not the one the others see."""
+        never built: a directory made here would be this host's own, not the one the others see.
+        A shared pool left from an earlier storage of the same name at another path is made anew."""
         conn = self.connection.get()
         path = self._paths[name]
+        shared = name not in (IMAGE_POOL, INSTANCE_POOL)
         with self.connection.translate(f"storage pool {name}", conn):
             try:
                 pool = conn.storagePoolLookupByName(name)
             except require_libvirt().libvirtError as err:
                 if not is_missing(err):
                     raise
+                pool = None
+            if pool is not None and shared and pool_path(pool.XMLDesc(0)) != str(path):
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+                pool = None
+            if pool is None:
                 pool = conn.storagePoolDefineXML(pool_xml(name, path), 0)
-                if name in (IMAGE_POOL, INSTANCE_POOL):
+                if not shared:
                     pool.build(0)
                 pool.setAutostart(1)
             if not pool.isActive():
-                pool.create(0)
+                try:
+                    pool.create(0)
+                except require_libvirt().libvirtError:
+                    if shared:  # not mounted here (yet): leave no pool behind that names it
+                        pool.undefine()
+                    raise
         return pool
 
     def lookup(self, pool_name: str, volume: str, *, refresh: bool = False) -> Any | None:
