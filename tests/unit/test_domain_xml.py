@@ -22,6 +22,7 @@ from flexvm.drivers.libvirt.domain_xml import (
 )
 from flexvm.model.guest import BootKernel, GuestDisk, GuestNic, GuestSpec
 from flexvm.model.host import Accelerator
+from flexvm.model.storage import SharedStorage
 
 PATHS = PoolPaths(images=PurePosixPath("/srv/pool/images"), instances=PurePosixPath("/srv/pool/instances"))
 VM_ID = "6f1c1b0e-3d7a-4b59-9a57-2c1e8f0d4a11"
@@ -249,3 +250,17 @@ def test_hostile_bridge_name_stays_an_attribute() -> None:
     root = parse(spec)
     assert only(root, "devices/interface/source").get("bridge") == HOSTILE
     assert root.find(".//x") is None
+
+
+def test_a_guest_on_shared_storage_has_its_disk_and_console_log_there_uncached() -> None:
+    root = parse(make_spec(store=SharedStorage("nas", "/mnt/nas/flexvm")))
+    disks = root.findall("devices/disk")
+    os_disk = next(d for d in disks if d.get("device") == "disk")
+    assert only(os_disk, "source").get("file", "").startswith("/mnt/nas/flexvm/")
+    assert only(os_disk, "driver").get("cache") == "none"
+    log = only(root, "devices/serial/log").get("file", "")
+    assert log.startswith("/mnt/nas/flexvm/") and log.endswith(".console.log")
+    local = parse(make_spec())
+    local_disk = next(d for d in local.findall("devices/disk") if d.get("device") == "disk")
+    assert only(local_disk, "source").get("file", "").startswith("/srv/pool/instances/")
+    assert only(local_disk, "driver").get("cache") is None
