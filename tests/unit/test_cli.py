@@ -297,3 +297,23 @@ def test_size_create_and_delete(flexvm: Cli, http: httpx.Client) -> None:
         flexvm("size", "create", "Lab_2", "--vcpus", "1", "--memory", "lots", "--disk", "2G"), "memory: 'lots'"
     )
     assert "deleted size Lab_1" in flexvm.ok("size", "delete", "Lab_1")
+
+
+# --- shared storage ------------------------------------------------------------------------
+
+
+def test_storage_add_show_and_a_vm_on_it_in_table_form(flexvm: Cli, image: str, tmp_path: Path) -> None:
+    path = f"/srv/flexvm-cli-{tmp_path.name}"
+    added = flexvm.ok("storage", "add", "nas", "--path", path)
+    assert f"storage nas at {path}: every host reaches it" in added
+    assert re.search(r"local\s+yes", added), added
+    flexvm.ok("vm", "create", "db", "--size", "Standard_B1s", "--image", image, "--storage", "nas")
+    assert "shared storage nas" in flexvm.ok("vm", "show", "db")
+    shown = flexvm.ok("storage", "show", "nas")
+    assert re.search(r"VMs\s+db", shown) and re.search(r"local\s+yes", shown), shown
+    assert_clean_error(flexvm("storage", "remove", "nas"), "still holds the disks of: db")
+    assert_clean_error(flexvm("storage", "add", "nas", "--path", "relative"), "not an absolute path")
+    assert_clean_error(
+        flexvm("vm", "create", "db2", "--size", "Standard_B1s", "--image", image, "--storage", "san"),
+        "unknown storage 'san'",
+    )
