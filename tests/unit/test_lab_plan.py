@@ -12,8 +12,9 @@ from flexvm.errors import InvalidInput
 from flexvm.lab import LabHost, LabSpec, LabState
 from flexvm.lab.config import dnsmasq_argv, hosts_file, libvirtd_settings, reservation_line, set_conf_keys
 from flexvm.lab.daemons import _proc_ipv4
+from flexvm.lab.lab import sharing_note
 from flexvm.lab.mountns import mounts_under
-from flexvm.lab.plan import check_no_overlap, check_spec, make_plan, parse_subnet
+from flexvm.lab.plan import SHARED_PATH, check_no_overlap, check_spec, make_plan, parse_subnet, plan_for_state
 from flexvm.lab.system import LAB_PROGRAMS, require_tools
 
 ROOT = Path("/srv/flexvm/lab")
@@ -206,3 +207,25 @@ def test_mounts_under_a_root_deepest_first_with_escaped_names() -> None:
 def test_proc_net_tcp_address_encoding() -> None:
     assert _proc_ipv4("10.213.0.11") == "0B00D50A"
     assert _proc_ipv4("127.0.0.1") == "0100007F"
+
+
+def test_a_plan_with_shared_storage_owns_its_directory_and_runs_virtlockd() -> None:
+    plain = make_plan(ROOT, 2, parse_subnet("10.213.0.0/24"))
+    shared = make_plan(ROOT, 2, parse_subnet("10.213.0.0/24"), shared=True)
+    assert plain.shared_dir not in plain.owned_paths() and shared.shared_dir in shared.owned_paths()
+    state = shared.to_state()
+    assert state.shared_path == SHARED_PATH
+    assert state.daemons == ("virtlogd", "virtlockd", "libvirtd")
+    assert plain.to_state().daemons == ("virtlogd", "libvirtd")
+    state.shared_how = "shared by bind-mount"
+    again = LabState.from_dict(state.to_dict())
+    assert (again.shared_path, again.shared_how) == (SHARED_PATH, "shared by bind-mount")
+    assert plan_for_state(ROOT, again).shared and not plan_for_state(ROOT, plain.to_state()).shared
+
+
+def test_the_sharing_note_names_what_the_kernel_lacks() -> None:
+    assert sharing_note("nodev\tsysfs\n\text4\n").endswith(
+        "this kernel offers no nfsd or nfs (not in /proc/filesystems)"
+    )
+    assert sharing_note("nodev\tnfsd\n\text4\n").endswith("this kernel offers no nfs (not in /proc/filesystems)")
+    assert sharing_note("nodev\tnfsd\n\tnfs\n").endswith("NFS between lab namespaces is not built yet")

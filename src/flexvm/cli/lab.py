@@ -111,9 +111,8 @@ def up(
     api = client()
     api.get("/hosts")  # the server must be there before anything is built for it
     lab = _lab()
-    state = lab.up(
-        LabSpec(hosts=hosts, subnet=subnet, shared_storage=shared_storage)
-    )  # on failure it removes what it made itself
+    # On failure it removes what it made itself.
+    state = lab.up(LabSpec(hosts=hosts, subnet=subnet, shared_storage=shared_storage))
     output.console.print(
         f"lab up: {len(state.hosts)} hosts on {state.subnet} (this machine reaches it as {state.gateway})"
     )

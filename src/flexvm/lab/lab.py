@@ -46,6 +46,8 @@ from flexvm.lab.plan import (
 from flexvm.lab.system import LabCommandError
 
 SYSTEM_LIBVIRT_ETC = Path("/etc/libvirt")
+SYSTEM_QEMU_CAPS = Path("/var/cache/libvirt/qemu/capabilities")
+QEMU_GRACE = 5.0
 PROC_FILESYSTEMS = Path("/proc/filesystems")
 
 
@@ -61,10 +63,6 @@ def sharing_note(filesystems: str | None = None) -> str:
     else:
         why = "NFS between lab namespaces is not built yet"
     return f"shared by bind-mount of one directory into every host: {why}"
-
-
-SYSTEM_QEMU_CAPS = Path("/var/cache/libvirt/qemu/capabilities")
-QEMU_GRACE = 5.0
 
 
 class Lab:
