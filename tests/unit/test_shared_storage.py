@@ -99,6 +99,16 @@ def test_every_host_is_checked_and_show_lists_them_and_the_vms(
     assert shown.hosts["a"] is None and "not mounted" in str(shown.hosts["b"])
 
 
+def test_a_host_that_is_not_up_is_not_asked_and_does_not_hold_it_back(
+    platform: Platform, hosts: dict[str, FakeDriver], shared: str
+) -> None:
+    hosts["b"].host.reachable = False
+    platform.health.check_all()
+    report = platform.storage.add("nas", shared)
+    assert report.hosts == {"a": None} and report.skipped == {"b": "down"}
+    assert [s.name for s in platform.storage.list()] == ["nas"]
+
+
 def test_an_unknown_storage_is_refused_at_create_naming_the_known_ones(
     platform: Platform, hosts: dict[str, FakeDriver], shared: str
 ) -> None:

@@ -332,6 +332,9 @@ class StorageOut(BaseModel):
     hosts: dict[str, str | None] = Field(
         default_factory=dict, description="host -> null when it reaches the directory, else why not"
     )
+    skipped: dict[str, str] = Field(
+        default_factory=dict, description="hosts not asked because they are not up, with their state"
+    )
     vms: list[str] = Field(default_factory=list, description="the VMs whose disks are there")
 
 

@@ -16,11 +16,17 @@ storage_app = typer.Typer(
 
 
 def _reach(item: dict[str, Any]) -> None:
+    asked = [
+        {"host": host, "reaches": "yes" if why is None else "no", "why": why} for host, why in item["hosts"].items()
+    ]
+    skipped = [
+        {"host": host, "reaches": "not asked", "why": f"the host is {state}"} for host, state in item["skipped"].items()
+    ]
     output.table(
-        [{"host": host, "why": why} for host, why in sorted(item["hosts"].items())],
+        sorted(asked + skipped, key=lambda r: r["host"]),
         [
             ("HOST", lambda r: r["host"]),
-            ("REACHES IT", lambda r: "yes" if r["why"] is None else "no"),
+            ("REACHES IT", lambda r: r["reaches"]),
             ("WHY NOT", lambda r: r["why"] or ""),
         ],
     )

@@ -28,9 +28,11 @@ CHECK_SECONDS = 20.0  # per host: an NFS mount that hangs must not hang the requ
 @dataclass
 class StorageReport:
     storage: SharedStorage
-    # Host name -> None when it reaches the directory, else why not ("down: not checked" for a
-    # host that is not up).
+    # Host name -> None when it reaches the directory, else why not.
     hosts: dict[str, str | None] = field(default_factory=dict)
+    # Hosts that are not up, and their state: not asked (a host that comes back is asked at the
+    # next `storage show`).
+    skipped: dict[str, str] = field(default_factory=dict)
     vms: builtins.list[str] = field(default_factory=list)
 
     @property
@@ -94,7 +96,7 @@ class StorageService:
     def check(self, storage: SharedStorage) -> StorageReport:
         hosts = self.hosts.list()
         up = [h for h in hosts if h.state is HostState.UP]
-        report = StorageReport(storage, {h.name: f"{h.state.value}: not checked" for h in hosts})
+        report = StorageReport(storage, skipped={h.name: h.state.value for h in hosts if h.state is not HostState.UP})
         if not up:
             return report
         with ThreadPoolExecutor(max_workers=min(16, len(up)), thread_name_prefix="storage") as pool:

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/storage", tags=["storage"])
 
 
 def _out(report: StorageReport) -> schemas.StorageOut:
-    return schemas.StorageOut(name=report.storage.name, path=report.storage.path, hosts=report.hosts, vms=report.vms)
+    return schemas.StorageOut(
+        name=report.storage.name, path=report.storage.path, hosts=report.hosts, skipped=report.skipped, vms=report.vms
+    )
 
 
 @router.get("", response_model=list[schemas.StorageOut])
