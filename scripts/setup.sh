@@ -22,6 +22,7 @@ PACKAGES=(
     iproute2 dnsmasq-base                      # the lab: namespaces and links; DHCP on its switch
     iptables                                   # ebtables, which libvirtd's network filters (project isolation) run
     haproxy                                    # the load balancer in front of scale sets
+    ipmitool                                   # fencing: power a failed host off through its management controller
     postgresql-15 postgresql-client-15         # the test suite's private PostgreSQL cluster
     python3-yaml                               # the tests parse cloud-init seeds with PyYAML, as cloud-init does
     procps tmux curl

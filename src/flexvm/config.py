@@ -32,8 +32,14 @@ class Settings:
     local_uri: str = "qemu:///system"
     ready_timeout: float = 120.0  # seconds a guest has to print its readiness line
     stop_timeout: float = 60.0  # graceful shutdown, before the power is pulled
-    health_seconds: float = 10.0  # how often every host is checked
-    health_timeout: float = 5.0  # a host that takes longer to answer is down
+    health_seconds: float = 2.0  # how often every host is checked
+    health_timeout: float = 5.0  # a host that takes longer to answer has missed its check
+    # A host with a fence agent that has missed its checks this long, and whose agent cannot
+    # reach it either, has failed: it is fenced and its HA VMs start elsewhere.
+    fail_seconds: float = 6.0
+    # More hosts than this failing at once looks like a network blip, not host failures: no
+    # automatic fencing or restarts, an alert instead.
+    ha_max_failed_hosts: int = 1
     migration_timeout: float = 300.0  # a live migration not done by then is aborted (the guest stays)
     metrics_interval: float = 15.0  # seconds between counter readings (at least 1)
     metrics_raw_hours: float = 6.0  # raw samples kept this long; per-minute roll-ups after
@@ -107,8 +113,10 @@ class Settings:
             local_uri=env.get("FLEXVM_LIBVIRT_URI", "qemu:///system"),
             ready_timeout=_seconds(env, "FLEXVM_READY_TIMEOUT", 120),
             stop_timeout=_seconds(env, "FLEXVM_STOP_TIMEOUT", 60),
-            health_seconds=_seconds(env, "FLEXVM_HEALTH_SECONDS", 10),
+            health_seconds=_seconds(env, "FLEXVM_HEALTH_SECONDS", 2),
             health_timeout=_seconds(env, "FLEXVM_HEALTH_TIMEOUT", 5),
+            fail_seconds=_seconds(env, "FLEXVM_FAIL_SECONDS", 6),
+            ha_max_failed_hosts=int(_seconds(env, "FLEXVM_HA_MAX_FAILED_HOSTS", 1)),
             migration_timeout=_seconds(env, "FLEXVM_MIGRATION_TIMEOUT", 300),
             metrics_interval=_seconds(env, "FLEXVM_METRICS_INTERVAL", 15),
             metrics_raw_hours=_seconds(env, "FLEXVM_METRICS_RAW_HOURS", 6),

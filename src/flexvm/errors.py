@@ -20,6 +20,7 @@ HTTP status the API answers with and a short machine code (Azure's ``error.code`
     ├── ImageError (422)              an image file is corrupt, truncated or unusable
     ├── HypervisorError (502)         libvirt/QEMU refused or failed
     │   └── HypervisorUnavailable (503)   libvirtd cannot be reached
+    ├── FenceFailed (502)             a fence agent could not power a host off, or not confirm it is off
     ├── LoadBalancerError (502)       HAProxy refused a configuration, or did not start/reload/answer
     ├── LabCommandError (500)         a system command the lab ran failed (its output in the message)
     ├── OperationFailed (500)         a long-running operation ended in failure
@@ -255,6 +256,13 @@ class HypervisorError(FlexvmError):
 class HypervisorUnavailable(HypervisorError):
     status = 503
     code = "HypervisorUnavailable"
+
+
+class FenceFailed(FlexvmError):
+    """A fence agent could not power a failed host off, or could not confirm that it is off."""
+
+    status = 502
+    code = "FenceFailed"
 
 
 class LoadBalancerError(FlexvmError):

@@ -15,6 +15,7 @@ from flexvm.compute.availability import AvailabilitySetService
 from flexvm.compute.booting import Booter
 from flexvm.compute.consoles import ConsoleArchive
 from flexvm.compute.drain import DrainService
+from flexvm.compute.failover import Failover
 from flexvm.compute.files import VmFiles
 from flexvm.compute.health import HealthChecker
 from flexvm.compute.hosts import DriverPool, HostService
@@ -104,6 +105,7 @@ class Platform:
     projects: ProjectService
     audit: AuditLog
     storage: StorageService
+    failover: Failover
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
@@ -155,7 +157,9 @@ class Platform:
             VmDisks(db, engine, hosts, records),
         )
         reconciler = Reconciler(db, hosts, settings.health_timeout)
-        health = HealthChecker(db, hosts, reconciler, settings.health_timeout, guard=engine.leader.fenced)
+        failover = Failover(db, engine, hosts, images, records, booter, settings)
+        failover.start_vm = vms.start
+        health = HealthChecker(db, hosts, reconciler, settings.health_timeout, failover, guard=engine.leader.fenced)
         mover = VmMover(db, engine, hosts, images, records, booter, settings)
         retention = Retention(settings.metrics_raw_hours * 3600, settings.metrics_rollup_days * 86400)
         collector = Collector(
@@ -195,6 +199,7 @@ class Platform:
             ProjectService(db, hosts.isolation.forget),
             AuditLog(db),
             StorageService(db, hosts),
+            failover,
         )
 
     def start(self) -> ReconcileReport:

@@ -47,6 +47,7 @@ PROGRAMS: dict[str, Program] = {
     # The guest has no libc: only busybox-static's binary, in its exact place, will do.
     "busybox": Program("busybox-static", "tiny image: the guest's userland (listed, then copied in)", "/bin"),
     "haproxy": Program("haproxy", "scale sets: the load balancer"),
+    "ipmitool": Program("ipmitool", "fencing: a failed host's power, through its management controller"),
     # --- the lab (flexvm lab up/down, and the tests' labs) ----------------------------------
     "ip": Program("iproute2", "lab: namespaces, veths, bridges, addresses, routes"),
     "nsenter": Program("util-linux", "lab: runs commands and daemons inside a host's namespaces"),

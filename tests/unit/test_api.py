@@ -23,7 +23,7 @@ VM_KEYS = {
     "id", "name", "size", "image", "vcpus", "memory_mib", "disk_bytes", "provisioning_state", "power_state",
     "host", "disk_host", "created_at", "ready_at", "boot_seconds", "active_operation_id", "error", "disks", "nics",
     "availability_set", "max_size", "max_vcpus", "max_memory_mib", "moving_to", "project",
-    "storage",
+    "storage", "ha", "ha_priority", "unavailable",
 }  # fmt: skip
 OPERATION_KEYS = {
     "id", "kind", "target_kind", "target_name", "status", "progress", "message", "created_at", "started_at",
@@ -36,6 +36,7 @@ PUBLIC_SURFACE = {
     ("POST", "/v1/vms"),
     ("GET", "/v1/vms/{name}"),
     ("DELETE", "/v1/vms/{name}"),
+    ("PATCH", "/v1/vms/{name}"),
     ("POST", "/v1/vms/{name}/start"),
     ("POST", "/v1/vms/{name}/stop"),
     ("POST", "/v1/vms/{name}/restart"),
@@ -57,6 +58,8 @@ PUBLIC_SURFACE = {
     ("GET", "/v1/advisor"),
     ("POST", "/v1/hosts/{name}/drain"),
     ("POST", "/v1/hosts/{name}/undrain"),
+    ("POST", "/v1/hosts/{name}/fence"),
+    ("POST", "/v1/hosts/{name}/fence-confirm"),
     ("POST", "/v1/pool/rebalance"),
     ("GET", "/v1/sizes"),
     ("POST", "/v1/sizes"),

@@ -282,6 +282,7 @@ EXPECTED_ERRORS = {
     "ImageError": (422, "InvalidImage", "FlexvmError"),
     "HypervisorError": (502, "HypervisorError", "FlexvmError"),
     "HypervisorUnavailable": (503, "HypervisorUnavailable", "HypervisorError"),
+    "FenceFailed": (502, "FenceFailed", "FlexvmError"),
     "LoadBalancerError": (502, "LoadBalancerError", "FlexvmError"),
     "LabCommandError": (500, "LabCommandFailed", "FlexvmError"),
     "OperationFailed": (500, "OperationFailed", "FlexvmError"),

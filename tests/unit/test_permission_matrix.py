@@ -104,6 +104,7 @@ _RULE = {"metric": "cpu_percent", "operator": "gt", "threshold": 80, "action": "
 BODIES: dict[tuple[str, str], Body] = {
     ("POST", "/v1/vms"): Body({**_VM, "size": "Standard_B1s"}, harmless=_VM),  # unknown size: 400
     ("POST", "/v1/vms/{name}/stop"): Body({"force": True}),
+    ("PATCH", "/v1/vms/{name}"): Body({"ha_priority": 5}),
     ("POST", "/v1/vms/{name}/disk/resize"): Body({"size": "8G"}),
     ("POST", "/v1/vms/{name}/resize"): Body({"size": "Standard_B2s"}),
     ("POST", "/v1/vms/{name}/migrate"): Body({"cold": True}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
 from flexvm.api.params import NameField, SizeNameField
 from flexvm.model.projects import image_project, project_of_target, split_key
@@ -58,6 +58,13 @@ class VmCreate(Strict):
     storage: NameField | None = Field(
         None, description="shared storage for its disks (any host can then run it); default: its host's own disk"
     )
+    ha: StrictBool = Field(False, description="started on another host if its own fails (needs shared storage)")
+    ha_priority: StrictInt = Field(0, description="0-1000: higher ones are restarted first")
+
+
+class VmUpdate(Strict):
+    ha: StrictBool | None = Field(None, description="started on another host if its own fails")
+    ha_priority: StrictInt | None = Field(None, description="0-1000: higher ones are restarted first")
 
 
 class HostSettings(Strict):
@@ -70,6 +77,12 @@ class HostSettings(Strict):
     reserved_memory: StrictStr | StrictInt | None = Field(None, description="kept for the host itself, e.g. '512M'")
     network: str | None = None
     bridge: str | None = None
+    fence_agent: Literal["none", "lab", "ipmi", "manual"] | None = Field(
+        None, description="what powers the host off before its VMs run elsewhere"
+    )
+    fence_options: dict[str, StrictStr] | None = Field(
+        None, description="ipmi: address, user, password_file (a file on the server), interface; lab: root, host"
+    )
 
 
 class HostAdd(HostSettings):
@@ -220,6 +233,9 @@ class VmOut(Out, Keyed):
     disks: list[DiskOut]
     nics: list[NicOut]
     storage: str | None = Field(None, description="the shared storage its disks are on; none: its host's own")
+    ha: bool = False
+    ha_priority: int = 0
+    unavailable: str | None = Field(None, description="why it cannot run now (its host failed)")
 
     @field_validator("storage", mode="before")
     @classmethod
@@ -287,9 +303,13 @@ class HostOut(Out):
     advertised_memory_mib: int | None
     network: str | None
     bridge: str | None
+    fence_agent: str
+    fence_options: dict[str, str]
+    suspect_since: datetime | None
 
 
 class HostDetail(HostOut):
+    last_fence: OperationOut | None = Field(None, description="the last fence of this host: detected, fenced, restarts")
     vms: list[str] = []
     unmanaged_guests: list[str] = []
     leftovers: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -65,8 +66,60 @@ def _show_host(host: dict[str, Any], fmt: output.Format) -> None:
             ("other guests", ", ".join(host["unmanaged_guests"]) or None),
             ("leftovers", ", ".join(host["leftovers"]) or None),
             ("last seen", host["last_seen"]),
+            ("fence agent", _agent(host)),
+            ("suspect since", host.get("suspect_since")),
+            *_failure_story(host.get("last_fence")),
         ]
     )
+
+
+def _agent(host: dict[str, Any]) -> str:
+    agent = host.get("fence_agent", "none")
+    if agent == "none":
+        return "none (a host that stops answering is marked down; its VMs are not started elsewhere)"
+    options = ", ".join(f"{k}={v}" for k, v in sorted(host.get("fence_options", {}).items()))
+    return f"{agent} ({options})" if options else agent
+
+
+def _at(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _failure_story(fence: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The last failure as a timeline: detected, failed, fenced, each VM started where and when."""
+    if not fence:
+        return []
+    result, params = fence.get("result") or {}, fence.get("params") or {}
+    detected = _at(result.get("detected_at") or params.get("detected_at"))
+
+    def after(text: str | None) -> str:
+        at = _at(text)
+        if at is None:
+            return "-"
+        return at.isoformat(timespec="seconds") + (f" (+{(at - detected).total_seconds():.1f} s)" if detected else "")
+
+    rows: list[tuple[str, Any]] = [
+        ("last failure", f"detected {detected.isoformat(timespec='seconds') if detected else '-'}"),
+        ("  failed", after(result.get("failed_at") or params.get("failed_at"))),
+    ]
+    if fence["status"] == "failed":
+        rows.append(("  fence", f"failed: {(fence.get('error') or {}).get('message', '?')}"))
+        return rows
+    if fence["status"] != "succeeded":
+        rows.append(("  fence", f"{fence['status']}: {fence.get('message', '')}"))
+        return rows
+    rows.append(("  fenced", f"{after(result.get('fenced_at'))}: {result.get('fence', '')}"))
+    for entry in result.get("restarted", []):
+        if entry.get("operation"):
+            how = f"on {entry.get('to')} at {after(entry.get('at'))}, {entry.get('status')}"
+            if entry.get("error"):
+                how += f": {entry['error']}"
+        else:
+            how = f"not restarted: {entry.get('skipped')}"
+        rows.append((f"  {entry.get('vm')}", how))
+    for vm, why in (result.get("unavailable") or {}).items():
+        rows.append((f"  {vm}", f"waits: {why}"))
+    return rows
 
 
 def _advertised(value: int | None, show: Any) -> str:
@@ -83,8 +136,10 @@ def _settings(
     reserved_memory: str | None,
     network: str | None,
     bridge: str | None,
+    fence_agent: str | None = None,
+    fence_options: list[str] | None = None,
 ) -> dict[str, Any]:
-    given = {
+    given: dict[str, Any] = {
         "cpu_ratio": cpu_ratio,
         "ram_ratio": ram_ratio,
         "disk_ratio": disk_ratio,
@@ -94,8 +149,20 @@ def _settings(
         "reserved_memory": reserved_memory,
         "network": network,
         "bridge": bridge,
+        "fence_agent": fence_agent,
+        "fence_options": _options(fence_options) if fence_options else None,
     }
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise FlexvmError(f"--fence-option takes KEY=VALUE (got {pair!r})")
+        options[key] = value
+    return options
 
 
 CpuRatio = typer.Option(None, "--cpu-ratio", help="vCPUs per physical CPU (default 4)")
@@ -107,6 +174,10 @@ Memory = typer.Option(None, "--memory", help="memory to advertise, e.g. 8G")
 Reserved = typer.Option(None, "--reserved-memory", help="memory kept for the host itself (default 512M)")
 Network = typer.Option(None, "--network", help="flexvm network guests on this host join")
 Bridge = typer.Option(None, "--bridge", help="the host's bridge onto that network")
+Agent = typer.Option(None, "--fence-agent", help="none, lab, ipmi or manual: what powers it off when it fails")
+AgentOptions = typer.Option(
+    None, "--fence-option", help="KEY=VALUE for the agent (ipmi: address, user, password_file, interface)"
+)
 
 
 @host_app.command("add")
@@ -122,15 +193,17 @@ def add_host(
     reserved_memory: str | None = Reserved,
     network: str | None = Network,
     bridge: str | None = Bridge,
+    fence_agent: str | None = Agent,
+    fence_option: list[str] | None = AgentOptions,
     fmt: output.Format = OutputOpt,
 ) -> None:
     """Add a host to the pool: facts from libvirt, KVM proved or TCG chosen."""
     api = client()
-    body = {
-        "name": name,
-        "uri": uri,
-        **_settings(cpu_ratio, ram_ratio, disk_ratio, fault_domain, cpus, memory, reserved_memory, network, bridge),
-    }
+    settings = _settings(
+        cpu_ratio, ram_ratio, disk_ratio, fault_domain, cpus, memory, reserved_memory, network, bridge,
+        fence_agent, fence_option,
+    )  # fmt: skip
+    body = {"name": name, "uri": uri, **settings}
     operation = api.post("/hosts", body)
     finish(api, operation, f"adding host {name}", False, fmt, show=lambda: _show_host(api.get(f"/hosts/{name}"), fmt))
 
@@ -147,10 +220,15 @@ def update_host(
     reserved_memory: str | None = Reserved,
     network: str | None = Network,
     bridge: str | None = Bridge,
+    fence_agent: str | None = Agent,
+    fence_option: list[str] | None = AgentOptions,
     fmt: output.Format = OutputOpt,
 ) -> None:
-    """Change a host's ratios, fault domain or advertised capacity."""
-    body = _settings(cpu_ratio, ram_ratio, disk_ratio, fault_domain, cpus, memory, reserved_memory, network, bridge)
+    """Change a host's ratios, fault domain, advertised capacity or fence agent."""
+    body = _settings(
+        cpu_ratio, ram_ratio, disk_ratio, fault_domain, cpus, memory, reserved_memory, network, bridge,
+        fence_agent, fence_option,
+    )  # fmt: skip
     _show_host(client().request("PATCH", f"/hosts/{name}", json=body), fmt)
 
 
@@ -353,6 +431,24 @@ def drain_host(
         return
     operation = api.post(f"/hosts/{name}/drain", {"parallel": parallel})
     finish(api, operation, f"draining {name}", False, fmt, show=lambda: _show_host(api.get(f"/hosts/{name}"), fmt))
+
+
+@host_app.command("fence")
+def fence_host(name: str, fmt: output.Format = OutputOpt) -> None:
+    """Fence a failed host by its agent now (one held because several failed at once, or whose
+    fence failed): it is powered off, and its HA VMs start elsewhere."""
+    api = client()
+    operation = api.post(f"/hosts/{name}/fence")
+    finish(api, operation, f"fencing {name}", False, fmt, show=lambda: _show_host(api.get(f"/hosts/{name}"), fmt))
+
+
+@host_app.command("fence-confirm")
+def confirm_fence(name: str, fmt: output.Format = OutputOpt) -> None:
+    """Say that you have checked the machine is off: it is fenced, and its HA VMs start elsewhere.
+    Confirm only what you have seen: a VM on a host that still runs would run twice."""
+    api = client()
+    operation = api.post(f"/hosts/{name}/fence-confirm")
+    finish(api, operation, f"fencing {name}", False, fmt, show=lambda: _show_host(api.get(f"/hosts/{name}"), fmt))
 
 
 @host_app.command("undrain")

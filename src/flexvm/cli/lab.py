@@ -51,7 +51,15 @@ def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | N
     )
     added.append(f"network:{LAB_NETWORK}")
     for host in state.hosts:
-        body: dict[str, Any] = {"name": host.name, "uri": host.uri, "network": LAB_NETWORK, "bridge": host.bridge}
+        body: dict[str, Any] = {
+            "name": host.name,
+            "uri": host.uri,
+            "network": LAB_NETWORK,
+            "bridge": host.bridge,
+            # The lab's power switch fences it: a failed lab host's HA VMs start on the others.
+            "fence_agent": "lab",
+            "fence_options": {"root": str(_lab().root), "host": host.name},
+        }
         if cpus is not None:
             body["cpus"] = cpus
         if memory is not None:
@@ -211,3 +219,44 @@ def down(force: bool = typer.Option(False, "--force", help="delete the VMs still
         _unregister(api, state)
     lab.down()
     output.console.print("lab down: its hosts, namespaces, daemons and files are gone")
+
+
+host_app = typer.Typer(
+    help="A lab host's power, network and hypervisor, to see failures handled.", no_args_is_help=True
+)
+app.add_typer(host_app, name="host")
+
+
+@host_app.command("kill")
+def kill_host(name: str) -> None:
+    """Power the host off: its libvirtd, virtlogd and every guest in it are killed at once."""
+    killed = _lab().power_off(name)
+    output.console.print(f"lab host {name} is off: {len(killed)} processes killed")
+
+
+@host_app.command("start")
+def start_host(name: str) -> None:
+    """Power the host on again: its daemons start (its guests do not: they were killed)."""
+    _lab().start_host(name)
+    output.console.print(f"lab host {name} is on: its libvirtd answers")
+
+
+@host_app.command("restart")
+def restart_host(name: str) -> None:
+    """Restart the host's libvirtd and virtlogd, as a hypervisor update does; guests keep running."""
+    _lab().restart_hypervisor(name)
+    output.console.print(f"lab host {name}: libvirtd and virtlogd restarted, its guests still run")
+
+
+@host_app.command("partition")
+def partition_host(name: str) -> None:
+    """Cut the host off the lab network: it and its guests run on, unreachable."""
+    _lab().partition(name)
+    output.console.print(f"lab host {name} is cut off the lab network")
+
+
+@host_app.command("heal")
+def heal_host(name: str) -> None:
+    """Put the host back on the lab network."""
+    _lab().heal(name)
+    output.console.print(f"lab host {name} is back on the lab network")

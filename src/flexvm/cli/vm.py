@@ -10,6 +10,7 @@ import typer
 
 from flexvm.cli import output
 from flexvm.cli.common import OutputOpt, client, finish, read_user_data
+from flexvm.errors import FlexvmError
 
 app = typer.Typer(help="Create, run, change and remove VMs.", no_args_is_help=True)
 
@@ -47,10 +48,18 @@ def show_vm(vm: dict[str, Any], fmt: output.Format) -> None:
             ("created", vm["created_at"]),
             ("ready at", vm["ready_at"]),
             ("boot", f"{vm['boot_seconds']:.2f} s to ready" if vm["boot_seconds"] is not None else None),
+            ("HA", _ha(vm)),
+            ("unavailable", vm.get("unavailable")),
             ("operation", vm["active_operation_id"]),
             ("error", vm["error"]),
         ]
     )
+
+
+def _ha(vm: dict[str, Any]) -> str:
+    if not vm.get("ha"):
+        return "off"
+    return f"on, priority {vm.get('ha_priority', 0)} (started on another host if its own fails)"
 
 
 def _act(
@@ -76,6 +85,8 @@ def create(
     storage: str | None = typer.Option(
         None, "--storage", help="keep its disks on this shared storage (see `flexvm storage list`)"
     ),
+    ha: bool = typer.Option(False, "--ha", help="start it on another host if its own fails (needs --storage)"),
+    ha_priority: int = typer.Option(0, "--ha-priority", help="0-1000: higher ones are restarted first"),
     no_wait: bool = NoWait,
     fmt: output.Format = OutputOpt,
 ) -> None:
@@ -91,6 +102,8 @@ def create(
     }
     if storage is not None:
         body["storage"] = storage
+    if ha or ha_priority:
+        body.update(ha=ha, ha_priority=ha_priority)
     if user_data is not None:
         body["user_data"] = read_user_data(user_data)
     api = client()
@@ -120,6 +133,20 @@ def list_vms(fmt: output.Format = OutputOpt) -> None:
         output.emit_json(vms)
     else:
         output.table(vms, VM_COLUMNS)
+
+
+@app.command("update")
+def update(
+    name: str,
+    ha: bool | None = typer.Option(None, "--ha/--no-ha", help="start it on another host if its own fails"),
+    ha_priority: int | None = typer.Option(None, "--ha-priority", help="0-1000: higher ones are restarted first"),
+    fmt: output.Format = OutputOpt,
+) -> None:
+    """Change what a VM's record says of it: high availability and its priority."""
+    body = {k: v for k, v in {"ha": ha, "ha_priority": ha_priority}.items() if v is not None}
+    if not body:
+        raise FlexvmError("nothing to change: give --ha, --no-ha or --ha-priority")
+    show_vm(client().request("PATCH", f"/vms/{name}", json=body), fmt)
 
 
 @app.command("show")

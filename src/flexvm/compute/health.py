@@ -1,8 +1,9 @@
 """Host health on a schedule: every host is asked for its facts with a deadline.
 
-A host that does not answer in time is marked down (its VMs 'unknown', not lost); one that
-answers again is marked up, its VMs' power states are re-read, and whatever an operation had to
-leave on it while it was unreachable (recorded as leftovers) is removed.
+A host that does not answer in time is marked down (its VMs 'unknown', not lost), or suspect when
+it has a fence agent (compute.failover takes it from there after the round); one that answers
+again is marked up, its VMs' power states are re-read, and whatever an operation had to leave on
+it while it was unreachable (recorded as leftovers) is removed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
+from flexvm.compute.failover import Failover
 from flexvm.compute.hosts import HostService
 from flexvm.compute.reconcile import Reconciler
 from flexvm.errors import FlexvmError
@@ -29,12 +31,14 @@ class HealthChecker:
         hosts: HostService,
         reconciler: Reconciler,
         timeout: float,
+        failover: Failover | None = None,
         guard: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.db = db
         self.hosts = hosts
         self.reconciler = reconciler
         self.timeout = timeout
+        self.failover = failover
         self._caught_up: set[str] = set()  # hosts whose isolation this server brought up to date
         # The leader's fencing (operations.leader): the pool's threads write under it too.
         self.guard = guard
@@ -46,6 +50,10 @@ class HealthChecker:
             return {}
         with ThreadPoolExecutor(max_workers=min(16, len(hosts)), thread_name_prefix="health") as pool:
             states = dict(zip([h.name for h in hosts], pool.map(self._check, hosts), strict=True))
+        if self.failover is not None and HostState.SUSPECT in states.values():
+            with self.guard():
+                for operation in self.failover.review():
+                    states[operation.target_name] = HostState.FAILED
         self.reconciler.sync()
         return states
 
@@ -71,6 +79,8 @@ class HealthChecker:
                 except FlexvmError as err:  # removed meanwhile, say: the next round tries again
                     log.warning("bringing host %s's network filters up to date: %s", after.name, err.message)
             self.clean_leftovers(after.name)
+            if self.failover is not None and before.state in (HostState.FAILED, HostState.FENCED):
+                self.failover.restore(after.name)
         return after.state
 
     def clean_leftovers(self, host_name: str) -> int:

@@ -18,13 +18,14 @@ from flexvm.capacity.fit import Allocation
 from flexvm.compute.isolation import Isolator
 from flexvm.drivers.base import Driver
 from flexvm.errors import AlreadyExists, Conflict, FlexvmError, HypervisorUnavailable, InvalidInput
-from flexvm.model.host import Accelerator, AcceleratorChoice, Host, HostInfo, HostState
+from flexvm.fencing.agents import check_options as check_fence_options
+from flexvm.model.host import Accelerator, AcceleratorChoice, FenceAgent, Host, HostInfo, HostState
 from flexvm.model.names import check_name
 from flexvm.model.operation import Operation
-from flexvm.operations.engine import Engine
+from flexvm.operations.engine import UNFINISHED, Engine
 from flexvm.operations.run import Run
 from flexvm.store.db import Database, utcnow
-from flexvm.store.repositories import HostRepo, LeftoverRepo, NetworkRepo, VmRepo
+from flexvm.store.repositories import HostRepo, LeftoverRepo, NetworkRepo, OperationRepo, VmRepo
 
 T = TypeVar("T")
 
@@ -115,6 +116,12 @@ class HostChanges:
     reserved_memory_mib: int | None = None
     network: str | None = None
     bridge: str | None = None
+    fence_agent: FenceAgent | None = None
+    fence_options: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fence_agent, str) and not isinstance(self.fence_agent, FenceAgent):
+            self.fence_agent = FenceAgent(self.fence_agent)  # as a host.add operation records it
 
     def check(self) -> None:
         check_ratios({"cpu_ratio": self.cpu_ratio, "ram_ratio": self.ram_ratio, "disk_ratio": self.disk_ratio})
@@ -126,6 +133,8 @@ class HostChanges:
             raise InvalidInput("memory", "must be at least 256M")
         if self.reserved_memory_mib is not None and self.reserved_memory_mib < 0:
             raise InvalidInput("reserved_memory", "cannot be negative")
+        if self.fence_agent is not None:
+            check_fence_options(self.fence_agent, self.fence_options or {})
         if (self.network is None) != (self.bridge is None):
             raise InvalidInput("bridge", "a network and the host bridge that reaches it go together")
         if self.network is not None:
@@ -174,6 +183,7 @@ class HostRequest:
         )
         for field_name, value in self.settings.given().items():
             setattr(host, field_name, value)
+        check_fence_options(host.fence_agent, host.fence_options)
         return host
 
 
@@ -266,8 +276,11 @@ class HostService:
         with self.db.session() as session:
             hosts = HostRepo(session)
             host = hosts.lock(name)
+            if changes.fence_agent is not None and changes.fence_options is None:
+                host.fence_options = {}  # another agent: the old one's options mean nothing to it
             for field_name, value in changes.given().items():
                 setattr(host, field_name, value)
+            check_fence_options(host.fence_agent, host.fence_options)
             if host.network is not None:
                 NetworkRepo(session).get(host.network)
             hosts.save(host)
@@ -354,10 +367,7 @@ class HostService:
                 return host
             # Only the facts and health are ours to write; ratios may have changed meanwhile.
             if failure is not None:
-                if current.state is HostState.MAINTENANCE:
-                    current.state_reason = failure
-                else:
-                    current.set_state(HostState.DOWN, failure)
+                _missed(current, failure)
             else:
                 for field_name in (
                     "cpus",
@@ -370,10 +380,14 @@ class HostService:
                     "last_seen",
                 ):
                     setattr(current, field_name, getattr(host, field_name))
-                if current.state is HostState.DOWN:
+                if current.state in (HostState.DOWN, HostState.SUSPECT, HostState.FENCED) or (
+                    current.state is HostState.FAILED and not _fencing(session, name)
+                ):
+                    # Back before it was fenced (nothing was done), or back after it: either way up.
                     current.set_state(HostState.UP)
                 elif current.state is HostState.UP:
                     current.state_reason = ""
+                current.suspect_since = None
             HostRepo(session).save(current)
             return current
 
@@ -385,6 +399,27 @@ class HostService:
             current.accelerator, current.accelerator_reason = choice.accelerator, choice.reason
             HostRepo(session).save(current)
         return current
+
+
+def _missed(host: Host, failure: str) -> None:
+    """A host did not answer its check. Without a fence agent it is down; with one it is suspect
+    from its first miss (``suspect_since``): failure handling takes it further (compute.failover)."""
+    if host.state is HostState.MAINTENANCE or host.state in (HostState.FAILED, HostState.FENCED):
+        if host.state is HostState.MAINTENANCE:
+            host.state_reason = failure
+        return  # a failed host's reason says what is being done about it
+    if host.fence_agent is FenceAgent.NONE:
+        host.set_state(HostState.DOWN, failure)
+        return
+    if host.state is not HostState.SUSPECT:
+        host.suspect_since = utcnow()
+    host.set_state(HostState.SUSPECT, failure)
+
+
+def _fencing(session: Session, host_name: str) -> bool:
+    """Whether a fence of the host is under way (it is then not let back up until that ends)."""
+    unfinished = OperationRepo(session).list(target=host_name, statuses=UNFINISHED)
+    return any(op.kind == "host.fence" for op in unfinished)
 
 
 def call_with_timeout(fn: Callable[[], T], timeout: float | None, message: str) -> T:

@@ -55,6 +55,10 @@ class Reconciler:
         for host in self.hosts.list():
             if host.state is HostState.MAINTENANCE:
                 continue
+            if host.state in (HostState.SUSPECT, HostState.FAILED, HostState.FENCED):
+                # Failure handling (compute.failover) says what its VMs are; not asked again here.
+                report.unreachable.append(host.name)
+                continue
             if host.state is HostState.DOWN:
                 # Known unreachable (the health check said so): do not wait on it again.
                 report.unreachable.append(host.name)

@@ -118,8 +118,11 @@ class VmCreator:
         os_disk: OsDiskSource | None = None,
         network: str | None = None,
         storage: str | None = None,
+        ha: bool = False,
+        ha_priority: int = 0,
     ) -> Operation:
         check_key("name", name)
+        check_ha(ha, ha_priority, storage is not None)
         size = self.sizes.get(size_name)
         ceiling = self.ceiling(size, max_size)
         if user_data is not None and len(user_data.encode()) > MAX_USER_DATA:
@@ -129,6 +132,7 @@ class VmCreator:
             self._check_references(session, name, host, availability_set, network)
             vm = self._new_vm(name, size, ceiling, image, user_data, availability_set, network, os_disk)
             vm.storage = None if storage is None else _shared_storage(session, storage)
+            vm.ha, vm.ha_priority = ha, ha_priority
             admit_vm(session, name, Quotas(vcpus=vm.vcpus, memory_mib=vm.memory_mib, vms=1, disk_bytes=vm.disk_bytes))
             placement = place_vm(session, vm, image, pinned=host, policy=policy)
             VmRepo(session).add(vm)
@@ -442,6 +446,17 @@ def _delete_os_disk(driver: Driver, vm: Vm) -> None:
 def _undefine(driver: Driver, vm: Vm) -> None:
     driver.destroy(vm.domain_name)
     driver.undefine(vm.domain_name)
+
+
+HA_PRIORITIES = range(0, 1001)
+
+
+def check_ha(ha: bool, priority: int, shared: bool) -> None:
+    """HA needs shared storage: a VM whose disk is on one host cannot start on another."""
+    if ha and not shared:
+        raise InvalidInput("ha", "needs shared storage: a VM whose disk lives on one host cannot be started on another")
+    if priority not in HA_PRIORITIES:
+        raise InvalidInput("ha_priority", f"must be from 0 to 1000 (got {priority}); higher ones restart first")
 
 
 def _shared_storage(session: Session, name: str) -> SharedStorage:

@@ -11,14 +11,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from flexvm.compute.hosts import HostService
-from flexvm.compute.vm_records import VmRecords, change_in, remove_guest_and_files
-from flexvm.errors import FlexvmError
+from flexvm.compute.vm_records import VmRecords, change_in, remove_guest_and_files, remove_volumes
+from flexvm.errors import FlexvmError, InvalidState
+from flexvm.model.host import HostState
 from flexvm.model.operation import Operation
 from flexvm.model.vm import ProvisioningState, Vm
 from flexvm.operations.engine import Engine
 from flexvm.operations.run import Run
 from flexvm.store.db import Database
-from flexvm.store.repositories import VmRepo
+from flexvm.store.repositories import LeftoverRepo, VmRepo
 
 KIND = "vm.delete"
 
@@ -43,7 +44,9 @@ class VmDeleter:
         if vm is None:  # forgotten already: a resumed delete that had finished its last step
             return {}
         host = vm.host or vm.disk_host
-        if host is not None:
+        if host is not None and self.hosts.get(host).state in (HostState.FAILED, HostState.FENCED):
+            run.step("leave", lambda: self._leave_on_failed(vm, host), detail=f"host {host} has failed")
+        elif host is not None:
             driver = self.hosts.driver(host)
             try:
                 run.step(
@@ -56,6 +59,24 @@ class VmDeleter:
                 raise
         run.step("forget", lambda: self.records.discard(vm), detail="its record, addresses and claim")
         return {}
+
+    def _leave_on_failed(self, vm: Vm, host: str) -> str:
+        """A failed host cannot be asked: what it keeps of the VM is removed when it answers again.
+        Disks on shared storage are removed now, through a host that is up."""
+        reason = f"VM {vm.name} deleted while host {host} had failed"
+        with self.db.session() as session:
+            leftovers = LeftoverRepo(session)
+            leftovers.add(host, "domain", vm.domain_name, reason)
+            if vm.storage is None:
+                for volume in [d.name for d in vm.disks] + [vm.console_log]:
+                    leftovers.add(host, "volume", volume, reason)
+        if vm.storage is None:
+            return "left for when it answers"
+        up = next((h.name for h in self.hosts.list() if h.state is HostState.UP), None)
+        if up is None:
+            raise InvalidState(f"no host is up to remove {vm.name}'s disks from shared storage '{vm.storage.name}'")
+        remove_volumes(self.hosts.driver(up), vm)
+        return f"its disks removed through {up}"
 
 
 def _failed(session: Session, vm: Vm, operation_id: str) -> None:

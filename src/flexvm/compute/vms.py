@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flexvm.compute.hosts import HostService
-from flexvm.compute.vm_create import OsDiskSource, VmCreator
+from flexvm.compute.vm_create import OsDiskSource, VmCreator, check_ha
 from flexvm.compute.vm_delete import VmDeleter
 from flexvm.compute.vm_disks import VmDisks
 from flexvm.compute.vm_power import VmPower
 from flexvm.compute.vm_records import VmRecords
+from flexvm.errors import NotFound
 from flexvm.model.operation import Operation
 from flexvm.model.vm import Vm
 
@@ -76,6 +77,21 @@ class VmService:
 
     def delete(self, name: str) -> Operation:
         return self.deleter.delete(name)
+
+    def set_ha(self, name: str, ha: bool | None = None, priority: int | None = None) -> Vm:
+        """Turn HA on or off, or change its priority (``vm update``); no operation: a record only."""
+        vm = self.records.get(name)
+        ha = vm.ha if ha is None else ha
+        priority = vm.ha_priority if priority is None else priority
+        check_ha(ha, priority, vm.storage is not None)
+
+        def apply(v: Vm) -> None:
+            v.ha, v.ha_priority = ha, priority
+
+        changed = self.records.change(vm.id, apply)
+        if changed is None:
+            raise NotFound("VM", name)
+        return changed
 
     def resize_disk(self, name: str, size_bytes: int) -> Operation:
         return self.disks.resize(name, size_bytes)

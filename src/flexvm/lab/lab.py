@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import uuid
 from pathlib import Path
 
@@ -171,6 +172,60 @@ class Lab:
                 host.pids[kind] = pid
             self._wait_listening(host_plan, host.pids["libvirtd"])
             state.save(self.state_file, record)
+
+    # ------------------------------------------------------------------ power and network
+    # What a lab host's "hardware" does: its power switch (every process in it killed, as a
+    # power cut would), its network cable (the switch port), and a restart of its hypervisor.
+
+    def power_off(self, name: str) -> list[int]:
+        """Cut the host's power: SIGKILL its daemons, its guests and anything else in its
+        namespace. Returns the PIDs killed; raises if one survives."""
+        with state.locked(self.lock_file):
+            record, host = self._host(name)
+            killed = self.processes_of(name)
+            left = processes.kill(killed)
+            if left:
+                raise FlexvmError(f"lab host {name}: PIDs {', '.join(map(str, left))} survived SIGKILL")
+            host.pids = {}
+            state.save(self.state_file, record)
+            return killed
+
+    def processes_of(self, name: str) -> list[int]:
+        """Every process running in the host's network namespace (its daemons, QEMU guests)."""
+        _record, host = self._host(name)
+        return [pid for pid in netns.pids(host.netns) if processes.in_namespace(pid, host.netns)]
+
+    def switch_port_up(self, name: str) -> bool:
+        """Whether the lab switch's port to the host is up (``partition`` takes it down)."""
+        return netns.is_up(SWITCH_NETNS, self._switch_port(name))
+
+    def libvirtd_running(self, name: str) -> bool:
+        _record, host = self._host(name)
+        return self._daemon_pid(host.root, host.netns, "libvirtd", host.pids.get("libvirtd")) is not None
+
+    def partition(self, name: str) -> None:
+        """Cut the host off the lab network (its switch port down): it and its guests keep
+        running, but nothing reaches them and they reach nothing."""
+        with state.locked(self.lock_file):
+            netns.down(SWITCH_NETNS, self._switch_port(name))
+
+    def heal(self, name: str) -> None:
+        with state.locked(self.lock_file):
+            netns.up(SWITCH_NETNS, self._switch_port(name))
+
+    def restart_hypervisor(self, name: str) -> None:
+        """What a hypervisor update does: libvirtd and virtlogd stop and start again, while the
+        guests keep running (libvirtd finds them again; virtlogd re-executes itself in place,
+        keeping the guests' console logs open)."""
+        with state.locked(self.lock_file):
+            _record, host = self._host(name)
+            virtlogd = self._daemon_pid(host.root, host.netns, "virtlogd", host.pids.get("virtlogd"))
+            if virtlogd is not None:
+                processes.signal_pid(virtlogd, signal.SIGUSR1)  # virtlogd(8): re-exec, keeping its files
+            libvirtd = self._daemon_pid(host.root, host.netns, "libvirtd", host.pids.get("libvirtd"))
+            if libvirtd is not None and processes.stop([libvirtd], grace=DAEMON_GRACE):
+                raise FlexvmError(f"libvirtd of {name} (PID {libvirtd}) would not stop")
+        self.start_host(name)
 
     # ------------------------------------------------------------------ building
 
@@ -389,6 +444,12 @@ class Lab:
         if host is None:
             raise NotFound("lab host", name)
         return record, host
+
+    def _switch_port(self, name: str) -> str:
+        record, _host = self._host(name)
+        host_plan = plan_for_state(self.root, record).host(name)
+        assert host_plan is not None
+        return host_plan.switch_port
 
     @staticmethod
     def _daemon_pid(host_root: Path, netns_name: str, kind: str, recorded: int | None) -> int | None:

@@ -82,6 +82,17 @@ def up(netns: str | None, device: str) -> None:
     _ip(netns, "link", "set", device, "up")
 
 
+def down(netns: str | None, device: str) -> None:
+    _ip(netns, "link", "set", device, "down")
+
+
+def is_up(netns: str | None, device: str) -> bool:
+    """Whether the link is administratively up (its flags say UP)."""
+    line = _ip(netns, "-o", "link", "show", "dev", device, check=False)
+    flags = line.partition("<")[2].partition(">")[0].split(",")
+    return "UP" in flags
+
+
 def link_exists(netns: str | None, device: str) -> bool:
     return bool(_ip(netns, "-o", "link", "show", "dev", device, check=False).strip())
 

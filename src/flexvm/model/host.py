@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -25,12 +25,22 @@ HOST_STATES = StateMachine[HostState](
     {
         _H.UP: frozenset({_H.DOWN, _H.MAINTENANCE, _H.SUSPECT}),
         _H.DOWN: frozenset({_H.UP, _H.MAINTENANCE, _H.SUSPECT, _H.FAILED}),
-        _H.MAINTENANCE: frozenset({_H.UP, _H.DOWN}),
-        _H.SUSPECT: frozenset({_H.UP, _H.FAILED, _H.DOWN}),
+        _H.MAINTENANCE: frozenset({_H.UP, _H.DOWN, _H.SUSPECT}),
+        _H.SUSPECT: frozenset({_H.UP, _H.FAILED, _H.DOWN, _H.MAINTENANCE}),
+        # An operator may fence a host that is down (no agent could) by confirming it is off.
         _H.FAILED: frozenset({_H.FENCED, _H.UP}),
         _H.FENCED: frozenset({_H.UP, _H.MAINTENANCE}),
     },
 )
+
+
+class FenceAgent(StrEnum):
+    """What makes sure a failed host is off before its VMs run elsewhere (fencing/)."""
+
+    NONE = "none"  # nothing can: a host that stops answering is only marked down
+    LAB = "lab"  # a lab host: its daemons and guests are killed (the lab's power switch)
+    IPMI = "ipmi"  # the host's management controller, through ipmitool
+    MANUAL = "manual"  # an operator confirms the machine is off
 
 
 class Accelerator(StrEnum):
@@ -92,6 +102,11 @@ class Host:
     # Guests on this host bridge onto this flexvm network through this bridge; None: QEMU's user network.
     network: str | None = None
     bridge: str | None = None
+    # Failure handling: who fences it, with what (an IPMI address and user, the lab host), and
+    # since when it has missed its health checks (None: it answers).
+    fence_agent: FenceAgent = FenceAgent.NONE
+    fence_options: dict[str, str] = field(default_factory=dict)
+    suspect_since: datetime | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "state" and name in self.__dict__:

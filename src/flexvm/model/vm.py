@@ -123,6 +123,11 @@ class Vm:
     # Where its disks and console log live when not in its host's own pool: a shared directory
     # every host sees, so another host can run it from the same files.
     storage: SharedStorage | None = None
+    # High availability: started on another host once its own is fenced (needs shared storage);
+    # higher priorities first. ``unavailable`` says why a VM of a fenced host waits for it.
+    ha: bool = False
+    ha_priority: int = 0
+    unavailable: str | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         # The states change only through their machines (set_power, set_provisioning), which

@@ -74,7 +74,8 @@ class SetView:
         return [i for i in self.staying if i.model_version != self.scale_set.model_version]
 
     def broken(self) -> list[Instance]:
-        """Instances that should serve but never will: their VM is gone or failed. Not broken: a
+        """Instances that should serve but never will: their VM is gone, failed, or stuck on a failed
+        host with nowhere else to run. Not broken: a
         joining one with no VM yet (its VM was never asked for; converging asks for it), and a
         leaving one whose VM is gone (its delete got that far; converging forgets it)."""
         return [
@@ -84,8 +85,16 @@ class SetView:
             and (
                 (i.vm_name not in self.vms and i.state != InstanceState.JOINING)
                 or (i.vm_name in self.vms and self.vms[i.vm_name].provisioning_state == ProvisioningState.FAILED)
+                # Its host failed and it cannot start elsewhere (local disks): replaced.
+                or (
+                    i.vm_name in self.vms and self.vms[i.vm_name].unavailable is not None and not self.vms[i.vm_name].ha
+                )
             )
         ]
+
+
+def _stranded(vm: Vm) -> bool:
+    return vm.unavailable is not None and not vm.ha
 
 
 class Converger:

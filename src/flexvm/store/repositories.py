@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from flexvm.errors import AlreadyExists, NotFound
 from flexvm.model.availability import AvailabilitySet, Leftover
-from flexvm.model.host import Accelerator, Host, HostState
+from flexvm.model.host import Accelerator, FenceAgent, Host, HostState
 from flexvm.model.image import Image
 from flexvm.model.network import Block, Network
 from flexvm.model.operation import Operation, OperationStatus, Step
@@ -122,6 +122,8 @@ def _host(row: Any) -> Host:
     columns = {name: getattr(row, name) for name in _HOST_FIELDS}
     columns["state"] = HostState(row.state)
     columns["accelerator"] = Accelerator(row.accelerator)
+    columns["fence_agent"] = FenceAgent(row.fence_agent)
+    columns["fence_options"] = dict(row.fence_options or {})
     return Host(**columns)
 
 
@@ -208,6 +210,9 @@ def _vm(row: VmRow) -> Vm:
         disks=[Disk(**d) for d in row.disks],
         nics=[Nic(**n) for n in row.nics],
         storage=None if row.storage is None else SharedStorage(row.storage, row.storage_path or ""),
+        ha=bool(row.ha),
+        ha_priority=row.ha_priority or 0,
+        unavailable=row.unavailable,
     )
 
 

@@ -73,6 +73,9 @@ class HostRow(Base):
     advertised_memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
     network: Mapped[str | None] = mapped_column(String(64), nullable=True)
     bridge: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fence_agent: Mapped[str] = mapped_column(String(16), default="none")
+    fence_options: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    suspect_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class NetworkRow(Base):
@@ -170,6 +173,9 @@ class VmRow(Base):
     # name because a storage's path never changes while a VM uses it.
     storage: Mapped[str | None] = mapped_column(ForeignKey("storages.name"), nullable=True)
     storage_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    ha: Mapped[bool] = mapped_column(Boolean, default=False)
+    ha_priority: Mapped[int] = mapped_column(Integer, default=0)
+    unavailable: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class OperationRow(Base):

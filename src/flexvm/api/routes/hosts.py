@@ -9,9 +9,11 @@ from flexvm.api import schemas
 from flexvm.api.access import Scope, platform_access
 from flexvm.api.deps import accepted, named, platform
 from flexvm.api.params import Name
+from flexvm.api.routes.operations import operation_out
 from flexvm.compute.drain import MovesPlan
 from flexvm.compute.hosts import HostChanges, HostRequest
 from flexvm.model.access import Right
+from flexvm.model.host import FenceAgent
 from flexvm.model.units import parse_mib
 from flexvm.platform import Platform
 
@@ -33,14 +35,18 @@ def _changes(body: schemas.HostSettings) -> HostChanges:
         reserved_memory_mib=_mib(body.reserved_memory, "reserved_memory"),
         network=body.network,
         bridge=body.bridge,
+        fence_agent=None if body.fence_agent is None else FenceAgent(body.fence_agent),
+        fence_options=body.fence_options,
     )
 
 
 def _detail(p: Platform, name: str) -> schemas.HostDetail:
     detail = p.hosts.detail(name)
     base = schemas.HostOut.model_validate(detail.host).model_dump()
+    fence = p.failover.last_fence(name)
     return schemas.HostDetail(
         **base,
+        last_fence=None if fence is None else operation_out(fence),
         vms=detail.vms,
         unmanaged_guests=detail.unmanaged_guests,
         leftovers=detail.leftovers,
@@ -121,3 +127,19 @@ def undrain_host(
 ) -> schemas.HostDetail:
     p.drains.undrain(named("name", name))
     return _detail(p, name)
+
+
+@router.post("/{name}/fence", status_code=202, response_model=schemas.OperationOut)
+def fence_host(
+    name: Name, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    """Fence a failed host by its agent now (a failure held as a network fault, a fence that failed)."""
+    return accepted(p.failover.fence(named("name", name)))
+
+
+@router.post("/{name}/fence-confirm", status_code=202, response_model=schemas.OperationOut)
+def confirm_fence(
+    name: Name, scope: Scope = platform_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> JSONResponse:
+    """The caller has checked that the machine is off: it is fenced, and its HA VMs start elsewhere."""
+    return accepted(p.failover.fence(named("name", name), confirmed_by=scope.caller.user))

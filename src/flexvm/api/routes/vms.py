@@ -38,8 +38,17 @@ def create_vm(
             policy=body.policy,
             max_size=body.max_size,
             storage=storage,
+            ha=body.ha,
+            ha_priority=body.ha_priority,
         )
     )
+
+
+@router.patch("/{name}", response_model=schemas.VmOut)
+def update_vm(
+    name: Name, body: schemas.VmUpdate, scope: Scope = project_access(Right.CHANGE), p: Platform = Depends(platform)
+) -> schemas.VmOut:
+    return schemas.VmOut.model_validate(p.vms.set_ha(scope.key(name), body.ha, body.ha_priority))
 
 
 @router.get("/{name}", response_model=schemas.VmOut)
