@@ -28,6 +28,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _finished(response: httpx.Response) -> dict[str, Any] | None:
+    """The operation once it has ended; None while it runs, or while the server answers 503
+    (its database busy: a paused server's transaction, say), which it says to retry."""
+    if response.status_code == 503:
+        return None
+    operation = response.json()
+    return operation if operation["status"] in ("succeeded", "failed", "canceled") else None
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll until ``condition()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -163,11 +172,7 @@ class FlexvmServer:
     def wait_operation(self, operation_id: str, timeout: float = 180.0) -> dict[str, Any]:
         with self.api() as api:
             return wait_for(
-                lambda: (
-                    (op := api.get(f"/operations/{operation_id}").json())["status"]
-                    in ("succeeded", "failed", "canceled")
-                    and op
-                ),
+                lambda: _finished(api.get(f"/operations/{operation_id}")),
                 timeout,
                 f"operation {operation_id}",
             )

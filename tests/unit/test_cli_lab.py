@@ -31,6 +31,8 @@ def lab_state(hosts: int) -> LabState:
 
 
 class FakeLab:
+    root = Path("/nowhere/lab")
+
     def __init__(self, hosts: int) -> None:
         self.calls: list[str] = []
         self.hosts = hosts
@@ -48,6 +50,7 @@ class FakeApi:
 
     def __init__(self, refuse: tuple[str, str] | None = None, delete_error: Exception | None = None) -> None:
         self.calls: list[str] = []
+        self.bodies: dict[str, dict[str, Any]] = {}
         self.refuse = refuse
         self.delete_error = delete_error
 
@@ -57,6 +60,7 @@ class FakeApi:
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(f"POST {path} {body['name']}")
+        self.bodies[f"{path} {body['name']}"] = body
         if self.refuse == (path, body["name"]):
             raise AlreadyExists(path.strip("/")[:-1], body["name"])
         return {"id": f"op-{body['name']}"}
@@ -91,6 +95,9 @@ def test_registering_registers_the_network_then_each_host(quiet: None, monkeypat
         "POST /hosts lab3",
     ]
     assert lab.calls == ["up"]
+    # Each is fenced by the lab's power switch: its failure restarts its HA VMs elsewhere.
+    body = api.bodies["/hosts lab2"]
+    assert body["fence_agent"] == "lab" and body["fence_options"] == {"root": "/nowhere/lab", "host": "lab2"}
 
 
 def test_a_host_refused_removes_what_was_registered_newest_first_and_the_lab(

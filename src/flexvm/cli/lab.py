@@ -7,6 +7,7 @@ only ever sees the hosts' URIs and the lab network, registered through its API l
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -32,7 +33,9 @@ def _lab() -> Lab:
     return Lab(Settings.from_env().home / "lab")
 
 
-def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | None, added: list[str]) -> None:
+def _register(
+    api: ApiClient, state: LabState, cpus: int | None, memory: str | None, added: list[str], root: Path
+) -> None:
     """The lab network (its DHCP reservations are flexvm's) and every lab host, with the capacity
     it advertises. ``added`` gets each thing as the server takes it (``network:lab``,
     ``host:lab1`` …), so a failure part-way can remove exactly those."""
@@ -58,7 +61,7 @@ def _register(api: ApiClient, state: LabState, cpus: int | None, memory: str | N
             "bridge": host.bridge,
             # The lab's power switch fences it: a failed lab host's HA VMs start on the others.
             "fence_agent": "lab",
-            "fence_options": {"root": str(_lab().root), "host": host.name},
+            "fence_options": {"root": str(root), "host": host.name},
         }
         if cpus is not None:
             body["cpus"] = cpus
@@ -126,7 +129,7 @@ def up(
     )
     added: list[str] = []
     try:
-        _register(api, state, host_cpus, host_memory, added)
+        _register(api, state, host_cpus, host_memory, added, lab.root)
     except (FlexvmError, KeyboardInterrupt) as err:
         output.err_console.print("registering the lab hosts failed; removing them and taking the lab down again")
         try:

@@ -32,6 +32,7 @@ T = TypeVar("T")
 Connect = Callable[[str], Driver]
 ProbeKernel = Callable[[], Path | None]
 NOT_PROBED = "not probed yet: libvirt was unreachable"
+DETAIL_TIMEOUT = 5.0  # `host show` lists the guests flexvm did not make; a host that hangs is not waited on
 
 
 class DriverPool:
@@ -224,7 +225,12 @@ class HostService:
         unmanaged: builtins.list[str] = []
         if host.state is HostState.UP:
             try:
-                guests = self.drivers.for_uri(host.uri).list_guests()
+                guests = call_with_timeout(
+                    self.drivers.for_uri(host.uri).list_guests,
+                    DETAIL_TIMEOUT,
+                    f"host {name} did not list its guests within {DETAIL_TIMEOUT:.0f} s",
+                    key=f"list_guests {host.uri}",
+                )
                 unmanaged = sorted(g.name for g in guests if g.vm_id is None or g.vm_id not in known)
             except FlexvmError:
                 pass  # a host that just went away still shows its record
@@ -351,6 +357,7 @@ class HostService:
                 lambda: self.drivers.for_uri(host.uri).host_info(),
                 timeout,
                 f"host {name} did not answer within {timeout} s",
+                key=f"host_info {host.uri}",
             )
         except FlexvmError as err:
             failure: str | None = err.message
@@ -422,11 +429,27 @@ def _fencing(session: Session, host_name: str) -> bool:
     return any(op.kind == "host.fence" for op in unfinished)
 
 
-def call_with_timeout(fn: Callable[[], T], timeout: float | None, message: str) -> T:
+# Calls given up on that have not returned yet, by key (what was asked of which host).
+_awaited: dict[str, threading.Thread] = {}
+_awaited_lock = threading.Lock()
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float | None, message: str, key: str | None = None) -> T:
     """Run ``fn`` but give up waiting after ``timeout`` seconds (a hung connection must not hang
-    the health check). The call itself may linger in its thread; its result is then ignored."""
+    the health check). The call itself may linger in its thread; its result is then ignored.
+
+    With a ``key``, a call whose predecessor of the same key still lingers is not made: it fails
+    at once. Calls on a connection to a host that is cut off only return when libvirt's keepalive
+    closes it, and libvirt 9.0's client has been seen to crash the process when it closes one with
+    many calls waiting on it; a health check every two seconds would otherwise pile them up."""
     if timeout is None:
         return fn()
+    if key is not None:
+        with _awaited_lock:
+            earlier = _awaited.get(key)
+            if earlier is not None and earlier.is_alive():
+                raise HypervisorUnavailable(f"{message} (its previous call has not returned yet)")
+            _awaited.pop(key, None)
     result: list[T] = []
     error: list[BaseException] = []
 
@@ -440,6 +463,9 @@ def call_with_timeout(fn: Callable[[], T], timeout: float | None, message: str) 
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        if key is not None:
+            with _awaited_lock:
+                _awaited[key] = thread
         raise HypervisorUnavailable(message)
     if error:
         raise error[0]

@@ -70,6 +70,7 @@ class Reconciler:
                     driver.list_guests,
                     self.timeout,
                     f"host {host.name} did not list its guests within {self.timeout} s",
+                    key=f"list_guests {host.uri}",
                 )
                 guests = {g.name: g for g in listed}
             except FlexvmError:

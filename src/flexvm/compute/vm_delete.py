@@ -19,7 +19,7 @@ from flexvm.model.vm import ProvisioningState, Vm
 from flexvm.operations.engine import Engine
 from flexvm.operations.run import Run
 from flexvm.store.db import Database
-from flexvm.store.repositories import LeftoverRepo, VmRepo
+from flexvm.store.repositories import HostRepo, LeftoverRepo, VmRepo
 
 KIND = "vm.delete"
 
@@ -35,6 +35,13 @@ class VmDeleter:
     def delete(self, name: str) -> Operation:
         with self.db.session() as session:
             vm = VmRepo(session).get(name)
+            host = HostRepo(session).find(vm.host or vm.disk_host or "")
+            if host is not None and host.state is HostState.SUSPECT:
+                raise InvalidState(
+                    f"VM '{name}' is on host {host.name}, which has missed its health checks: it can be "
+                    "deleted once the host answers again or has been fenced",
+                    details={"vm": name, "host": host.name, "host_state": host.state.value},
+                )
             vm.set_provisioning(ProvisioningState.DELETING)
             operation = self.engine.record(session, KIND, "vm", name, vm=vm, params={"vm_id": vm.id})
         return self.engine.launch(operation)

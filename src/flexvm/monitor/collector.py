@@ -116,6 +116,7 @@ class Collector:
                 driver.read_counters,
                 self.timeout,
                 f"host {host.name} did not report its counters within {self.timeout} s",
+                key=f"read_counters {host.uri}",
             )
         except FlexvmError as err:
             log.info("no metrics from host %s this round: %s", host.name, err.message)  # a gap, not zeros

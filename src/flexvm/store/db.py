@@ -30,6 +30,10 @@ from flexvm.errors import DatabaseUnavailable, SchemaTooNew
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_WAIT_SECONDS = 30  # how long a unit of work waits for another to finish, on either backend
+# A session that sits inside a transaction doing nothing this long is ended by PostgreSQL, its
+# locks let go: a server frozen mid-transaction (SIGSTOP, a VM paused under it) would otherwise
+# hold every other server's writes. No unit of work of flexvm waits on anything but the database.
+IDLE_IN_TRANSACTION_SECONDS = 15
 # The key of the PostgreSQL advisory lock that stands in for SQLite's write lock (any constant
 # works; this one spells "flexvm" in ASCII).
 SERIALISING_LOCK = 0x666C6578766D
@@ -120,7 +124,11 @@ class Database:
                 parsed,
                 # A connection the server dropped (a restart) is noticed at checkout and replaced.
                 pool_pre_ping=True,
-                connect_args={"connect_timeout": 10, "options": f"-c lock_timeout={LOCK_WAIT_SECONDS}s"},
+                connect_args={
+                    "connect_timeout": 10,
+                    "options": f"-c lock_timeout={LOCK_WAIT_SECONDS}s "
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_SECONDS}s",
+                },
             )
             event.listen(self.engine, "begin", _postgresql_begin)
         else:

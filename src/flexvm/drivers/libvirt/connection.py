@@ -1,8 +1,8 @@
 """Opening and keeping a libvirt connection; the only place that imports ``libvirt``.
 
 A connection is checked before use and reopened if it died (libvirtd restarted, a remote host
-came back). Remote connections get keepalives, which need libvirt's event loop: one daemon
-thread runs it for the whole process.
+came back). libvirt's event loop runs in one daemon thread for the whole process (connection
+events need it); client keepalives are off (see ``_open``).
 """
 
 from __future__ import annotations
@@ -96,9 +96,12 @@ class Connection:
                 details={"uri": self.uri},
             ) from err
         if "+" in self.uri.split(":", 1)[0]:  # remote transports only (qemu+tcp://, qemu+ssh://)
-            # An old server without keepalive support still works; it just detects death later.
+            # No client keepalive: libvirt 9.0's client crashed flexvm (a segfault in
+            # virNetClient) when its keepalive closed a connection to a host cut off the network
+            # while calls waited on it. Calls that must not hang are bounded by flexvm instead
+            # (hosts.call_with_timeout), one at a time per host; the rest end when TCP does.
             with contextlib.suppress(lv.libvirtError):
-                conn.setKeepAlive(5, 3)
+                conn.setKeepAlive(-1, 0)
         return conn
 
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
