@@ -317,3 +317,29 @@ def test_storage_add_show_and_a_vm_on_it_in_table_form(flexvm: Cli, image: str, 
         flexvm("vm", "create", "db2", "--size", "Standard_B1s", "--image", image, "--storage", "san"),
         "unknown storage 'san'",
     )
+
+
+def test_ha_and_fencing_in_table_form(flexvm: Cli, platform: Platform, fake_host: FakeDriver, image: str) -> None:
+    path = "/srv/flexvm-cli-ha-" + fake_host.uri.rsplit("/", 1)[-1][:8]
+    flexvm.ok("storage", "add", "nas", "--path", path)
+    flexvm.ok("vm", "create", "db", "--size", "Standard_B1s", "--image", image, "--storage", "nas", "--ha",
+              "--ha-priority", "5")  # fmt: skip
+    assert re.search(r"HA\s+on, priority 5", flexvm.ok("vm", "show", "db"))
+    assert re.search(r"HA\s+off", flexvm.ok("vm", "update", "db", "--no-ha"))
+    flexvm.ok("vm", "update", "db", "--ha")
+    assert_clean_error(flexvm("vm", "update", "db"), "nothing to change")
+    assert_clean_error(flexvm("host", "update", "local", "--fence-agent", "ipmi"), "needs address, password_file, user")
+    assert_clean_error(flexvm("host", "update", "local", "--fence-option", "address"), "takes KEY=VALUE")
+    shown = flexvm.ok("host", "update", "local", "--fence-agent", "manual")
+    assert re.search(r"fence agent\s+manual", shown), shown
+    assert_clean_error(flexvm("host", "fence-confirm", "local"), "it answers its checks")
+    # It fails: its VM waits for the operator; confirmed, there is no other host, and it says so.
+    platform.failover.settings = dataclasses.replace(platform.settings, fail_seconds=0.0)
+    fake_host.host.reachable = False
+    platform.health.check_all()
+    assert "waiting for an operator" in flexvm.ok("host", "show", "local")
+    flexvm.ok("host", "fence-confirm", "local")
+    shown = flexvm.ok("host", "show", "local")
+    assert re.search(r"state\s+fenced", shown) and re.search(r"last failure\s+detected", shown), shown
+    assert re.search(r"db\s+not restarted: its host local is fenced and no other host can take it", shown), shown
+    assert "an operator (admin) confirmed" in shown

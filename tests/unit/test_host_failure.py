@@ -29,9 +29,11 @@ from flexvm.model.guest import GuestState
 from flexvm.model.host import FenceAgent, Host, HostState
 from flexvm.model.vm import PowerState
 from flexvm.platform import Platform
+from flexvm.scaling.scalesets import ScaleSetSpec
 from flexvm.store.repositories import LeftoverRepo
 from tests.unit.flex_helpers import make_vm, quick_image
 from tests.unit.pool_helpers import add_host, pool_settings, run
+from tests.unit.scaling_helpers import ScalingPlatform, scaling  # noqa: F401 (a fixture)
 
 
 class PowerSwitch(Fencer):
@@ -415,3 +417,32 @@ def test_the_ipmi_agent_powers_off_through_the_controller(tmp_path: Path, monkey
     assert not opinion.confirms and "Unable to establish" in opinion.seen
     with pytest.raises(FenceFailed, match="ipmitool chassis power status failed"):
         agent.power_off()
+
+
+# --- scale sets ------------------------------------------------------------------------------
+
+
+def test_a_scale_set_instance_on_a_failed_host_is_replaced_elsewhere(
+    scaling: ScalingPlatform,  # noqa: F811
+    small_disk: Path,
+) -> None:
+    """Its disk lives on the failed host only: it is not restarted but replaced, as an instance
+    that vanished is, and the one left behind is removed when the host answers again."""
+    p = scaling.platform
+    quick_image(p, small_disk)
+    run(p, p.scale_sets.create(ScaleSetSpec("web", "Standard_B1ls", "img", 2, lb_port="8080:80")), timeout=30)
+    victim = p.vms.get("web-0")
+    assert victim.host is not None
+    p.hosts.update(victim.host, HostChanges(fence_agent=FenceAgent.MANUAL))
+    p.failover.settings = dataclasses.replace(p.settings, fail_seconds=0.0)
+    scaling.hosts[victim.host].host.reachable = False
+    p.health.check_all()
+    assert "only on host" in str(p.vms.get("web-0").unavailable)
+    operation = p.scale_sets.heal("web")
+    assert operation is not None
+    run(p, operation, timeout=30)
+    instances = [v.instance.vm_name for v in p.scale_sets.instances("web")]
+    assert "web-0" not in instances and len(instances) == 2
+    assert all(p.vms.get(n).host != victim.host for n in instances)
+    with p.db.session() as session:
+        assert ("domain", victim.domain_name) in {(x.kind, x.name) for x in LeftoverRepo(session).on_host(victim.host)}
