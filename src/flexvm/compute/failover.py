@@ -269,7 +269,8 @@ class Failover:
                 why = (
                     f"its disks are only on host {name}, which is fenced; it is back when that host is"
                     if vm.storage is None
-                    else f"its host {name} is fenced; HA is off for it (or it was not running): start it again"
+                    else f"its host {name} is fenced and it is not restarted elsewhere (HA is off for it, or it "
+                    "was not running); it is back when that host is"
                 )
                 vm.unavailable = why
                 unavailable[vm.name] = why
