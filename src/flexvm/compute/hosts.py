@@ -387,10 +387,11 @@ class HostService:
                     "last_seen",
                 ):
                     setattr(current, field_name, getattr(host, field_name))
-                if current.state in (HostState.DOWN, HostState.SUSPECT, HostState.FENCED) or (
-                    current.state is HostState.FAILED and not _fencing(session, name)
+                if current.state in (HostState.DOWN, HostState.SUSPECT) or (
+                    current.state in (HostState.FAILED, HostState.FENCED) and not _fencing(session, name)
                 ):
-                    # Back before it was fenced (nothing was done), or back after it: either way up.
+                    # Back before it was fenced (nothing was done), or back after its fence (and the
+                    # restarts it ordered) ended: either way up.
                     current.set_state(HostState.UP)
                 elif current.state is HostState.UP:
                     current.state_reason = ""
