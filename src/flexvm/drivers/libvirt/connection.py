@@ -2,7 +2,7 @@
 
 A connection is checked before use and reopened if it died (libvirtd restarted, a remote host
 came back). libvirt's event loop runs in one daemon thread for the whole process (connection
-events need it); client keepalives are off (see ``_open``).
+events need it); client keepalives answer libvirtd's but never close a connection (see ``_open``).
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def is_missing(err: Exception) -> bool:
     return error_code(err) in (lv.VIR_ERR_NO_DOMAIN, lv.VIR_ERR_NO_STORAGE_VOL, lv.VIR_ERR_NO_STORAGE_POOL)
 
 
+KEEPALIVE_INTERVAL = 5  # seconds
+KEEPALIVE_COUNT = 720  # an hour of unanswered pings: in effect, never closed by the client
+
+
 class Connection:
     """A self-healing handle on one libvirt URI."""
 
@@ -96,12 +100,14 @@ class Connection:
                 details={"uri": self.uri},
             ) from err
         if "+" in self.uri.split(":", 1)[0]:  # remote transports only (qemu+tcp://, qemu+ssh://)
-            # No client keepalive: libvirt 9.0's client crashed flexvm (a segfault in
-            # virNetClient) when its keepalive closed a connection to a host cut off the network
-            # while calls waited on it. Calls that must not hang are bounded by flexvm instead
-            # (hosts.call_with_timeout), one at a time per host; the rest end when TCP does.
+            # Keepalives on (libvirtd's pings are answered, so it keeps the connection through a
+            # long migration), but so many unanswered ones allowed that the client itself never
+            # closes a connection: libvirt 9.0's client crashed flexvm (a segfault in virNetClient)
+            # when its keepalive closed one to a host cut off the network while calls waited on
+            # it. Calls that must not hang are bounded by flexvm (hosts.call_with_timeout), one
+            # at a time per host; the rest end when TCP does, or when the host answers again.
             with contextlib.suppress(lv.libvirtError):
-                conn.setKeepAlive(-1, 0)
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         return conn
 
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
