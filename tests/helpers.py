@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,28 @@ class FlexvmServer:
                 timeout,
                 f"operation {operation_id}",
             )
+
+
+@contextlib.contextmanager
+def lab_server(home: Path, *lab_args: str, env: dict[str, str] | None = None) -> Iterator[FlexvmServer]:
+    """A server with no local host, a lab of its own (``flexvm lab up`` with ``lab_args``) and the
+    tiny image; the lab is taken down and the server stopped afterwards, also on failure."""
+    from flexvm.lab import Lab
+
+    server = FlexvmServer(home, {"FLEXVM_LIBVIRT_URI": "", "FLEXVM_READY_TIMEOUT": "90", **(env or {})})
+    server.start()
+    try:
+        server.ok("lab", "up", *lab_args)
+        server.ok("image", "build", "tiny")
+        yield server
+    finally:
+        server.cli("lab", "down", "--force")
+        Lab(server.home / "lab").down()  # whatever the CLI could not do
+        server.stop()
+
+
+def vm_of(server: FlexvmServer, name: str) -> dict[str, Any]:
+    return dict(server.ok("vm", "show", name, "-o", "json").json())
 
 
 def virsh(*args: str) -> str:

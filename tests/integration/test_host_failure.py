@@ -21,30 +21,16 @@ import pytest
 
 from flexvm.lab import Lab
 from flexvm.lab.plan import SHARED_STORAGE_NAME
-from tests.helpers import FlexvmServer, unique, wait_for
+from tests.helpers import FlexvmServer, lab_server, unique, vm_of, wait_for
 
 HOSTS = ("lab1", "lab2", "lab3")
 
 
 @pytest.fixture(scope="module")
 def ha_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlexvmServer]:
-    server = FlexvmServer(
-        tmp_path_factory.mktemp("ha-lab"),
-        {"FLEXVM_LIBVIRT_URI": "", "FLEXVM_READY_TIMEOUT": "90", "PYTHONFAULTHANDLER": "1"},
-    )
-    server.start()
-    try:
-        server.ok("lab", "up", "--hosts", "3", "--host-cpus", "2", "--host-memory", "2G", "--shared-storage")
-        server.ok("image", "build", "tiny")
+    lab_args = ("--hosts", "3", "--host-cpus", "2", "--host-memory", "2G", "--shared-storage")
+    with lab_server(tmp_path_factory.mktemp("ha-lab"), *lab_args) as server:
         yield server
-    finally:
-        server.cli("lab", "down", "--force")
-        Lab(server.home / "lab").down()  # whatever the CLI could not do
-        server.stop()
-
-
-def vm_of(server: FlexvmServer, name: str) -> dict[str, Any]:
-    return dict(server.ok("vm", "show", name, "-o", "json").json())
 
 
 def host_of(server: FlexvmServer, name: str) -> dict[str, Any]:

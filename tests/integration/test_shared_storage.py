@@ -17,28 +17,14 @@ import pytest
 
 from flexvm.lab import Lab
 from flexvm.lab.plan import SHARED_PATH, SHARED_STORAGE_NAME
-from tests.helpers import FlexvmServer, unique, wait_for
+from tests.helpers import FlexvmServer, lab_server, unique, vm_of, wait_for
 
 
 @pytest.fixture(scope="module")
 def shared_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlexvmServer]:
-    server = FlexvmServer(
-        tmp_path_factory.mktemp("shared-lab"),
-        {"FLEXVM_LIBVIRT_URI": "", "FLEXVM_HEALTH_SECONDS": "2", "FLEXVM_READY_TIMEOUT": "90"},
-    )
-    server.start()
-    try:
-        server.ok("lab", "up", "--hosts", "2", "--host-cpus", "2", "--host-memory", "2G", "--shared-storage")
-        server.ok("image", "build", "tiny")
+    lab_args = ("--hosts", "2", "--host-cpus", "2", "--host-memory", "2G", "--shared-storage")
+    with lab_server(tmp_path_factory.mktemp("shared-lab"), *lab_args, env={"FLEXVM_HEALTH_SECONDS": "2"}) as server:
         yield server
-    finally:
-        server.cli("lab", "down", "--force")
-        Lab(server.home / "lab").down()  # whatever the CLI could not do
-        server.stop()
-
-
-def vm_of(server: FlexvmServer, name: str) -> dict[str, Any]:
-    return dict(server.ok("vm", "show", name, "-o", "json").json())
 
 
 def host_uri(server: FlexvmServer, host: str) -> str:

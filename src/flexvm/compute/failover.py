@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from flexvm.compute import guest_boot
-from flexvm.compute.booting import Booter
+from flexvm.compute.booting import Booter, runs
 from flexvm.compute.hosts import HostService
 from flexvm.compute.images import ImageService
 from flexvm.compute.placing import build_request, pool_snapshots
@@ -38,7 +38,6 @@ from flexvm.compute.vm_records import VmRecords, change_in, remove_host_copy
 from flexvm.config import Settings
 from flexvm.errors import Busy, CapacityError, FenceFailed, FlexvmError, InvalidState, NotFound
 from flexvm.fencing.agents import Fencer, Opinion, fencer_for
-from flexvm.model.guest import GuestState
 from flexvm.model.host import Host, HostState
 from flexvm.model.operation import Operation
 from flexvm.model.vm import PowerState, Vm
@@ -388,19 +387,18 @@ class Failover:
         started = []
         for vm in waiting:
             try:
-                info = driver.guest_info(vm.domain_name)
+                running = runs(driver, vm)
             except FlexvmError as err:
                 log.warning("host %s is back, but %s cannot be read yet: %s", host_name, vm.name, err.message)
                 continue
-            runs = info is not None and info.state is GuestState.RUNNING
 
-            def apply(v: Vm, runs: bool = runs) -> None:
+            def apply(v: Vm, running: bool = running) -> None:
                 v.unavailable = None
                 if v.active_operation_id is None and v.power_state is PowerState.UNKNOWN:
-                    v.set_power(PowerState.RUNNING if runs else PowerState.STOPPED)
+                    v.set_power(PowerState.RUNNING if running else PowerState.STOPPED)
 
             self.records.change(vm.id, apply)
-            if not runs and vm.power_state in WAS_RUNNING and self.start_vm is not None:
+            if not running and vm.power_state in WAS_RUNNING and self.start_vm is not None:
                 try:
                     self.start_vm(vm.name)
                     started.append(vm.name)

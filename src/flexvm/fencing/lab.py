@@ -4,16 +4,20 @@ every process in its namespace), and its second opinion is the lab switch's view
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flexvm.errors import FenceFailed, FlexvmError
 from flexvm.fencing.agents import Fencer, Opinion
 from flexvm.model.host import FenceAgent
 
+if TYPE_CHECKING:
+    from flexvm.lab.lab import Lab
+
 
 class LabFencer(Fencer):
     kind = FenceAgent.LAB
 
-    def _lab(self):  # type: ignore[no-untyped-def]
+    def _lab(self) -> Lab:
         from flexvm.lab.lab import Lab  # the lab stands beside the stack: only this agent knows it
 
         return Lab(Path(self.options["root"]))
