@@ -37,6 +37,7 @@ from flexvm.drivers import connect as default_connect
 from flexvm.drivers.base import Driver
 from flexvm.errors import FlexvmError
 from flexvm.images.store import ImageStore
+from flexvm.maintenance.rolling import Maintenance
 from flexvm.monitor.advisor import Advisor
 from flexvm.monitor.collector import MIN_INTERVAL, Collector, CollectorLoop, Retention
 from flexvm.monitor.query import MetricsQuery
@@ -106,6 +107,7 @@ class Platform:
     audit: AuditLog
     storage: StorageService
     failover: Failover
+    maintenance: Maintenance
     last_report: ReconcileReport | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync_thread: threading.Thread | None = None
@@ -161,6 +163,7 @@ class Platform:
         failover.start_vm = vms.start
         health = HealthChecker(db, hosts, reconciler, settings.health_timeout, failover, guard=engine.leader.fenced)
         mover = VmMover(db, engine, hosts, images, records, booter, settings)
+        drains = DrainService(db, engine, mover)
         retention = Retention(settings.metrics_raw_hours * 3600, settings.metrics_rollup_days * 86400)
         collector = Collector(
             db, hosts, max(settings.metrics_interval, MIN_INTERVAL), settings.health_timeout, retention
@@ -188,7 +191,7 @@ class Platform:
             CapacityService(db, sizes),
             mover,
             ResizeService(db, engine, hosts, sizes, images, records, booter, mover),
-            DrainService(db, engine, mover),
+            drains,
             VmFiles(db, engine, hosts, sizes, images, records, creator, settings.home / "work"),
             collector,
             query,
@@ -200,6 +203,7 @@ class Platform:
             AuditLog(db),
             StorageService(db, hosts),
             failover,
+            Maintenance(db, engine, hosts, drains, settings),
         )
 
     def start(self) -> ReconcileReport:

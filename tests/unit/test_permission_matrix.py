@@ -42,7 +42,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from flexvm.api import access_schemas, schemas
+from flexvm.api import access_schemas, maintenance_schemas, schemas
 from flexvm.api.access import RULE_KEY, Scope, api_routes, project_access, require_rules
 from flexvm.api.app import OPEN_PATHS, create_app
 from flexvm.model.access import Right
@@ -133,6 +133,8 @@ BODIES: dict[tuple[str, str], Body] = {
     ),
     ("POST", "/v1/availability-sets"): Body({"name": MISSING}, harmless={"name": MISSING, "fault_domains": "two"}),
     ("POST", "/v1/pool/rebalance"): Body({"dry_run": True}),
+    ("POST", "/v1/maintenance/plan"): Body({"hosts": [MISSING]}),  # no such host: 404
+    ("POST", "/v1/maintenance/runs"): Body({"hosts": [MISSING], "hook": "true"}),  # no such host: 404
     ("POST", "/v1/scalesets"): Body(
         {"name": MISSING, "size": "Standard_B1s", "image": MISSING, "instances": 1},
         harmless={"name": MISSING, "size": "No_Such_Size", "image": MISSING, "instances": 1},
@@ -186,7 +188,7 @@ def body_model(doc: dict[str, Any], route: Route) -> type[BaseModel] | None:
     schema = content["schema"]
     ref = schema.get("$ref") or next(s["$ref"] for s in schema.get("anyOf", []) if "$ref" in s)
     name = ref.rsplit("/", 1)[1]
-    model = getattr(schemas, name, None) or getattr(access_schemas, name)
+    model = getattr(schemas, name, None) or getattr(access_schemas, name, None) or getattr(maintenance_schemas, name)
     assert issubclass(model, BaseModel), name
     return model
 

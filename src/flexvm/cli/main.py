@@ -13,6 +13,7 @@ from flexvm.cli.catalog import image_app, size_app
 from flexvm.cli.hints import explain
 from flexvm.cli.hosts import host_app, operation_app, server_app
 from flexvm.cli.lab import app as lab_app
+from flexvm.cli.maintenance import maintenance_app
 from flexvm.cli.monitor import advisor, top, vm_metrics
 from flexvm.cli.pool import capacity, network_app, set_app
 from flexvm.cli.scaling import autoscale_app, scaleset_app
@@ -48,6 +49,7 @@ app.add_typer(scaleset_app, name="scaleset")
 app.add_typer(autoscale_app, name="autoscale")
 app.command("capacity")(capacity)
 app.add_typer(lab_app, name="lab")
+app.add_typer(maintenance_app, name="maintenance")
 app.command("top")(top)
 app.command("advisor")(advisor)
 vm_app.command("metrics")(vm_metrics)

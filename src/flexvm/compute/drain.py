@@ -51,8 +51,9 @@ class MovesPlan:
 class Simulation:
     """The pool on paper: rooms shrink and grow as moves are planned, set layouts follow."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, *, strict_spread: bool = True) -> None:
         self.session = session
+        self.strict_spread = strict_spread  # False for a rolling maintenance (see SetSpread.strict)
         self.snapshots = {s.host.name: s for s in pool_snapshots(session, lock=False)}
         self.planned: dict[str, str] = {}  # VM -> planned destination
 
@@ -62,7 +63,8 @@ class Simulation:
         if vm.power_state is PowerState.DEALLOCATED:
             request = dataclasses.replace(request, vcpus=0, memory_mib=0)
         if request.spread is not None:
-            request = dataclasses.replace(request, spread=self._spread_after_plans(request.spread, vm))
+            spread = self._spread_after_plans(request.spread, vm)
+            request = dataclasses.replace(request, spread=dataclasses.replace(spread, strict=self.strict_spread))
         chosen = choose(list(self.snapshots.values()), request).host.name
         self.snapshots[chosen] = HostSnapshot(
             self.snapshots[chosen].host, take_room(self.snapshots[chosen].room, request)
@@ -99,6 +101,39 @@ class Simulation:
         }
 
 
+def plan_moves_off(
+    simulation: Simulation, host: str, *, excluded: set[str], parallel: int = 1, live_only: bool = False
+) -> MovesPlan:
+    """Where each VM of ``host`` goes, on a simulation of the pool (several hosts drained at
+    once share one, each host's VMs then counting on the room the others' took)."""
+    plan = MovesPlan(host, parallel=parallel)
+    vms = VmRepo(simulation.session).on_host(host)
+    # Running first (they are why a drain is live), then by size: the hardest to fit go first.
+    order = sorted(vms, key=lambda v: (v.power_state is not PowerState.RUNNING, -v.memory_mib, -v.vcpus, v.name))
+    for vm in order:
+        if vm.active_operation_id is not None:
+            plan.stays[vm.name] = f"busy with operation {vm.active_operation_id}"
+            continue
+        if vm.power_state not in (PowerState.RUNNING, PowerState.STOPPED, PowerState.DEALLOCATED):
+            plan.stays[vm.name] = f"it is {vm.power_state.value}"
+            continue
+        if vm.power_state is PowerState.DEALLOCATED:
+            plan.stays[vm.name] = "deallocated: it holds no CPU or memory here, only its disk"
+            continue
+        if live_only and vm.power_state is not PowerState.RUNNING:
+            plan.stays[vm.name] = "stopped: it waits here for the host to come back (its disk is here)"
+            continue
+        try:
+            dest = simulation.place(vm, excluded=excluded)
+        except CapacityError as err:
+            plan.stays[vm.name] = f"no other host can take it: {err.message}"
+            continue
+        mode = "live" if vm.power_state is PowerState.RUNNING else "cold"
+        plan.moves.append(MovePlan(vm.name, host, dest, mode, estimate(vm, mode)))
+    plan.estimate_seconds = _parallel_time([m.estimate_seconds for m in plan.moves], parallel)
+    return plan
+
+
 def _give_back(room: Any, request: Request) -> Any:
     return dataclasses.replace(
         room,
@@ -115,6 +150,7 @@ class DrainService:
         self.mover = mover
         engine.register("host.drain", self._run_moves, cancelable=True)
         engine.register("pool.rebalance", self._run_moves, cancelable=True)
+        engine.register("host.return", self._run_moves, cancelable=True)
 
     # --- drain ---------------------------------------------------------------------------
     def plan_drain(self, host: str, parallel: int = 1) -> MovesPlan:
@@ -124,45 +160,64 @@ class DrainService:
             return self._plan_drain(session, host, parallel)
 
     def _plan_drain(self, session: Any, host: str, parallel: int) -> MovesPlan:
-        plan = MovesPlan(host, parallel=parallel)
-        simulation = Simulation(session)
-        vms = VmRepo(session).on_host(host)
-        # Running first (they are why a drain is live), then by size: the hardest to fit go first.
-        order = sorted(vms, key=lambda v: (v.power_state is not PowerState.RUNNING, -v.memory_mib, -v.vcpus, v.name))
-        for vm in order:
-            if vm.active_operation_id is not None:
-                plan.stays[vm.name] = f"busy with operation {vm.active_operation_id}"
-                continue
-            if vm.power_state not in (PowerState.RUNNING, PowerState.STOPPED, PowerState.DEALLOCATED):
-                plan.stays[vm.name] = f"it is {vm.power_state.value}"
-                continue
-            if vm.power_state is PowerState.DEALLOCATED:
-                plan.stays[vm.name] = "deallocated: it holds no CPU or memory here, only its disk"
-                continue
-            try:
-                dest = simulation.place(vm, excluded={host})
-            except CapacityError as err:
-                plan.stays[vm.name] = f"no other host can take it: {err.message}"
-                continue
-            mode = "live" if vm.power_state is PowerState.RUNNING else "cold"
-            plan.moves.append(MovePlan(vm.name, host, dest, mode, estimate(vm, mode)))
-        plan.estimate_seconds = _parallel_time([m.estimate_seconds for m in plan.moves], parallel)
-        return plan
+        return plan_moves_off(Simulation(session), host, excluded={host}, parallel=parallel)
 
     def drain(self, host: str, parallel: int = 1) -> Operation:
-        """Maintenance on, then every VM that can move moves; the operation lists what stayed."""
+        """Maintenance on, then every VM that can moves; the operation lists what stayed."""
         _check_parallel(parallel)
         with self.db.session() as session:
             hosts = HostRepo(session)
             record = hosts.lock(host)
             record.set_state(HostState.MAINTENANCE, "draining")
             hosts.save(record)
-            plan = self._plan_drain(session, host, parallel)
-            operation = self.engine.record(
-                session, "host.drain", "host", host, params=_moves_params(plan, f"draining {host}")
-            )
-            self._hold(session, plan, operation.id)
+            operation = self.record_drain(session, host, parallel)
         return self.engine.launch(operation)
+
+    def record_drain(
+        self, session: Any, host: str, parallel: int = 1, *, maintenance: bool = False, parent: str | None = None
+    ) -> Operation:
+        """Plan and record the drain of a host already in maintenance, in the caller's
+        transaction (a rolling maintenance records one per host; the caller launches it).
+        ``maintenance``: the host comes back, so only running VMs move (stopped ones wait there),
+        and a set's members may crowd another fault domain meanwhile (SetSpread.strict)."""
+        simulation = Simulation(session, strict_spread=not maintenance)
+        plan = plan_moves_off(simulation, host, excluded={host}, parallel=parallel, live_only=maintenance)
+        params = {**_moves_params(plan, f"draining {host}"), **({"parent": parent} if parent else {})}
+        operation = self.engine.record(session, "host.drain", "host", host, params=params)
+        self._hold(session, plan, operation.id)
+        return operation
+
+    def record_return(self, session: Any, host: str, vms: list[str], parent: str) -> Operation:
+        """Record the move of VMs back to the host they were drained from (Incus's ``cluster
+        restore``): each still running and free goes back live; the others stay where they are,
+        saying why. The host must take VMs again (it is up)."""
+        plan = MovesPlan(host)
+        simulation = Simulation(session, strict_spread=False)  # home is where its set had it
+        records = VmRepo(session)
+        for name in vms:
+            vm = records.find(name)
+            if vm is None:
+                continue  # deleted meanwhile
+            if vm.host == host:
+                continue  # home already
+            if vm.power_state is not PowerState.RUNNING or vm.active_operation_id is not None:
+                plan.stays[name] = (
+                    f"busy with operation {vm.active_operation_id}"
+                    if vm.active_operation_id
+                    else f"it is {vm.power_state.value}"
+                )
+                continue
+            try:
+                simulation.place(vm, excluded=set(), pinned=host)
+            except CapacityError as err:
+                plan.stays[name] = f"{host} cannot take it back: {err.message}"
+                continue
+            plan.moves.append(MovePlan(vm.name, vm.host, host, "live", estimate(vm, "live")))
+        plan.estimate_seconds = _parallel_time([m.estimate_seconds for m in plan.moves], 1)
+        params = {**_moves_params(plan, f"returning VMs to {host}"), "parent": parent}
+        operation = self.engine.record(session, "host.return", "host", host, params=params)
+        self._hold(session, plan, operation.id)
+        return operation
 
     def undrain(self, host: str) -> None:
         with self.db.session() as session:
@@ -297,7 +352,7 @@ class DrainService:
 
     def _wait_batch(self, run: Run, number: int, children: dict[str, str]) -> dict[str, Any]:
         def wait() -> dict[str, Any]:
-            return {name: list(outcome) for name, outcome in self._wait(run, children).items()}
+            return {name: list(outcome) for name, outcome in self.wait_moves(run, children).items()}
 
         return dict(run.step(f"wait-{number}", wait, detail="waiting for the moves"))
 
@@ -320,8 +375,9 @@ class DrainService:
             children[vm.name] = operation.id
         return children
 
-    def _wait(self, run: Run, children: dict[str, str]) -> dict[str, tuple[bool, str]]:
-        """Until every move of the batch ended; a cancel of this operation cancels them too."""
+    def wait_moves(self, run: Run, children: dict[str, str]) -> dict[str, tuple[bool, str]]:
+        """Until every child operation (a batch of moves, or a maintenance run's drains) ended;
+        a cancel of this operation cancels them too."""
         canceled = False
         while True:
             ops = {name: self.engine.get(op_id) for name, op_id in children.items()}

@@ -67,7 +67,7 @@ def availability_set(snapshot: HostSnapshot, request: Request) -> str | None:
     may hold at most ceil(members / F) of the set's VMs, counting the new one.
     """
     spread = request.spread
-    if spread is None:
+    if spread is None or not spread.strict:
         return None
     domain = snapshot.fault_domain
     used = spread.members_by_domain

@@ -16,6 +16,9 @@ class SetSpread:
     name: str
     fault_domains: int
     members_by_domain: dict[str, int] = field(default_factory=dict)
+    # False while a fault domain is under maintenance: its members must go somewhere for a while
+    # (they come back), so a domain may hold more than its share; the emptiest still comes first.
+    strict: bool = True
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,19 @@ class StorageRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class MaintenanceRunRow(Base):
+    """A rolling maintenance run's controls: a pause asked for, a pause in force and why
+    (its progress is its operation's, ``operation_id``)."""
+
+    __tablename__ = "maintenance_runs"
+    operation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    asked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AddressRow(Base):
     """One reserved address. The primary key makes a double reservation impossible."""
 
