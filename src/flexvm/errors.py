@@ -169,8 +169,8 @@ class NotFound(FlexvmError):
     status = 404
     code = "NotFound"
 
-    def __init__(self, kind: str, name: str) -> None:
-        super().__init__(f"{kind} '{name}' not found", details={"kind": kind, "name": name})
+    def __init__(self, kind: str, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"{kind} '{name}' not found", details={"kind": kind, "name": name})
 
 
 class Conflict(FlexvmError):

@@ -1,15 +1,19 @@
-"""Hosts failing on a real 3-host lab with shared storage, with the default timings.
+"""Hosts failing, and hosts patched, on a real 3-host lab with shared storage, default timings.
 
 A host powered off (`lab host kill`): it is suspect, failed (the lab switch finds no libvirtd
 there), fenced, and its HA VM answers HTTP from another host with the disk it had (its boot count
 up by exactly one); its VM on local disk waits, saying why, and runs again once the host is back.
 A host cut off the network with its guests still running (`lab host partition`): it is fenced
 before anything restarts, and once the partition heals and the host is on again, the VM runs
-exactly once and its disk saw one more boot, not two.
+exactly once and its disk saw one more boot, not two. A rolling maintenance of every host (its
+hook restarts the host's libvirtd and virtlogd, as a hypervisor update does), with the server
+killed in the middle of it: the next server finishes it, every VM of an availability set answered
+HTTP throughout, never rebooted, and is back on the host it started on.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -159,3 +163,78 @@ def test_a_partitioned_host_is_fenced_first_and_the_vm_never_runs_twice(ha_lab: 
     assert running_copies(ha_lab, db) == [vm_of(ha_lab, db)["host"]]
     assert boots(ip) == before + 1, "its disk saw exactly one more boot: never two guests on it"
     ha_lab.ok("vm", "delete", db)
+
+
+class Pinger:
+    """Bounded HTTP load on the guests' /info: every 0.2 s each, for at most 600 s, until stopped."""
+
+    def __init__(self, ips: list[str]) -> None:
+        self.ips, self.sent, self.failed = ips, 0, []  # type: ignore[var-annotated]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self.done.is_set() and time.monotonic() < deadline and self.sent < 20000:
+            for ip in self.ips:
+                self.sent += 1
+                if info(ip) is None:
+                    self.failed.append((time.strftime("%H:%M:%S"), ip))
+            self.done.wait(0.2)
+
+    def __enter__(self) -> Pinger:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+
+
+def test_a_rolling_maintenance_survives_its_server_and_no_guest_notices(ha_lab: FlexvmServer) -> None:
+    for host in HOSTS:
+        wait_for(lambda h=host: host_of(ha_lab, h)["state"] == "up", 90, f"{host} to be up")
+    ha_lab.ok("availability-set", "create", "mdb", "--fault-domains", "3")
+    names = [unique("mdb") for _ in HOSTS]
+    for name, host in zip(names, HOSTS, strict=True):
+        ha_lab.ok(
+            "vm", "create", name, "--size", "Standard_B1ls", "--image", "tiny", "--host", host,
+            "--storage", SHARED_STORAGE_NAME, "--availability-set", "mdb",
+        )  # fmt: skip
+    ips = [vm_of(ha_lab, n)["nics"][0]["ip"] for n in names]
+    booted = {ip: boots(ip) for ip in ips}
+    plan = ha_lab.ok("maintenance", "plan", "--all", "-o", "json").json()
+    assert [b["hosts"] for b in plan["batches"]] == [[h] for h in HOSTS] and plan["fits"], plan
+    hook_log = ha_lab.home / "hooks.log"
+    hook = f"flexvm lab host restart $FLEXVM_HOST && echo $FLEXVM_HOST >> {hook_log}"
+    lab = Lab(ha_lab.home / "lab")
+    libvirtd_before = {h: lab.daemon_pid(h, "libvirtd") for h in HOSTS}
+
+    started = time.monotonic()
+    with Pinger(ips) as load:
+        # The server dies just after lab2's hook: the next one runs that hook again and goes on.
+        ha_lab.stop()
+        ha_lab.env_extra["FLEXVM_CRASH_AT"] = "maintenance.run:batch 2: update #1:acted"
+        ha_lab.start()
+        run_id = ha_lab.ok("maintenance", "run", "--all", "--hook", hook, "--no-wait", "-o", "json").json()["id"]
+        assert ha_lab.proc is not None
+        ha_lab.proc.wait(timeout=240)
+        del ha_lab.env_extra["FLEXVM_CRASH_AT"]
+        ha_lab.start()
+        done = ha_lab.wait_operation(run_id, timeout=300)
+    took = time.monotonic() - started
+    assert done["status"] == "succeeded", (done["error"], ha_lab.log_tail())
+    assert hook_log.read_text().split() == ["lab1", "lab2", "lab2", "lab3"]  # lab2's again, after the crash
+    print(f"\nmaintenance run --all over 3 hosts: {took:.0f} s, {load.sent} requests, {len(load.failed)} failed")
+    assert load.failed == [], load.failed
+    for name, host, ip in zip(names, HOSTS, ips, strict=True):
+        vm = vm_of(ha_lab, name)
+        assert (vm["host"], vm["power_state"]) == (host, "running"), vm
+        assert boots(ip) == booted[ip], f"{name} was never restarted: it moved live, twice"
+    assert all(lab.daemon_pid(h, "libvirtd") != libvirtd_before[h] for h in HOSTS), "every hypervisor restarted"
+    assert all(host_of(ha_lab, h)["state"] == "up" for h in HOSTS)
+    status = ha_lab.ok("maintenance", "status").stdout
+    assert "succeeded" in status and "lab3" in status
+    for name in names:
+        ha_lab.ok("vm", "delete", name)
+    ha_lab.ok("availability-set", "delete", "mdb")

@@ -30,6 +30,7 @@ from flexvm.operations.run import Run
 from flexvm.platform import Platform
 from tests.conftest import TOKEN
 from tests.helpers import wait_for
+from tests.unit.pool_helpers import add_host
 
 FLEXVM = str(Path(sys.executable).parent / "flexvm")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -343,3 +344,32 @@ def test_ha_and_fencing_in_table_form(flexvm: Cli, platform: Platform, fake_host
     assert re.search(r"state\s+fenced", shown) and re.search(r"last failure\s+detected", shown), shown
     assert re.search(r"db\s+not restarted: its host local is fenced and no other host can take it", shown), shown
     assert "an operator (admin) confirmed" in shown
+
+
+# --- rolling maintenance -----------------------------------------------------------------------
+
+
+def test_maintenance_plan_run_pause_and_cancel_in_table_form(flexvm: Cli, platform: Platform, image: str) -> None:
+    platform.maintenance.probe_interval = 0.01
+    assert_clean_error(flexvm("maintenance", "status"), "no maintenance run has been started")
+    assert_clean_error(flexvm("maintenance", "plan"), "name the hosts to maintain (--hosts A,B)")
+    flexvm.ok("vm", "create", "web", "--size", "Standard_B1s", "--image", image)
+    add_host(platform, "b")
+    plan = flexvm.ok("maintenance", "plan", "--all")
+    assert "2 host(s) in 2 batch(es), 1 at a time" in plan and "plus the hook's own time" in plan, plan
+    assert "web: local -> b (live), and back" in plan and "every batch's running VMs fit" in plan, plan
+    assert_clean_error(flexvm("maintenance", "run", "--hosts", "b,nosuch", "--hook", "true"), "nosuch")
+    paused = flexvm("maintenance", "run", "--all", "--hook", "exit 4")
+    assert_clean_error(paused, "the maintenance run paused: b: the hook exited with status 4")
+    assert re.search(r"b\s+updating", paused.stdout) and re.search(r"local\s+waiting", paused.stdout), paused.stdout
+    status = flexvm.ok("maintenance", "status")
+    assert re.search(r"state\s+paused: b: the hook exited with status 4", status), status
+    assert "flexvm maintenance resume" in status
+    canceled = flexvm.ok("maintenance", "cancel")
+    assert re.search(r"state\s+cancel(ing|ed)", canceled), canceled
+    wait_for(lambda: "canceled" in flexvm.ok("maintenance", "status"), 15, "the cancel")
+    assert re.search(r"state\s+maintenance", flexvm.ok("host", "show", "b"))  # its update began: left drained
+    flexvm.ok("host", "undrain", "b")
+    done = flexvm.ok("maintenance", "run", "--hosts", "local", "--hook", "true")
+    assert re.search(r"state\s+succeeded", done) and re.search(r"local\s+done", done), done
+    assert "the hook took" in flexvm.ok("maintenance", "plan", "--all")

@@ -51,7 +51,7 @@ class MaintenancePlanOut(BaseModel):
 
 
 class MaintenanceStatusOut(BaseModel):
-    state: str = Field(description="running, pausing, paused, succeeded, failed or canceled")
+    state: str = Field(description="running, pausing, paused, canceling, succeeded, failed or canceled")
     reason: str | None = Field(description="why it is paused")
     asked_by: str | None
     hosts: dict[str, str] = Field(description="each host's phase: waiting, draining, updating, coming back, ...")

@@ -34,7 +34,7 @@ def _show_plan(plan: dict[str, Any]) -> None:
     output.console.print(
         f"{len(plan['hosts'])} host(s) in {len(plan['batches'])} batch(es), {plan['parallel']} at a time; "
         f"about {plan['estimate_seconds']:.0f} s"
-        + (f" (the hook took {hook:.0f} s a batch last time)" if hook else " plus the hook's own time"),
+        + (f" (the hook took {hook:.0f} s a batch last time)" if hook is not None else " plus the hook's own time"),
         highlight=False,
     )
     for batch in plan["batches"]:

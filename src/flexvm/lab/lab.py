@@ -200,8 +200,12 @@ class Lab:
         return netns.is_up(SWITCH_NETNS, self._switch_port(name))
 
     def libvirtd_running(self, name: str) -> bool:
+        return self.daemon_pid(name, "libvirtd") is not None
+
+    def daemon_pid(self, name: str, kind: str) -> int | None:
+        """The PID of the host's running daemon of that kind (libvirtd, virtlogd), if one runs."""
         _record, host = self._host(name)
-        return self._daemon_pid(host.root, host.netns, "libvirtd", host.pids.get("libvirtd")) is not None
+        return self._daemon_pid(host.root, host.netns, kind, host.pids.get(kind))
 
     def partition(self, name: str) -> None:
         """Cut the host off the lab network (its switch port down): it and its guests keep

@@ -79,7 +79,7 @@ class MaintenanceRequest:
 class MaintenanceStatus:
     operation: Operation
     control: MaintenanceControl
-    state: str  # running, pausing (asked, taken before the next batch), paused, or how it ended
+    state: str  # running, pausing (taken before the next batch), paused, canceling, or how it ended
     phases: dict[str, HostPhase] = field(default_factory=dict)
 
 
@@ -141,7 +141,7 @@ class Maintenance:
             runs = OperationRepo(session).list(target=TARGET, limit=20)
             runs = [op for op in runs if op.kind == KIND]
             if not runs:
-                raise NotFound("maintenance run", "any")
+                raise NotFound("maintenance run", "latest", "no maintenance run has been started")
             unfinished = [op for op in runs if not op.status.finished]
             operation = (unfinished or runs)[0]
             control = MaintenanceRepo(session).find(operation.id) or MaintenanceControl(operation.id)
@@ -449,6 +449,8 @@ def _last_hook_seconds(session: Session) -> float | None:
 def _state_of(operation: Operation, control: MaintenanceControl) -> str:
     if operation.status.finished:
         return operation.status.value
+    if operation.cancel_requested or operation.status is OperationStatus.COMPENSATING:
+        return "canceling"
     if control.paused:
         return "paused"
     if control.pause_requested:
