@@ -106,6 +106,9 @@ def main() -> None:
             run = server.ok("maintenance", "status", "-o", "json").json()["operation"]
             after = server.ok("vm", "list", "-o", "json").json()
         finally:
+            (Path(tempfile.gettempdir()) / "flexvm-bench-maintenance-server.log").write_bytes(
+                (server.home / "server.log").read_bytes()
+            )
             server.cli("lab", "down", "--force")
             lab.down()
             server.stop()

@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export FLEXVM_FORBID_SKIPS=1
-exec .venv/bin/python -m pytest -ra --strict-markers "$@"
+exec .venv/bin/python -m pytest -ra --strict-markers --durations=30 "$@"

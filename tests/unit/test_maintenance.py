@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,16 @@ def hook_writing(tmp_path: Path, then: str = "") -> str:
 def hooked(tmp_path: Path) -> list[str]:
     record = tmp_path / "hooks.log"
     return [line.split()[0] for line in record.read_text().splitlines()] if record.exists() else []
+
+
+def at_moment(p: Platform, step: str, moment: str, action: Callable[[], object]) -> None:
+    """Do ``action`` when the run reaches ``step`` at ``moment`` (the engine's failpoint)."""
+
+    def failpoint(kind: str, at_step: str, at: str) -> None:
+        if (kind, at_step, at) == ("maintenance.run", step, moment):
+            action()
+
+    p.engine.settings = dataclasses.replace(p.engine.settings, failpoint=failpoint)
 
 
 def wait_state(p: Platform, state: str, timeout: float = 30.0) -> Any:
@@ -239,14 +250,8 @@ def test_a_host_not_back_in_time_pauses_the_run_until_it_answers(
     tmp_path: Path,
 ) -> None:
     host_a = scaling.hosts["a"].host
-    hook = hook_writing(tmp_path)
-
-    def cut_a(kind: str, step: str, moment: str) -> None:
-        if (kind, step, moment) == ("maintenance.run", "batch 1: update #1", "acted"):
-            host_a.reachable = False
-
-    pool.engine.settings = dataclasses.replace(pool.engine.settings, failpoint=cut_a)
-    operation = pool.maintenance.start(MaintenanceRequest(hook, ["a"], host_timeout=1))
+    at_moment(pool, "batch 1: update #1", "acted", lambda: setattr(host_a, "reachable", False))
+    operation = pool.maintenance.start(MaintenanceRequest(hook_writing(tmp_path), ["a"], host_timeout=1))
     status = wait_state(pool, "paused")
     assert "a did not answer its checks within 1 s of its update" in str(status.control.reason)
     assert status.phases == {"a": HostPhase.COMING_BACK}
@@ -258,11 +263,7 @@ def test_a_host_not_back_in_time_pauses_the_run_until_it_answers(
 
 
 def test_an_operators_pause_is_taken_before_the_next_batch(pool: Platform, tmp_path: Path) -> None:
-    def pause_in_batch_1(kind: str, step: str, moment: str) -> None:
-        if (kind, step, moment) == ("maintenance.run", "batch 1: update #1", "started"):
-            pool.maintenance.pause("ops")
-
-    pool.engine.settings = dataclasses.replace(pool.engine.settings, failpoint=pause_in_batch_1)
+    at_moment(pool, "batch 1: update #1", "started", lambda: pool.maintenance.pause("ops"))
     operation = pool.maintenance.start(MaintenanceRequest(hook_writing(tmp_path), every=True))
     status = wait_state(pool, "paused")
     assert status.control.reason == "paused by ops"
@@ -295,3 +296,38 @@ def test_a_server_killed_mid_run_is_followed_by_one_that_finishes_it(
         assert layout(second) == before
         assert all(h.state is HostState.UP for h in second.hosts.list())
         assert os.path.isdir(settings.home / "maintenance" / operation.id)
+
+
+def test_a_host_that_went_down_before_its_turn_pauses_the_run(
+    pool: Platform,
+    scaling: ScalingPlatform,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    host_c = scaling.hosts["c"].host
+
+    def cut_c() -> None:
+        host_c.reachable = False
+        pool.health.check_all()
+
+    at_moment(pool, "batch 2: check #1", "done", cut_c)
+    operation = pool.maintenance.start(MaintenanceRequest(hook_writing(tmp_path), every=True))
+    status = wait_state(pool, "paused")
+    assert str(status.control.reason).startswith("host c is down")
+    assert status.phases["c"] is HostPhase.WAITING and hooked(tmp_path) == ["a", "b"]
+    host_c.reachable = True
+    pool.health.check_all()
+    pool.maintenance.resume("ops")
+    run(pool, operation, timeout=60)
+    assert hooked(tmp_path) == ["a", "b", "c"]
+
+
+def test_a_vm_that_stopped_during_a_batch_pauses_the_run_until_it_runs(pool: Platform, tmp_path: Path) -> None:
+    at_moment(pool, "batch 1: returned", "done", lambda: run(pool, pool.vms.stop("db1")))
+    operation = pool.maintenance.start(MaintenanceRequest(hook_writing(tmp_path), every=True))
+    status = wait_state(pool, "paused")
+    assert status.control.reason == "db1 ran before and is stopped now", status.control.reason
+    assert status.phases["a"] is HostPhase.CHECKING and pool.hosts.get("a").state is HostState.UP
+    run(pool, pool.vms.start("db1"))
+    pool.maintenance.resume("ops")
+    run(pool, operation, timeout=60)
+    assert hooked(tmp_path) == ["a", "b", "c"]

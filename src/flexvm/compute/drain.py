@@ -187,11 +187,11 @@ class DrainService:
         self._hold(session, plan, operation.id)
         return operation
 
-    def record_return(self, session: Any, host: str, vms: list[str], parent: str) -> Operation:
+    def record_return(self, session: Any, host: str, vms: list[str], parent: str, parallel: int = 1) -> Operation:
         """Record the move of VMs back to the host they were drained from (Incus's ``cluster
         restore``): each still running and free goes back live; the others stay where they are,
         saying why. The host must take VMs again (it is up)."""
-        plan = MovesPlan(host)
+        plan = MovesPlan(host, parallel=parallel)
         simulation = Simulation(session, strict_spread=False)  # home is where its set had it
         records = VmRepo(session)
         for name in vms:
@@ -213,7 +213,7 @@ class DrainService:
                 plan.stays[name] = f"{host} cannot take it back: {err.message}"
                 continue
             plan.moves.append(MovePlan(vm.name, vm.host, host, "live", estimate(vm, "live")))
-        plan.estimate_seconds = _parallel_time([m.estimate_seconds for m in plan.moves], 1)
+        plan.estimate_seconds = _parallel_time([m.estimate_seconds for m in plan.moves], parallel)
         params = {**_moves_params(plan, f"returning VMs to {host}"), "parent": parent}
         operation = self.engine.record(session, "host.return", "host", host, params=params)
         self._hold(session, plan, operation.id)

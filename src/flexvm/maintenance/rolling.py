@@ -35,7 +35,14 @@ from flexvm.compute.hosts import HostService
 from flexvm.config import Settings
 from flexvm.errors import Conflict, InvalidInput, InvalidState, NotFound
 from flexvm.maintenance.hooks import run_hook
-from flexvm.maintenance.planning import SETTLE_CHECKS, MaintenancePlan, choose_hosts, plan_maintenance, set_minimum
+from flexvm.maintenance.planning import (
+    MOVES_AT_ONCE,
+    SETTLE_CHECKS,
+    MaintenancePlan,
+    choose_hosts,
+    plan_maintenance,
+    set_minimum,
+)
 from flexvm.model.host import HostState
 from flexvm.model.maintenance import HostPhase, MaintenanceControl
 from flexvm.model.operation import Operation, OperationStatus
@@ -54,6 +61,8 @@ TARGET = "maintenance"
 MAX_HOOK = 4096  # characters of a hook command
 MAX_SECONDS = 86400.0
 PAUSE_POLL = 0.5
+UNSURE = (PowerState.UNKNOWN, PowerState.STARTING)  # states a VM may be in for a moment, and leave
+CHECK_GRACE = 30.0  # seconds: a few health rounds, and the reconciler's look that follows them
 
 
 @dataclass
@@ -91,6 +100,7 @@ class Maintenance:
         self.drains = drains
         self.settings = settings
         self.probe_interval = settings.health_seconds  # between two looks at an updated host
+        self.check_grace = CHECK_GRACE  # how long a VM may go unseen before it counts as a regression
         engine.register(KIND, self._work, cancelable=True)
 
     # --- planning and starting -----------------------------------------------------------
@@ -194,6 +204,7 @@ class Maintenance:
         asked = run.step(f"{tag}: go", lambda: self._pause_asked(run.id), detail=f"next: {', '.join(hosts)}")
         if asked is not None:
             self._pause(run, f"{tag}: held", asked)
+        self._until_ok(run, f"{tag}: ready", lambda n, _prev: self._ready_attempt(run, tag, n, hosts))
         baseline = run.db_step(
             f"{tag}: maintenance on",
             lambda s: self._enter(s, run.id, hosts),
@@ -206,7 +217,9 @@ class Maintenance:
         run.db_step(f"{tag}: maintenance off", lambda s: self._leave_in(s, hosts), detail=f"{', '.join(hosts)} up")
         returns = run.db_step(
             f"{tag}: return",
-            lambda s: {h: self.drains.record_return(s, h, baseline["home"][h], run.id).id for h in hosts},
+            lambda s: {
+                h: self.drains.record_return(s, h, baseline["home"][h], run.id, MOVES_AT_ONCE).id for h in hosts
+            },
             detail="VMs moving back home",
         )
         away = run.step(f"{tag}: returned", lambda: self._returned(run, returns), detail="VMs moving back home")
@@ -253,6 +266,21 @@ class Maintenance:
         return f"paused by {control.asked_by or 'an operator'}"
 
     # --- the parts of a batch ------------------------------------------------------------
+    def _ready_attempt(self, run: Run, tag: str, number: int, hosts: list[str]) -> dict[str, Any]:
+        """The batch's hosts are still up (one may have failed since the plan was made)."""
+
+        def ready() -> dict[str, Any]:
+            with self.db.session() as session:
+                found = {name: HostRepo(session).get(name) for name in hosts}
+            not_up = [
+                f"host {n} is {h.state.value} ({h.state_reason})"
+                for n, h in found.items()
+                if h.state is not HostState.UP
+            ]
+            return {"ok": not not_up, "why": "; ".join(not_up)}
+
+        return run.step(f"{tag}: ready #{number}", ready, detail=f"{', '.join(hosts)} up?")
+
     def _enter(self, session: Session, run_id: str, hosts: list[str]) -> dict[str, Any]:
         """Hosts in maintenance; what runs now is what must run at the end of the batch."""
         for name in hosts:
@@ -292,7 +320,10 @@ class Maintenance:
 
     def _drain_attempt(self, run: Run, tag: str, number: int, hosts: list[str]) -> dict[str, Any]:
         def record(session: Session) -> dict[str, str]:
-            return {h: self.drains.record_drain(session, h, maintenance=True, parent=run.id).id for h in hosts}
+            return {
+                h: self.drains.record_drain(session, h, MOVES_AT_ONCE, maintenance=True, parent=run.id).id
+                for h in hosts
+            }
 
         drains = run.db_step(f"{tag}: drain #{number}", record, detail=f"draining {', '.join(hosts)}")
         return run.step(
@@ -303,7 +334,13 @@ class Maintenance:
         for operation_id in drains.values():
             self.engine.ensure_running(operation_id)
         self.drains.wait_moves(run, drains)
-        problems = []
+        problems = self._patiently(run, lambda: self._left_behind(drains))
+        return {"ok": not problems, "why": "; ".join(problems)}
+
+    def _left_behind(self, drains: dict[str, str]) -> tuple[list[str], bool]:
+        """What the drains did not do: a drain that failed, a VM not running after its move, a
+        running VM still on its host; and whether any of it may be passing (a VM unseen)."""
+        problems, unsure = [], False
         with self.db.session() as session:
             for host, operation_id in drains.items():
                 operation = OperationRepo(session).get(operation_id)
@@ -313,11 +350,24 @@ class Maintenance:
                     vm = VmRepo(session).find(move["vm"])
                     if vm is not None and vm.power_state is not PowerState.RUNNING:
                         problems.append(f"{vm.name} is {vm.power_state.value} after its move from {host}")
+                        unsure = unsure or vm.power_state in UNSURE
                 stays = operation.params.get("stays", {})
                 for vm in VmRepo(session).list(host=host):
                     if vm.power_state is PowerState.RUNNING:
                         problems.append(f"{vm.name} still runs on {host}: {stays.get(vm.name, 'it did not move')}")
-        return {"ok": not problems, "why": "; ".join(problems)}
+        return problems, unsure
+
+    def _patiently(self, run: Run, look: Callable[[], tuple[list[str], bool]]) -> list[str]:
+        """Problems found by ``look``, looked at again while some may pass by themselves: a VM
+        unseen for a moment (its host slow to answer one check while guests move onto it) is
+        not a regression until it stays unseen past the grace."""
+        deadline = time.monotonic() + self.check_grace
+        while True:
+            problems, unsure = look()
+            if not unsure or time.monotonic() > deadline:
+                return problems
+            run.check_canceled()
+            time.sleep(self.probe_interval)
 
     def _update_attempt(
         self, run: Run, tag: str, number: int, hosts: list[str], previous: dict[str, Any] | None
@@ -405,22 +455,26 @@ class Maintenance:
         self, run: Run, tag: str, number: int, hosts: list[str], baseline: dict[str, Any]
     ) -> dict[str, Any]:
         def check() -> dict[str, Any]:
-            problems = self._regressions(hosts, baseline["running"])
+            problems = self._patiently(run, lambda: self._regressions(hosts, baseline["running"]))
             return {"ok": not problems, "why": "; ".join(problems)}
 
         return run.step(f"{tag}: check #{number}", check, detail="checking that what ran runs")
 
-    def _regressions(self, hosts: list[str], running: list[str]) -> list[str]:
+    def _regressions(self, hosts: list[str], running: list[str]) -> tuple[list[str], bool]:
+        """What regressed, and whether any of it may be passing (a VM or host unseen for now)."""
         problems = []
+        unsure = False
         with self.db.session() as session:
             for name in hosts:
                 host = HostRepo(session).get(name)
                 if host.state is not HostState.UP:
                     problems.append(f"host {name} is {host.state.value} ({host.state_reason})")
+                    unsure = unsure or host.state in (HostState.SUSPECT, HostState.DOWN)
             for name in running:
                 vm = VmRepo(session).find(name)
                 if vm is not None and vm.power_state is not PowerState.RUNNING:
                     problems.append(f"{name} ran before and is {vm.power_state.value} now")
+                    unsure = unsure or vm.power_state in UNSURE
             sets = ScaleSetRepo(session)
             for scale_set in sets.list():
                 members = [VmRepo(session).find(i.vm_name) for i in sets.instances(scale_set.name)]
@@ -430,7 +484,7 @@ class Maintenance:
                         f"scale set {scale_set.name} runs {count} instance(s), below its minimum of "
                         f"{set_minimum(scale_set)}"
                     )
-        return problems
+        return problems, unsure
 
 
 def _message(operation: Operation) -> str:
@@ -459,9 +513,10 @@ def _state_of(operation: Operation, control: MaintenanceControl) -> str:
 
 
 _PHASES = {
-    "go": HostPhase.DRAINING,
+    "go": HostPhase.WAITING,
     "maintenance on": HostPhase.DRAINING,
     "held": HostPhase.WAITING,
+    "ready": HostPhase.WAITING,
     "drain": HostPhase.DRAINING,
     "drained": HostPhase.DRAINING,
     "update": HostPhase.UPDATING,
