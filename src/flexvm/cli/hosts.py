@@ -349,7 +349,7 @@ def cancel_operation(
     no_wait: bool = typer.Option(False, "--no-wait", help="return once the cancel is asked for"),
     fmt: output.Format = OutputOpt,
 ) -> None:
-    """Stop a move, drain, rebalance or scale-set change at its next step; what it did is undone."""
+    """Stop a move, drain, rebalance, scale-set change or maintenance run at its next step; what it did is undone."""
     api = client()
     full = _resolve(api, operation_id)
     asked = api.post(f"/operations/{full}/cancel")

@@ -522,7 +522,7 @@ class Engine:
             if not self.cancelable(operation.kind):
                 raise InvalidState(
                     f"operation {operation_id} ({operation.kind}) cannot be canceled; only moves, drains, "
-                    "rebalances and scale-set changes can",
+                    "rebalances, scale-set changes and maintenance runs can",
                     details={"operation_id": operation_id, "kind": operation.kind},
                 )
             if operation.status is OperationStatus.COMPENSATING:

@@ -76,7 +76,7 @@ def show_operation(
 def cancel_operation(
     operation_id: OperationId, scope: Scope = any_role(), p: Platform = Depends(platform)
 ) -> schemas.OperationOut:
-    """Ask a running move, drain, rebalance or scale-set change to stop at its next step and undo."""
+    """Ask a running move, drain, rebalance, scale-set change or maintenance run to stop at its next step and undo."""
     if not _ID.match(operation_id):
         raise InvalidInput("operation_id", f"{operation_id!r} is not an operation id")
     _visible(scope, p.runner.get(operation_id), Right.CHANGE)
