@@ -165,6 +165,7 @@ def test_a_scale_set_below_its_minimum_blocks_the_plan(pool: Platform) -> None:
         (["nosuch"], False, 1, "true", NotFound, "nosuch"),
         (["a"], False, 0, "true", InvalidInput, "between 1 and 8"),
         (["a"], False, 1, "  ", InvalidInput, "give the command"),
+        (["a"], False, 1, "true\0", InvalidInput, "NUL"),
     ],
 )
 def test_bad_requests_are_refused_naming_the_problem(
@@ -263,15 +264,24 @@ def test_a_host_not_back_in_time_pauses_the_run_until_it_answers(
 
 
 def test_an_operators_pause_is_taken_before_the_next_batch(pool: Platform, tmp_path: Path) -> None:
+    flag = tmp_path / "fixed"
     at_moment(pool, "batch 1: update #1", "started", lambda: pool.maintenance.pause("ops"))
-    operation = pool.maintenance.start(MaintenanceRequest(hook_writing(tmp_path), every=True))
-    status = wait_state(pool, "paused")
-    assert status.control.reason == "paused by ops"
+    hook = hook_writing(tmp_path, f"[ -e {shlex.quote(str(flag))} ] || exit 3")
+    operation = pool.maintenance.start(MaintenanceRequest(hook, every=True))
+    # The hook fails first: that pause comes, and resuming it does not take the operator's away.
+    assert "a: the hook exited with status 3" in str(wait_state(pool, "paused").control.reason)
+    flag.touch()
+    pool.maintenance.resume("ops")
+    status = wait_for(
+        lambda: (st := pool.maintenance.status()).state == "paused" and st.control.reason == "paused by ops" and st,
+        30,
+        "the operator's pause",
+    )
     assert status.phases == {"a": HostPhase.DONE, "b": HostPhase.WAITING, "c": HostPhase.WAITING}
-    assert pool.hosts.get("a").state is HostState.UP and hooked(tmp_path) == ["a"]
+    assert pool.hosts.get("a").state is HostState.UP and hooked(tmp_path) == ["a", "a"]
     pool.maintenance.resume("ops")
     run(pool, operation, timeout=60)
-    assert hooked(tmp_path) == ["a", "b", "c"]
+    assert hooked(tmp_path) == ["a", "a", "b", "c"]
 
 
 def test_a_server_killed_mid_run_is_followed_by_one_that_finishes_it(
@@ -321,13 +331,24 @@ def test_a_host_that_went_down_before_its_turn_pauses_the_run(
     assert hooked(tmp_path) == ["a", "b", "c"]
 
 
-def test_a_vm_that_stopped_during_a_batch_pauses_the_run_until_it_runs(pool: Platform, tmp_path: Path) -> None:
-    at_moment(pool, "batch 1: returned", "done", lambda: run(pool, pool.vms.stop("db1")))
+def test_a_vm_that_stopped_during_a_batch_pauses_the_run_and_resume_accepts_it(pool: Platform, tmp_path: Path) -> None:
+    at_moment(pool, "batch 1: returned", "done", lambda: run(pool, pool.vms.stop("db0")))
     operation = pool.maintenance.start(MaintenanceRequest(hook_writing(tmp_path), every=True))
     status = wait_state(pool, "paused")
-    assert status.control.reason == "db1 ran before and is stopped now", status.control.reason
+    assert status.control.reason == "db0 ran before and is stopped now", status.control.reason
     assert status.phases["a"] is HostPhase.CHECKING and pool.hosts.get("a").state is HostState.UP
-    run(pool, pool.vms.start("db1"))
-    pool.maintenance.resume("ops")
+    pool.maintenance.resume("ops")  # the operator accepts it: only a new problem pauses again
     run(pool, operation, timeout=60)
     assert hooked(tmp_path) == ["a", "b", "c"]
+    assert pool.vms.get("db0").power_state is PowerState.STOPPED
+
+
+def test_a_cancel_while_hosts_drain_stops_the_drains_and_takes_the_host_up_again(pool: Platform) -> None:
+    at_moment(pool, "batch 1: drain #1", "done", lambda: pool.maintenance.cancel())
+    operation = pool.maintenance.start(MaintenanceRequest("true", every=True))
+    done = wait_for(lambda: (op := pool.engine.get(operation.id)).status.finished and op, 30, "the cancel")
+    assert done.status is OperationStatus.CANCELED
+    children = [op for op in pool.engine.list(limit=100) if op.params.get("parent") == operation.id]
+    assert children and all(op.status.finished for op in children)
+    assert pool.hosts.get("a").state is HostState.UP
+    assert all(vm.power_state is PowerState.RUNNING for vm in pool.vms.list())

@@ -10,7 +10,7 @@ import typer
 from flexvm.cli import output
 from flexvm.cli.client import ApiClient
 from flexvm.cli.common import OutputOpt, client
-from flexvm.errors import FlexvmError, OperationFailed
+from flexvm.errors import FlexvmError, OperationFailed, ServerUnavailable
 
 maintenance_app = typer.Typer(
     help="Rolling maintenance: drain a host live, run your update command, bring it and its VMs back; "
@@ -22,6 +22,7 @@ HostsOpt = typer.Option(None, "--hosts", help="the hosts, comma-separated (A,B)"
 AllOpt = typer.Option(False, "--all", help="every host")
 ParallelOpt = typer.Option(1, "--parallel", help="hosts at a time (never two fault domains of one set)")
 ENDED = ("succeeded", "failed", "canceled")
+SERVER_PATIENCE = 120.0  # seconds without an answer before `maintenance run` stops waiting
 
 
 def _selection(hosts: str | None, every: bool, parallel: int) -> dict[str, Any]:
@@ -121,9 +122,19 @@ def run(
 
 def _wait(api: ApiClient, operation_id: str) -> dict[str, Any]:
     """Until the run ends or pauses (a paused run waits for an operator: so does this, no longer)."""
+    unavailable_since: float | None = None
     with output.err_console.status("maintenance") as spinner:
         while True:
-            status: dict[str, Any] = api.get("/maintenance")
+            try:
+                status: dict[str, Any] = api.get("/maintenance")
+            except ServerUnavailable:  # a server restarting: the run goes on without it, and so do we
+                unavailable_since = unavailable_since or time.monotonic()
+                if time.monotonic() - unavailable_since > SERVER_PATIENCE:
+                    raise
+                spinner.update("maintenance: waiting for the server to answer again")
+                time.sleep(1.0)
+                continue
+            unavailable_since = None
             if status["operation"]["id"] != operation_id:
                 raise FlexvmError(f"maintenance run {operation_id} is no longer the latest one")
             operation = status["operation"]

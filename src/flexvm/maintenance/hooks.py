@@ -4,9 +4,10 @@ The hook runs on the control-plane server that runs the maintenance, through ``/
 a process group of its own so that a timeout stops it and everything it started. It is told the
 host in ``FLEXVM_HOST`` and ``FLEXVM_HOST_URI`` (and the run in ``FLEXVM_MAINTENANCE_ID``), and
 finds this flexvm first on its ``PATH``. Its whole output is kept in a log file; its last lines
-are recorded with the run. A server that dies while a hook runs leaves it running: the server
-that resumes the run stops that one first, when it is on the same machine, and runs it again, so
-a hook must be safe to run twice (as package upgrades are).
+are recorded with the run. A server that dies while a hook runs leaves it running (stopping an
+upgrade half-way is worse): the server that resumes the run, when it is on the same machine,
+waits for that one to end, then runs the hook again; on another machine it cannot see it. So a
+hook must be safe to run twice (as package upgrades are).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run_hook(command: str, host: str, uri: str, run_id: str, timeout: float, log
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{host}.log"
     pid_file = log_dir / f"{host}.pid"
-    _stop_earlier(pid_file, run_id)
+    _wait_for_earlier(pid_file, run_id, timeout)
     started = time.monotonic()
     with log.open("ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n".encode())
@@ -65,7 +66,7 @@ def run_hook(command: str, host: str, uri: str, run_id: str, timeout: float, log
                 cwd=log_dir,
                 start_new_session=True,
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: an argument Popen refuses
             return HookResult(host, None, 0.0, "", str(log), f"the hook could not start: {err}")
         pid_file.write_text(str(process.pid))
         try:
@@ -97,16 +98,21 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _stop_earlier(pid_file: Path, run_id: str) -> None:
-    """A hook of this run that a dead server left running here: stopped before it runs again.
-    Only a process whose environment names this run is touched (a PID may have been reused)."""
+def _wait_for_earlier(pid_file: Path, run_id: str, timeout: float) -> None:
+    """A hook of this run that a dead server left running here (an upgrade half done): it is let
+    finish, up to the hook's timeout, then stopped, before the hook runs again. Only a process
+    whose environment names this run counts (a PID may have been reused)."""
     try:
         pid = int(pid_file.read_text())
     except (OSError, ValueError):
         return
-    if _environ_of(pid).get("FLEXVM_MAINTENANCE_ID") == run_id:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _environ_of(pid).get("FLEXVM_MAINTENANCE_ID") == run_id:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            break
+        time.sleep(0.5)
     pid_file.unlink(missing_ok=True)
 
 

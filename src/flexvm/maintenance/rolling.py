@@ -18,6 +18,7 @@ same way; the step that was running (a hook, a wait) runs again.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
@@ -33,8 +34,8 @@ from sqlalchemy.orm import Session
 from flexvm.compute.drain import DrainService
 from flexvm.compute.hosts import HostService
 from flexvm.config import Settings
-from flexvm.errors import Conflict, InvalidInput, InvalidState, NotFound
-from flexvm.maintenance.hooks import run_hook
+from flexvm.errors import Conflict, FlexvmError, InvalidInput, InvalidState, NotFound
+from flexvm.maintenance.hooks import HookResult, run_hook
 from flexvm.maintenance.planning import (
     MOVES_AT_ONCE,
     SETTLE_CHECKS,
@@ -62,6 +63,7 @@ MAX_HOOK = 4096  # characters of a hook command
 MAX_SECONDS = 86400.0
 PAUSE_POLL = 0.5
 UNSURE = (PowerState.UNKNOWN, PowerState.STARTING)  # states a VM may be in for a moment, and leave
+CHILD_STOP_TIMEOUT = 300.0  # seconds a canceled drain may take to undo its moves
 CHECK_GRACE = 30.0  # seconds: a few health rounds, and the reconciler's look that follows them
 
 
@@ -77,6 +79,8 @@ class MaintenanceRequest:
     def check(self) -> None:
         if not self.hook.strip():
             raise InvalidInput("hook", "give the command that updates a host (it is run once per host)")
+        if "\0" in self.hook:
+            raise InvalidInput("hook", "must not contain a NUL character")
         if len(self.hook) > MAX_HOOK:
             raise InvalidInput("hook", f"at most {MAX_HOOK} characters, got {len(self.hook)}")
         for name, value in (("hook_timeout", self.hook_timeout), ("host_timeout", self.host_timeout)):
@@ -116,9 +120,7 @@ class Maintenance:
         """Plan, refuse a plan that cannot run (naming every reason), else record and start it."""
         request.check()
         with self.db.session() as session:
-            for name in sorted(request.hosts or [h.name for h in HostRepo(session).list()]):
-                if HostRepo(session).find(name) is not None:
-                    HostRepo(session).lock(name)  # two runs over the same hosts start one after the other
+            HostRepo(session).lock_all()  # two runs asked for at once start one after the other
             running = OperationRepo(session).list(target=TARGET, statuses=UNFINISHED)
             if running:
                 raise Conflict(
@@ -203,7 +205,7 @@ class Maintenance:
         tag = f"batch {number}"
         asked = run.step(f"{tag}: go", lambda: self._pause_asked(run.id), detail=f"next: {', '.join(hosts)}")
         if asked is not None:
-            self._pause(run, f"{tag}: held", asked)
+            self._pause(run, f"{tag}: held", asked, asked=True)
         self._until_ok(run, f"{tag}: ready", lambda n, _prev: self._ready_attempt(run, tag, n, hosts))
         baseline = run.db_step(
             f"{tag}: maintenance on",
@@ -220,10 +222,11 @@ class Maintenance:
             lambda s: {
                 h: self.drains.record_return(s, h, baseline["home"][h], run.id, MOVES_AT_ONCE).id for h in hosts
             },
+            undo=self._stop_children,
             detail="VMs moving back home",
         )
         away = run.step(f"{tag}: returned", lambda: self._returned(run, returns), detail="VMs moving back home")
-        self._until_ok(run, f"{tag}: check", lambda n, _prev: self._check_attempt(run, tag, n, hosts, baseline))
+        self._until_ok(run, f"{tag}: check", lambda n, prev: self._check_attempt(run, tag, n, hosts, baseline, prev))
         for host, result in updated["hooks"].items():
             summary["hooks"][host] = result
         summary["hook_seconds"].append(max(r["seconds"] for r in updated["hooks"].values()))
@@ -240,9 +243,9 @@ class Maintenance:
             previous = outcome
         raise AssertionError("unreachable")
 
-    def _pause(self, run: Run, name: str, reason: str) -> None:
+    def _pause(self, run: Run, name: str, reason: str, *, asked: bool = False) -> None:
         def paused(session: Session) -> dict[str, str]:
-            MaintenanceRepo(session).pause(run.id, reason)
+            MaintenanceRepo(session).pause(run.id, reason, asked=asked)
             return {"reason": reason}
 
         log.warning("maintenance run %s paused: %s", run.id, reason)
@@ -282,7 +285,7 @@ class Maintenance:
         return run.step(f"{tag}: ready #{number}", ready, detail=f"{', '.join(hosts)} up?")
 
     def _enter(self, session: Session, run_id: str, hosts: list[str]) -> dict[str, Any]:
-        """Hosts in maintenance; what runs now is what must run at the end of the batch."""
+        """Hosts in maintenance; what runs on them now is what must run at the end of the batch."""
         for name in hosts:
             record = HostRepo(session).lock(name)
             if record.state is not HostState.MAINTENANCE:
@@ -290,7 +293,6 @@ class Maintenance:
             HostRepo(session).save(record)
         vms = VmRepo(session).list()
         return {
-            "running": sorted(vm.name for vm in vms if vm.power_state is PowerState.RUNNING),
             "home": {
                 h: sorted(vm.name for vm in vms if vm.host == h and vm.power_state is PowerState.RUNNING) for h in hosts
             },
@@ -325,7 +327,9 @@ class Maintenance:
                 for h in hosts
             }
 
-        drains = run.db_step(f"{tag}: drain #{number}", record, detail=f"draining {', '.join(hosts)}")
+        drains = run.db_step(
+            f"{tag}: drain #{number}", record, undo=self._stop_children, detail=f"draining {', '.join(hosts)}"
+        )
         return run.step(
             f"{tag}: drained #{number}", lambda: self._drained(run, drains), detail="running VMs moving away live"
         )
@@ -356,6 +360,19 @@ class Maintenance:
                     if vm.power_state is PowerState.RUNNING:
                         problems.append(f"{vm.name} still runs on {host}: {stays.get(vm.name, 'it did not move')}")
         return problems, unsure
+
+    def _stop_children(self, children: dict[str, str]) -> None:
+        """Undo of a step that recorded drains or returns (the run was canceled, or failed): those
+        still running are canceled and waited for, so none moves VMs once the run has ended."""
+        for operation_id in children.values():
+            operation = self.engine.get(operation_id)
+            if not operation.status.finished:
+                with contextlib.suppress(FlexvmError):
+                    self.engine.ensure_running(operation_id)
+                    self.engine.cancel(operation_id)
+        for operation_id in children.values():
+            with contextlib.suppress(FlexvmError):
+                self.engine.wait(operation_id, CHILD_STOP_TIMEOUT)
 
     def _patiently(self, run: Run, look: Callable[[], tuple[list[str], bool]]) -> list[str]:
         """Problems found by ``look``, looked at again while some may pass by themselves: a VM
@@ -388,7 +405,10 @@ class Maintenance:
         log_dir = self.settings.home / "maintenance" / run.id
 
         def one(host: str) -> dict[str, Any]:
-            result = run_hook(run.params["hook"], host, uris[host], run.id, run.params["hook_timeout"], log_dir)
+            try:
+                result = run_hook(run.params["hook"], host, uris[host], run.id, run.params["hook_timeout"], log_dir)
+            except OSError as err:  # its log or PID file could not be written: a failed update, not a crash
+                result = HookResult(host, None, 0.0, "", str(log_dir), f"the hook could not run: {err}")
             log.info(
                 "maintenance run %s: the hook on %s ended after %.1f s: %s",
                 run.id,
@@ -404,7 +424,8 @@ class Maintenance:
     def _back_attempt(
         self, run: Run, tag: str, number: int, hosts: list[str], previous: dict[str, Any] | None
     ) -> dict[str, Any]:
-        pending = hosts if previous is None else [h for h in hosts if h in previous["late"]]
+        # Every host again on a later attempt: one back before the pause may have gone down since.
+        pending = hosts
 
         def back() -> dict[str, Any]:
             late = self._wait_back(run, pending, float(run.params["host_timeout"]))
@@ -452,11 +473,23 @@ class Maintenance:
         return away
 
     def _check_attempt(
-        self, run: Run, tag: str, number: int, hosts: list[str], baseline: dict[str, Any]
+        self,
+        run: Run,
+        tag: str,
+        number: int,
+        hosts: list[str],
+        baseline: dict[str, Any],
+        previous: dict[str, Any] | None,
     ) -> dict[str, Any]:
+        """The batch's VMs (those its hosts ran) run, its hosts are up, every scale set is at its
+        minimum. Resuming after a regression accepts what was found: only new problems pause."""
+        batch_vms = sorted({vm for names in baseline["home"].values() for vm in names})
+        accepted = set(previous["problems"]) if previous else set()
+
         def check() -> dict[str, Any]:
-            problems = self._patiently(run, lambda: self._regressions(hosts, baseline["running"]))
-            return {"ok": not problems, "why": "; ".join(problems)}
+            found = self._patiently(run, lambda: self._regressions(hosts, batch_vms))
+            problems = [p for p in found if p not in accepted]
+            return {"ok": not problems, "why": "; ".join(problems), "problems": sorted(accepted | set(problems))}
 
         return run.step(f"{tag}: check #{number}", check, detail="checking that what ran runs")
 

@@ -35,10 +35,19 @@ class MaintenanceRepo:
         row = self._row(operation_id)
         row.pause_requested, row.asked_by, row.updated_at = True, who, utcnow()
 
-    def pause(self, operation_id: str, reason: str) -> None:
+    def pause(self, operation_id: str, reason: str, *, asked: bool = False) -> None:
+        """Paused now, for ``reason``. ``asked``: this is the pause an operator asked for (the
+        request is taken); a pause for a failure leaves a request standing for the next batch."""
         row = self._row(operation_id)
-        row.pause_requested, row.paused, row.reason, row.updated_at = False, True, reason, utcnow()
+        row.paused, row.reason, row.updated_at = True, reason, utcnow()
+        if asked:
+            row.pause_requested = False
 
     def resume(self, operation_id: str, who: str | None) -> None:
+        """A paused run goes on; a run only asked to pause is not asked any more."""
         row = self._row(operation_id)
-        row.pause_requested, row.paused, row.asked_by, row.updated_at = False, False, who, utcnow()
+        if row.paused:
+            row.paused = False
+        else:
+            row.pause_requested = False
+        row.asked_by, row.updated_at = who, utcnow()
