@@ -27,7 +27,7 @@ PACKAGES=(
     python3-yaml                               # the tests parse cloud-init seeds with PyYAML, as cloud-init does
     procps tmux curl
     # Always on Debian (essential or required), listed because flexvm runs their programs too:
-    util-linux mount coreutils hostname dpkg python3-minimal
+    util-linux mount coreutils dash hostname dpkg python3-minimal
 )
 
 missing=()

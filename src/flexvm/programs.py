@@ -56,6 +56,7 @@ PROGRAMS: dict[str, Program] = {
     "umount": Program("mount", "lab: unpins namespaces and removes its mounts"),
     "mkdir": Program("coreutils", "lab: mount targets inside a host"),
     "true": Program("coreutils", "lab: the command unshare runs while pinning namespaces"),
+    "sh": Program("dash", "rolling maintenance: runs the operator's update hook", "/bin"),
     "hostname": Program("hostname", "lab: each host's own name in its UTS namespace"),
     "dnsmasq": Program("dnsmasq-base", "lab: DHCP on the lab switch"),
     "libvirtd": Program("libvirt-daemon", "lab: each host's libvirtd; setup.sh: the machine's"),

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexvm import programs
+
 OUTPUT_TAIL = 2000  # characters of the hook's output recorded with the run
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a hook past its timeout
 
@@ -58,7 +60,7 @@ def run_hook(command: str, host: str, uri: str, run_id: str, timeout: float, log
         out.flush()
         try:
             process = subprocess.Popen(
-                ["/bin/sh", "-c", command],
+                [programs.find("sh"), "-c", command],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
